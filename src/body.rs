@@ -1,0 +1,220 @@
+//! Body types shared by relay and agent: one boxed body type, and a guard that bounds what a peer
+//! may send (total size, and time between frames), so no body is ever buffered whole or waited on
+//! forever.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::BoxError;
+
+/// The one body type both sides pass around: streamed, boxed, and `Send`.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete body from bytes already in memory (error pages, small replies).
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Box any body whose error converts into [`BoxError`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// Why a guarded body stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// More bytes arrived than the limit allows.
+    #[error("request body is larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The peer stopped sending in the middle of a body.
+    #[error("no body data received for {0:?}")]
+    Idle(Duration),
+}
+
+/// Shared record of how a guarded body ended, so the code that forwarded it can answer 413 or 408
+/// even when the error surfaced somewhere else (e.g. as a reset HTTP/2 stream).
+#[derive(Clone, Default, Debug)]
+pub struct BodyOutcome(Arc<AtomicU8>);
+
+impl BodyOutcome {
+    const OK: u8 = 0;
+    const TOO_LARGE: u8 = 1;
+    const IDLE: u8 = 2;
+
+    /// What went wrong with the body, if anything.
+    pub fn failure(&self) -> Option<u8> {
+        match self.0.load(Ordering::Acquire) {
+            Self::OK => None,
+            other => Some(other),
+        }
+    }
+
+    /// True when the body was cut for being over the size limit.
+    pub fn was_too_large(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::TOO_LARGE
+    }
+
+    /// True when the body was cut because the sender went quiet.
+    pub fn was_idle(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::IDLE
+    }
+
+    fn set(&self, err: &BodyError) {
+        let code = match err {
+            BodyError::TooLarge { .. } => Self::TOO_LARGE,
+            BodyError::Idle(_) => Self::IDLE,
+        };
+        self.0.store(code, Ordering::Release);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Wraps a body with a byte limit and an idle timeout between frames.
+    pub struct GuardedBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        idle: Sleep,
+        idle_timeout: Duration,
+        limit: u64,
+        seen: u64,
+        outcome: BodyOutcome,
+    }
+}
+
+impl<B> GuardedBody<B> {
+    /// Guard `inner`: at most `limit` bytes, and never more than `idle_timeout` between frames.
+    pub fn new(inner: B, limit: u64, idle_timeout: Duration) -> (Self, BodyOutcome) {
+        let outcome = BodyOutcome::default();
+        let body = GuardedBody {
+            inner,
+            idle: tokio::time::sleep(idle_timeout),
+            idle_timeout,
+            limit,
+            seen: 0,
+            outcome: outcome.clone(),
+        };
+        (body, outcome)
+    }
+}
+
+impl<B> HttpBody for GuardedBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        let err = BodyError::TooLarge { limit: *this.limit };
+                        this.outcome.set(&err);
+                        return Poll::Ready(Some(Err(err.into())));
+                    }
+                }
+                let deadline = Instant::now() + *this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(this.idle.poll(cx));
+                let err = BodyError::Idle(*this.idle_timeout);
+                this.outcome.set(&err);
+                Poll::Ready(Some(Err(err.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Read a whole body into memory, refusing more than `limit` bytes. Only for small bodies whose
+/// size we bound (handshake replies, queued webhooks).
+pub async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, BoxError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let limited = http_body_util::Limited::new(body, limit);
+    Ok(limited.collect().await?.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    #[tokio::test]
+    async fn limit_cuts_the_body_and_records_it() {
+        let (body, outcome) = GuardedBody::new(
+            Full::new(Bytes::from(vec![0u8; 11])),
+            10,
+            Duration::from_secs(5),
+        );
+        let err = body.collect().await.unwrap_err();
+        assert!(err.to_string().contains("10-byte limit"), "{err}");
+        assert!(outcome.was_too_large());
+    }
+
+    #[tokio::test]
+    async fn a_body_at_the_limit_passes() {
+        let (body, outcome) = GuardedBody::new(
+            Full::new(Bytes::from(vec![0u8; 10])),
+            10,
+            Duration::from_secs(5),
+        );
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
+        assert_eq!(outcome.failure(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_sender_times_out() {
+        let stream = futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>();
+        let (body, outcome) = GuardedBody::new(StreamBody::new(stream), 10, Duration::from_secs(30));
+        let err = body.collect().await.unwrap_err();
+        assert!(err.to_string().contains("30s"), "{err}");
+        assert!(outcome.was_idle());
+    }
+}

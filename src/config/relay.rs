@@ -1,0 +1,494 @@
+//! `relay.yaml`: where the relay listens, its TLS files, and the tunnels it serves.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+
+use super::{ByteSize, EnvString, Secret, duration, parse_scalar};
+use crate::protocol::tunnel::{DEFAULT_MAX_STREAMS, Keepalive};
+
+/// Default public listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
+
+/// The relay's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Address of the one public listener (agents and internet traffic share it).
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// Certificate and key; absent means plain HTTP (behind nginx/Caddy).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Tunnels are reachable at `<name>.<domain>`; without it only `/t/<name>/` routing works.
+    #[serde(default, deserialize_with = "opt_domain")]
+    pub domain: Option<String>,
+    /// Base URL the public uses, when the relay sits behind a proxy on another port or scheme.
+    #[serde(default)]
+    pub public_url: Option<EnvString>,
+    /// Token for `/_ponte/admin/` and the `ponte deliveries` commands.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
+    /// Durable queue location, e.g. `sqlite:///var/lib/ponte/relay.db`.
+    #[serde(default)]
+    pub store: Option<EnvString>,
+    /// Bounds on what a peer may make the relay do.
+    #[serde(default)]
+    pub limits: Limits,
+    /// HTTP/2 PING keepalive towards agents.
+    #[serde(default)]
+    pub keepalive: Keepalive,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(default = "default_grace", with = "duration")]
+    pub grace_period: Duration,
+    /// Trust `X-Forwarded-*` from the peer (set when a proxy you run sits in front).
+    #[serde(default)]
+    pub trust_forwarded_headers: bool,
+    /// The tunnels, by name.
+    #[serde(default)]
+    pub tunnels: BTreeMap<TunnelName, TunnelConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("constant address parses")
+}
+fn default_grace() -> Duration {
+    crate::shutdown::DEFAULT_GRACE_PERIOD
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    parse_scalar(d, |s| {
+        s.trim().parse().map_err(|_| {
+            format!("`{s}` is not an address to listen on; write it like 0.0.0.0:443 or 127.0.0.1:8080")
+        })
+    })
+}
+
+fn opt_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Domain>::deserialize(d)?.map(|d| d.0))
+}
+
+struct Domain(String);
+
+impl<'de> Deserialize<'de> for Domain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_scalar(d, parse_domain).map(Domain)
+    }
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    let domain = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !domain.is_empty()
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(domain)
+    } else {
+        Err(format!(
+            "`{s}` is not a domain name; write it like relay.example.com (no scheme, no port)"
+        ))
+    }
+}
+
+/// PEM files for the public listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain (leaf first), PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Limits on what one peer may make the relay hold or wait for. Each default is a named constant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request header block (bytes); larger gets 431.
+    pub max_header_bytes: ByteSize,
+    /// Largest request body streamed through a tunnel; larger gets 413.
+    pub max_body_bytes: ByteSize,
+    /// Time allowed for a client to finish the TLS handshake.
+    #[serde(with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// Time allowed for a client to send its request headers.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Longest pause allowed between two pieces of a request body.
+    #[serde(with = "duration")]
+    pub body_idle_timeout: Duration,
+    /// Longest wait for the agent's response headers; then 504.
+    #[serde(with = "duration")]
+    pub response_timeout: Duration,
+    /// Concurrent streams on one agent connection; more wait their turn.
+    pub max_streams_per_agent: u32,
+    /// Open client connections (public and agents) before new ones are refused.
+    pub max_connections: usize,
+    /// Failed agent logins allowed per client address per minute before 429.
+    pub max_failed_logins_per_minute: u32,
+}
+
+/// Default largest request header block.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
+/// Default largest request body through a live tunnel (what Cloudflare's free plan allows).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+/// Default TLS handshake timeout.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default header read timeout (slowloris bound).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default pause allowed inside a request body.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default wait for response headers: longer than the agent's upstream timeout, so the agent's
+/// more precise 504 arrives first.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(100);
+/// Default connection cap.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default failed-login budget per address and minute.
+pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 20;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: ByteSize(DEFAULT_MAX_HEADER_BYTES),
+            max_body_bytes: ByteSize(DEFAULT_MAX_BODY_BYTES),
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            max_streams_per_agent: DEFAULT_MAX_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_failed_logins_per_minute: DEFAULT_MAX_FAILED_LOGINS,
+        }
+    }
+}
+
+/// A tunnel name: one DNS label, lowercase letters, digits and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TunnelName(String);
+
+impl TunnelName {
+    /// Validate a name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(TunnelName(s.to_string()))
+        } else {
+            Err(format!(
+                "`{s}` is not a valid tunnel name; use lowercase letters, digits and `-` (it becomes a DNS label)"
+            ))
+        }
+    }
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TunnelName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TunnelName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_scalar(d, TunnelName::parse)
+    }
+}
+
+/// How a tunnel treats requests (see DESIGN.md, "Delivery modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// Proxy live; agent offline → 503.
+    #[default]
+    Direct,
+    /// Store durably, answer 202, deliver when the agent is up.
+    Queue,
+    /// Proxy live when the agent is up, queue when it is not.
+    Fallback,
+}
+
+/// The SHA-256 of a token; the relay never keeps the token itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// Hash a presented token.
+    pub fn of(token: &str) -> Self {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+    /// Parse the hex form written as `token_sha256:`.
+    pub fn from_hex(s: &str) -> Result<Self, String> {
+        let bytes = hex::decode(s.trim()).map_err(|_| {
+            format!("token_sha256 must be 64 hex digits (the output of `printf %s TOKEN | sha256sum`)")
+        })?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| {
+            "token_sha256 must be 64 hex digits (the output of `printf %s TOKEN | sha256sum`)".to_string()
+        })?;
+        Ok(TokenHash(arr))
+    }
+    /// Constant-time comparison.
+    pub fn matches(&self, other: &TokenHash) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}…", hex::encode(&self.0[..4]))
+    }
+}
+
+/// One tunnel's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawTunnel")]
+pub struct TunnelConfig {
+    /// Hashes of the tokens agents of this tunnel present.
+    pub tokens: Vec<TokenHash>,
+    /// What happens to requests: live proxy, durable queue, or both.
+    pub delivery: DeliveryMode,
+    /// Credentials the public sender must present (checked at the relay).
+    pub auth: Option<EdgeAuth>,
+    /// A lower body limit for this tunnel.
+    pub max_body_bytes: Option<ByteSize>,
+    /// Queue behaviour (used in `queue` and `fallback` modes).
+    pub queue: QueueSettings,
+}
+
+/// Settings of the durable queue of one tunnel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Methods that are queued; others are proxied live (or 503 while offline).
+    pub methods: Vec<EnvString>,
+    /// Deliver strictly in arrival order (one at a time).
+    pub ordered: bool,
+    /// Deliveries in flight at once.
+    pub concurrency: u32,
+    /// Largest body accepted into the queue; larger gets 413.
+    pub max_body_bytes: ByteSize,
+    /// Waits between attempts; the last one repeats until `max_age`.
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Give up (status `failed`) after this long since the request arrived.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+    /// Time one attempt may take before it counts as a timeout.
+    #[serde(with = "duration")]
+    pub attempt_timeout: Duration,
+}
+
+/// Default largest queued body: webhooks are small, and this bounds memory per delivery.
+pub const DEFAULT_QUEUE_MAX_BODY: u64 = 10 * 1024 * 1024;
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            methods: ["POST", "PUT", "PATCH", "DELETE"]
+                .iter()
+                .map(|m| EnvString::from_static(m))
+                .collect(),
+            ordered: false,
+            concurrency: 8,
+            max_body_bytes: ByteSize(DEFAULT_QUEUE_MAX_BODY),
+            // Standard Webhooks' example schedule: ~3 days in all once the last step repeats.
+            retry_schedule: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+                .iter()
+                .map(|s| Duration::from_secs(*s))
+                .collect(),
+            max_age: Duration::from_secs(3 * 24 * 3600),
+            attempt_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    struct Item(Duration);
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            parse_scalar(d, duration::parse).map(Item)
+        }
+    }
+    let items = Vec::<Item>::deserialize(d)?;
+    if items.is_empty() {
+        return Err(serde::de::Error::custom("retry_schedule needs at least one duration"));
+    }
+    Ok(items.into_iter().map(|i| i.0).collect())
+}
+
+/// Credentials required from public senders. When several are set, any one that matches admits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeAuth {
+    /// HTTP basic auth (`Authorization: Basic …`), as SINtegre and many senders offer.
+    #[serde(default)]
+    pub basic: Option<BasicAuth>,
+    /// A header that must carry an exact value, e.g. `Authorization: Bearer …`.
+    #[serde(default)]
+    pub header: Option<HeaderAuth>,
+    /// A query parameter that must carry an exact value (for senders that cannot add headers,
+    /// like Chatwoot). The parameter is removed before the request is forwarded.
+    #[serde(default)]
+    pub query: Option<QueryAuth>,
+}
+
+/// A user name and password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// User name.
+    pub user: EnvString,
+    /// Password.
+    pub password: Secret,
+}
+
+/// A header name and the value it must have.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderAuth {
+    /// Header name, case-insensitive.
+    pub name: EnvString,
+    /// Exact value.
+    pub value: Secret,
+}
+
+/// A query parameter and the value it must have.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryAuth {
+    /// Parameter name.
+    pub name: EnvString,
+    /// Exact value.
+    pub value: Secret,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    #[serde(default)]
+    token: Option<OneOrMany<Secret>>,
+    #[serde(default)]
+    token_sha256: Option<OneOrMany<EnvString>>,
+    #[serde(default)]
+    delivery: DeliveryMode,
+    #[serde(default)]
+    auth: Option<EdgeAuth>,
+    #[serde(default)]
+    max_body_bytes: Option<ByteSize>,
+    #[serde(default)]
+    queue: QueueSettings,
+}
+
+impl TryFrom<RawTunnel> for TunnelConfig {
+    type Error = String;
+
+    fn try_from(raw: RawTunnel) -> Result<Self, String> {
+        let mut tokens = Vec::new();
+        for t in raw.token.map(OneOrMany::into_vec).unwrap_or_default() {
+            if t.expose().len() < 16 {
+                return Err("token is shorter than 16 characters; use a long random value (e.g. `openssl rand -hex 32`)".into());
+            }
+            tokens.push(TokenHash::of(t.expose()));
+        }
+        for h in raw.token_sha256.map(OneOrMany::into_vec).unwrap_or_default() {
+            tokens.push(TokenHash::from_hex(h.as_str())?);
+        }
+        if tokens.is_empty() {
+            return Err("the tunnel has no `token` or `token_sha256`; add one so its agent can connect".into());
+        }
+        if raw.queue.concurrency == 0 {
+            return Err("queue.concurrency must be at least 1".into());
+        }
+        for m in &raw.queue.methods {
+            if http::Method::from_bytes(m.as_str().as_bytes()).is_err() {
+                return Err(format!("queue.methods: `{m}` is not an HTTP method"));
+            }
+        }
+        Ok(TunnelConfig {
+            tokens,
+            delivery: raw.delivery,
+            auth: raw.auth,
+            max_body_bytes: raw.max_body_bytes,
+            queue: raw.queue,
+        })
+    }
+}
+
+impl RelayConfig {
+    /// Checks that need the whole file.
+    pub fn validate(&self, origin: &str) -> Result<(), super::ConfigError> {
+        let mut seen: Vec<(&TunnelName, &TokenHash)> = Vec::new();
+        for (name, t) in &self.tunnels {
+            for h in &t.tokens {
+                if let Some((other, _)) = seen.iter().find(|(_, o)| o.matches(h)) {
+                    return Err(super::ConfigError::invalid(
+                        origin,
+                        format!("tunnels.{name}: uses the same token as tunnel `{other}`; each tunnel needs its own token"),
+                    ));
+                }
+                seen.push((name, h));
+            }
+            if t.delivery != DeliveryMode::Direct && self.store.is_none() {
+                return Err(super::ConfigError::invalid(
+                    origin,
+                    format!("tunnels.{name}: delivery `{:?}` needs a `store:` (e.g. store: sqlite:///var/lib/ponte/relay.db)", t.delivery).to_lowercase(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse and validate.
+    pub fn from_str_with_env(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, super::ConfigError> {
+        let cfg: RelayConfig = super::parse_with_env(text, origin, env)?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &std::path::Path) -> Result<Self, super::ConfigError> {
+        let cfg: RelayConfig = super::load(path)?;
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// A configuration with no tunnels listening on `listen`, for tests and the demo.
+    pub fn minimal(listen: SocketAddr) -> Self {
+        let mut cfg: RelayConfig = serde_norway::from_str("{}").expect("empty config parses");
+        cfg.listen = listen;
+        cfg
+    }
+}

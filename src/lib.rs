@@ -1,0 +1,24 @@
+//! Ponte: a tunnel for webhooks.
+//!
+//! An agent on a private machine dials out to a public relay over TLS, upgrades that connection to
+//! reversed HTTP/2 (the agent is the HTTP/2 server, the relay the client), and serves every public
+//! request as one stream to a local upstream. `main.rs` only parses the command line; everything
+//! else lives here so the tests in `tests/` can start relays and agents in process.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod protocol;
+pub mod relay;
+pub mod shutdown;
+pub mod tls;
+
+/// The error type carried by streamed bodies: any cause, sendable across tasks.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The version this build announces to its peer in the connect handshake.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

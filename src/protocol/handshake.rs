@@ -1,0 +1,31 @@
+//! The connect handshake: path, upgrade token and the headers each side sends.
+
+use http::HeaderName;
+
+/// Path of the agent's upgrade request on the relay.
+pub const CONNECT_PATH: &str = "/_ponte/v1/connect";
+/// Path prefix reserved on the relay's own host (connect, health, metrics, admin).
+pub const RESERVED_PREFIX: &str = "/_ponte/";
+/// Health endpoint on the relay.
+pub const HEALTH_PATH: &str = "/_ponte/health";
+/// The `Upgrade` token of protocol v1: HTTP/2 with reversed roles.
+pub const UPGRADE_TOKEN: &str = "ponte-h2";
+
+/// Agent → relay: the agent's version.
+pub static PONTE_VERSION: HeaderName = HeaderName::from_static("ponte-version");
+/// Agent → relay: an id that stays the same across reconnects of one agent process, so the relay
+/// can evict the stale session of a connection that died silently.
+pub static PONTE_AGENT_ID: HeaderName = HeaderName::from_static("ponte-agent-id");
+/// Relay → agent (in the 101): the tunnel the token belongs to.
+pub static PONTE_TUNNEL: HeaderName = HeaderName::from_static("ponte-tunnel");
+/// Relay → agent (in the 101): where the public can reach the tunnel.
+pub static PONTE_PUBLIC_URL: HeaderName = HeaderName::from_static("ponte-public-url");
+/// On responses Ponte itself generated (not the upstream): a short machine-readable cause.
+pub static PONTE_ERROR: HeaderName = HeaderName::from_static("ponte-error");
+/// On queued requests and their deliveries: the stable delivery id.
+pub static PONTE_DELIVERY_ID: HeaderName = HeaderName::from_static("ponte-delivery-id");
+/// On deliveries: the attempt number, starting at 1.
+pub static PONTE_ATTEMPT: HeaderName = HeaderName::from_static("ponte-attempt");
+
+/// Largest reason text either side reads from a refused handshake.
+pub const MAX_REASON_BYTES: usize = 4096;

@@ -1,0 +1,60 @@
+//! Header hygiene both proxies apply: hop-by-hop headers are for one connection only and must not
+//! cross the tunnel (RFC 9110 §7.6.1).
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Remove hop-by-hop headers, including any the `Connection` header names. `TE: trailers` is kept
+/// because it is the one value HTTP/2 allows and gRPC-style upstreams need it.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+    if te_trailers {
+        headers.insert(header::TE, header::HeaderValue::from_static("trailers"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_listed_and_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h[header::TE], "trailers");
+    }
+}

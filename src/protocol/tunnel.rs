@@ -1,0 +1,50 @@
+//! HTTP/2 settings of the tunnel connection, shared so both ends agree on them.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How often an idle tunnel is probed with an HTTP/2 PING.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a PING may stay unanswered before the connection is declared dead. Interval plus
+/// timeout (20 s) keeps a blackholed tunnel from lingering past the 25 s target.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-stream receive window. 1 MiB keeps a single large body near loopback speed while bounding
+/// what one slow stream can make the peer buffer.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Connection-wide receive window: a few streams' worth.
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Largest header block either end accepts on the tunnel (16 KiB, hyper's safe default).
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Default number of concurrent streams on one agent connection.
+pub const DEFAULT_MAX_STREAMS: u32 = 100;
+/// Bytes buffered for sending per stream before back-pressure applies.
+pub const MAX_SEND_BUF: usize = 256 * 1024;
+
+/// PING keepalive of the tunnel, set on both ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    /// Time between PINGs on a quiet connection.
+    #[serde(with = "crate::config::duration", default = "default_interval")]
+    pub interval: Duration,
+    /// Time to wait for the PONG.
+    #[serde(with = "crate::config::duration", default = "default_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_interval() -> Duration {
+    DEFAULT_PING_INTERVAL
+}
+fn default_timeout() -> Duration {
+    DEFAULT_PING_TIMEOUT
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            interval: DEFAULT_PING_INTERVAL,
+            timeout: DEFAULT_PING_TIMEOUT,
+        }
+    }
+}
