@@ -1,1 +1,48 @@
-//! placeholder
+//! The private side: dial the relay, become the HTTP/2 server on that connection, and serve each
+//! stream from a local upstream. A [`supervisor`] owns the reconnect loop; [`dial`] makes one
+//! connection (proxy, TLS, upgrade); [`session`] serves it; [`ingress`] picks the origin for each
+//! request; [`upstream`] is the HTTP origin.
+
+mod backoff;
+pub mod dial;
+mod ingress;
+pub mod proxy_env;
+mod session;
+mod status;
+mod supervisor;
+mod upstream;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::agent::AgentConfig;
+
+pub use backoff::Backoff;
+pub use dial::{DialError, Handshake};
+pub use ingress::Ingress;
+pub use status::AgentStatus;
+
+/// Run the agent until `shutdown` is cancelled, reconnecting forever. Connection state is
+/// published on `status` (systemd `STATUS=`, readiness, tests).
+pub async fn run(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    status: watch::Sender<AgentStatus>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let ingress = Arc::new(Ingress::new(&config)?);
+    let connector = dial::Connector::new(&config)?;
+    supervisor::Supervisor::new(config, connector, ingress, status, shutdown)
+        .run()
+        .await;
+    Ok(())
+}
+
+/// `ponte check`: connect once, authenticate, and report what the relay said.
+pub async fn check(config: &AgentConfig) -> Result<Handshake, DialError> {
+    let connector = dial::Connector::new(config).map_err(|e| DialError::Setup(e.to_string()))?;
+    let (handshake, _conn) = connector.connect(&uuid::Uuid::new_v4().to_string()).await?;
+    Ok(handshake)
+}

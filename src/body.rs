@@ -188,11 +188,8 @@ mod tests {
 
     #[tokio::test]
     async fn limit_cuts_the_body_and_records_it() {
-        let (body, outcome) = GuardedBody::new(
-            Full::new(Bytes::from(vec![0u8; 11])),
-            10,
-            Duration::from_secs(5),
-        );
+        let (body, outcome) =
+            GuardedBody::new(Full::new(Bytes::from(vec![0u8; 11])), 10, Duration::from_secs(5));
         let err = body.collect().await.unwrap_err();
         assert!(err.to_string().contains("10-byte limit"), "{err}");
         assert!(outcome.was_too_large());
@@ -200,11 +197,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_at_the_limit_passes() {
-        let (body, outcome) = GuardedBody::new(
-            Full::new(Bytes::from(vec![0u8; 10])),
-            10,
-            Duration::from_secs(5),
-        );
+        let (body, outcome) =
+            GuardedBody::new(Full::new(Bytes::from(vec![0u8; 10])), 10, Duration::from_secs(5));
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
         assert_eq!(outcome.failure(), None);
     }

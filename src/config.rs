@@ -52,14 +52,17 @@ impl ConfigError {
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// The variables one file refers to, looked up before parsing.
+type EnvSnapshot = std::collections::HashMap<String, Option<String>>;
+
 thread_local! {
     // Set only for the duration of one parse; serde deserialises synchronously on this thread.
-    static ENV_LOOKUP: RefCell<Option<Box<dyn Fn(&str) -> Option<String>>>> = const { RefCell::new(None) };
+    static ENV_SNAPSHOT: RefCell<Option<EnvSnapshot>> = const { RefCell::new(None) };
 }
 
 fn lookup_env(name: &str) -> Option<String> {
-    ENV_LOOKUP.with(|cell| match cell.borrow().as_ref() {
-        Some(lookup) => lookup(name),
+    ENV_SNAPSHOT.with(|cell| match cell.borrow().as_ref() {
+        Some(snapshot) => snapshot.get(name).cloned().flatten(),
         None => std::env::var(name).ok(),
     })
 }
@@ -70,19 +73,17 @@ pub fn parse_with_env<T: DeserializeOwned>(
     origin: &str,
     env: Lookup<'_>,
 ) -> Result<T, ConfigError> {
-    // Copy the lookup results into an owned closure: the thread-local must be 'static.
-    let snapshot: std::collections::HashMap<String, Option<String>> = referenced_vars(text)
+    // Copy the lookup results: the thread-local must own its data.
+    let snapshot: EnvSnapshot = referenced_vars(text)
         .into_iter()
         .map(|name| {
             let value = env(&name);
             (name, value)
         })
         .collect();
-    ENV_LOOKUP.with(|cell| {
-        *cell.borrow_mut() = Some(Box::new(move |name: &str| snapshot.get(name).cloned().flatten()))
-    });
+    ENV_SNAPSHOT.with(|cell| *cell.borrow_mut() = Some(snapshot));
     let result = serde_norway::from_str::<T>(text);
-    ENV_LOOKUP.with(|cell| *cell.borrow_mut() = None);
+    ENV_SNAPSHOT.with(|cell| *cell.borrow_mut() = None);
     result.map_err(|e| yaml_error(origin, &e))
 }
 
@@ -165,7 +166,8 @@ mod tests {
 
     #[test]
     fn variables_are_replaced() {
-        let s: Sample = parse_with_env("name: a-${X}-b", "x.yaml", &|n| (n == "X").then(|| "1".into())).unwrap();
+        let s: Sample =
+            parse_with_env("name: a-${X}-b", "x.yaml", &|n| (n == "X").then(|| "1".into())).unwrap();
         assert_eq!(s.name.as_str(), "a-1-b");
     }
 }

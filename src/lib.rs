@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod body;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod logging;

@@ -1,3 +1,116 @@
-fn main() {
-    println!("Hello, world!");
+//! The `ponte` command line. Parsing only; every command is carried out in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ponte::commands::{self, AgentArgs};
+use ponte::logging::LogFormat;
+
+/// Ponte: receive webhooks on a machine with no public IP.
+#[derive(Parser)]
+#[command(name = "ponte", version, about, propagate_version = true)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", env = "PONTE_LOG")]
+    log_level: String,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the public relay.
+    Relay {
+        /// The relay's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Listen address (overrides `listen:`).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run the agent: dial the relay and serve requests from a local upstream.
+    Agent(AgentFlags),
+    /// The inlets 3 command line (`client --url wss://… --upstream=… --token=…`), run as `agent`.
+    Client(ClientFlags),
+    /// Test the credentials: connect, authenticate, print what the relay said.
+    Check(AgentFlags),
+    /// Start a relay, an agent and an echo upstream on loopback, and show a working curl line.
+    Demo {
+        /// Use this upstream instead of the built-in echo server.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct AgentFlags {
+    /// The agent's configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Relay URL, e.g. https://relay.example.com.
+    #[arg(long)]
+    relay: Option<String>,
+    /// The tunnel's token.
+    #[arg(long, env = "PONTE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Local upstream for every request, e.g. http://localhost:8000 (replaces `ingress:`).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the relay.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ClientFlags {
+    /// Relay URL: wss://ADDR (TLS) or ws://ADDR (plain, loopback only).
+    #[arg(long)]
+    url: String,
+    /// Upstream: http://localhost:8000, or host=url pairs separated by commas.
+    #[arg(long)]
+    upstream: String,
+    /// The token.
+    #[arg(long, env = "PONTE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the token from this file.
+    #[arg(long)]
+    token_from: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust for the relay.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+impl From<AgentFlags> for AgentArgs {
+    fn from(f: AgentFlags) -> Self {
+        AgentArgs {
+            config: f.config,
+            relay: f.relay,
+            token: f.token,
+            upstream: f.upstream,
+            ca_file: f.ca_file,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ponte::logging::init_stderr(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Relay { config, listen } => commands::relay(&config, listen.as_deref()),
+        Command::Agent(flags) => commands::agent(flags.into()),
+        Command::Client(f) => commands::client(commands::ClientArgs {
+            url: f.url,
+            upstream: f.upstream,
+            token: f.token,
+            token_from: f.token_from,
+            ca_file: f.ca_file,
+        }),
+        Command::Check(flags) => commands::check(flags.into()),
+        Command::Demo { upstream } => commands::demo(upstream),
+    };
+    commands::exit(result)
 }

@@ -43,6 +43,13 @@ pub struct AgentConfig {
     /// Concurrent requests the relay may open on this agent's connection.
     #[serde(default = "default_max_streams")]
     pub max_streams: u32,
+    /// HTTP proxy to reach the relay through (`http://[user:pass@]host:port`); otherwise
+    /// `HTTPS_PROXY` / `NO_PROXY` from the environment apply.
+    #[serde(default)]
+    pub proxy_url: Option<EnvString>,
+    /// The proxy in effect after merging file and environment.
+    #[serde(skip)]
+    pub proxy: Option<crate::agent::proxy_env::ProxySettings>,
 }
 
 /// Default upstream connect timeout.
@@ -132,7 +139,12 @@ impl RelayUrl {
         // inlets users pass `wss://host/tunnel` or `wss://host`; treat a trailing `/tunnel`-less
         // path as a proxy sub-path and keep it.
         let base_path = url.path().trim_end_matches('/').to_string();
-        Ok(RelayUrl { tls, host, port, base_path })
+        Ok(RelayUrl {
+            tls,
+            host,
+            port,
+            base_path,
+        })
     }
 
     /// `host:port` for dialing and for `CONNECT` through a proxy (IPv6 bracketed).
@@ -230,13 +242,19 @@ impl UpstreamUrl {
             return Err(format!("upstream `{text}` has no host"));
         };
         if authority.as_str().contains('@') {
-            return Err(format!("upstream `{text}`: credentials in the URL are not supported"));
+            return Err(format!(
+                "upstream `{text}`: credentials in the URL are not supported"
+            ));
         }
         if uri.query().is_some() {
             return Err(format!("upstream `{text}`: a query string is not supported here"));
         }
         let base_path = uri.path().trim_end_matches('/').to_string();
-        Ok(UpstreamUrl { https, authority, base_path })
+        Ok(UpstreamUrl {
+            https,
+            authority,
+            base_path,
+        })
     }
 }
 
@@ -267,6 +285,8 @@ pub struct AgentOverrides {
     pub upstream: Option<String>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
+    /// The proxy from `HTTPS_PROXY`/`NO_PROXY` (used unless the file sets `proxy_url`).
+    pub env_proxy: Option<crate::agent::proxy_env::ProxySettings>,
 }
 
 impl AgentConfig {
@@ -297,6 +317,13 @@ impl AgentConfig {
         if let Some(c) = flags.ca_file {
             self.ca_file = Some(c);
         }
+        self.proxy = match &self.proxy_url {
+            Some(url) => Some(
+                crate::agent::proxy_env::ProxySettings::parse(url.as_str(), Vec::new())
+                    .map_err(|m| ConfigError::invalid(origin, format!("proxy_url: {m}")))?,
+            ),
+            None => flags.env_proxy,
+        };
         if self.relay.is_none() {
             return Err(ConfigError::invalid(
                 origin,
@@ -390,6 +417,7 @@ mod tests {
                     token: Some(Secret::new("t")),
                     upstream: Some("http://localhost:8000".into()),
                     ca_file: None,
+                    env_proxy: None,
                 },
                 "command line",
             )

@@ -180,7 +180,8 @@ impl TunnelName {
             && s.len() <= 63
             && !s.starts_with('-')
             && !s.ends_with('-')
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if ok {
             Ok(TunnelName(s.to_string()))
         } else {
@@ -232,7 +233,7 @@ impl TokenHash {
     /// Parse the hex form written as `token_sha256:`.
     pub fn from_hex(s: &str) -> Result<Self, String> {
         let bytes = hex::decode(s.trim()).map_err(|_| {
-            format!("token_sha256 must be 64 hex digits (the output of `printf %s TOKEN | sha256sum`)")
+            "token_sha256 must be 64 hex digits (the output of `printf %s TOKEN | sha256sum`)".to_string()
         })?;
         let arr: [u8; 32] = bytes.try_into().map_err(|_| {
             "token_sha256 must be 64 hex digits (the output of `printf %s TOKEN | sha256sum`)".to_string()
@@ -324,7 +325,9 @@ fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error>
     }
     let items = Vec::<Item>::deserialize(d)?;
     if items.is_empty() {
-        return Err(serde::de::Error::custom("retry_schedule needs at least one duration"));
+        return Err(serde::de::Error::custom(
+            "retry_schedule needs at least one duration",
+        ));
     }
     Ok(items.into_iter().map(|i| i.0).collect())
 }
@@ -423,7 +426,9 @@ impl TryFrom<RawTunnel> for TunnelConfig {
             tokens.push(TokenHash::from_hex(h.as_str())?);
         }
         if tokens.is_empty() {
-            return Err("the tunnel has no `token` or `token_sha256`; add one so its agent can connect".into());
+            return Err(
+                "the tunnel has no `token` or `token_sha256`; add one so its agent can connect".into(),
+            );
         }
         if raw.queue.concurrency == 0 {
             return Err("queue.concurrency must be at least 1".into());
@@ -452,7 +457,9 @@ impl RelayConfig {
                 if let Some((other, _)) = seen.iter().find(|(_, o)| o.matches(h)) {
                     return Err(super::ConfigError::invalid(
                         origin,
-                        format!("tunnels.{name}: uses the same token as tunnel `{other}`; each tunnel needs its own token"),
+                        format!(
+                            "tunnels.{name}: uses the same token as tunnel `{other}`; each tunnel needs its own token"
+                        ),
                     ));
                 }
                 seen.push((name, h));

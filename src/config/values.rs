@@ -105,7 +105,9 @@ pub(crate) fn interpolate(raw: &str, lookup: &dyn Fn(&str) -> Option<String>) ->
                 .ok_or_else(|| format!("`${{` without a closing `}}` in `{raw}`"))?;
             let name = &body[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`${{{name}}}` is not a valid environment variable reference"));
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable reference"
+                ));
             }
             let value = lookup(name).ok_or_else(|| {
                 format!("environment variable {name} is not set (the file refers to ${{{name}}}); set it or write the value in the file")
@@ -169,7 +171,11 @@ impl ByteSize {
             "kb" => 1_000,
             "mb" => 1_000_000,
             "gb" => 1_000_000_000,
-            other => return Err(format!("unknown size unit `{other}` in `{text}`; use KiB, MiB or GiB")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{text}`; use KiB, MiB or GiB"
+                ));
+            }
         };
         n.checked_mul(mult)
             .map(ByteSize)

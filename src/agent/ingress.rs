@@ -1,0 +1,181 @@
+//! Ingress rules: the first rule whose host and path prefix match picks the origin. The relay's
+//! `:authority` only selects among configured rules; it never names where the agent dials, so a
+//! compromised relay cannot reach anything on the LAN the config does not list (no SSRF).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::upstream::HttpOrigin;
+use crate::body::{self, Body};
+use crate::config::agent::AgentConfig;
+use crate::protocol::PONTE_ERROR;
+
+/// Something that answers requests on the agent's side: an HTTP upstream, or (later) a local
+/// command runner. The stream code never knows which one it calls.
+pub trait Origin: Send + Sync + 'static {
+    /// Answer one request. Failures are answered, not returned.
+    fn serve(self: Arc<Self>, req: Request<Incoming>)
+    -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+    /// For logs.
+    fn describe(&self) -> String;
+}
+
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com` → `.example.com`.
+    Suffix(String),
+}
+
+struct Rule {
+    host: Option<HostMatch>,
+    path: Option<String>,
+    origin: Arc<dyn Origin>,
+}
+
+/// The agent's routing table.
+pub struct Ingress {
+    rules: Vec<Rule>,
+}
+
+impl Ingress {
+    /// Build origins for every rule of the configuration.
+    pub fn new(config: &AgentConfig) -> anyhow::Result<Self> {
+        let mut rules = Vec::with_capacity(config.ingress.len());
+        for rule in &config.ingress {
+            let host = rule.host.as_ref().map(|h| {
+                let h = h.as_str().trim().to_ascii_lowercase();
+                match h.strip_prefix('*') {
+                    Some(suffix) => HostMatch::Suffix(suffix.to_string()),
+                    None => HostMatch::Exact(h),
+                }
+            });
+            if rule.danger_accept_invalid_certs {
+                tracing::warn!(upstream = %rule.upstream, "danger_accept_invalid_certs is set: the upstream's certificate is not checked");
+            }
+            let origin: Arc<dyn Origin> = Arc::new(HttpOrigin::new(rule, config)?);
+            rules.push(Rule {
+                host,
+                path: rule.path.as_ref().map(|p| p.as_str().to_string()),
+                origin,
+            });
+        }
+        Ok(Ingress { rules })
+    }
+
+    /// The origin for a host (any case, with or without port) and path.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<dyn Origin>> {
+        let host = host_only(host);
+        self.rules
+            .iter()
+            .find(|r| {
+                let host_ok = match &r.host {
+                    None => true,
+                    Some(HostMatch::Exact(h)) => *h == host,
+                    Some(HostMatch::Suffix(s)) => host.ends_with(s.as_str()),
+                };
+                host_ok && r.path.as_ref().is_none_or(|p| path.starts_with(p.as_str()))
+            })
+            .map(|r| &r.origin)
+    }
+
+    /// Answer one request from the relay.
+    pub async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        match self.route(&host, req.uri().path()) {
+            Some(origin) => origin.clone().serve(req).await,
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "no-ingress",
+                &format!("no ingress rule of the agent matches {host}{}", req.uri().path()),
+            ),
+        }
+    }
+
+    /// Human summary of the rules, for the start-up log.
+    pub fn describe(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let host = match &r.host {
+                    None => "*".to_string(),
+                    Some(HostMatch::Exact(h)) => h.clone(),
+                    Some(HostMatch::Suffix(s)) => format!("*{s}"),
+                };
+                format!(
+                    "{host}{} → {}",
+                    r.path.as_deref().unwrap_or(""),
+                    r.origin.describe()
+                )
+            })
+            .collect()
+    }
+}
+
+fn host_only(authority: &str) -> String {
+    let a = authority.trim().to_ascii_lowercase();
+    let host = if a.starts_with('[') {
+        a.split(']').next().map(|h| format!("{h}]")).unwrap_or(a.clone())
+    } else {
+        a.rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or(a.clone())
+    };
+    host.trim_end_matches('.').to_string()
+}
+
+/// A response the agent generates itself, marked with `Ponte-Error`.
+pub fn reply(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
+    let mut resp = Response::new(body::full(format!("ponte agent: {message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(PONTE_ERROR.clone(), HeaderValue::from_static(code));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(yaml: &str) -> Ingress {
+        let cfg: AgentConfig = crate::config::parse_with_env(yaml, "t", &|_| None).unwrap();
+        Ingress::new(&cfg).unwrap()
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let i = ingress(
+            "ingress:\n  - {path: /hooks/, upstream: 'http://127.0.0.1:9000'}\n  - {host: 'api.example.com', upstream: 'http://127.0.0.1:9001'}\n  - {host: '*.dev.example.com', upstream: 'http://127.0.0.1:9002'}\n  - {upstream: 'http://127.0.0.1:8000'}\n",
+        );
+        let pick = |h: &str, p: &str| i.route(h, p).map(|o| o.describe());
+        assert_eq!(pick("x", "/hooks/a").as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(
+            pick("API.example.com:443", "/v1").as_deref(),
+            Some("http://127.0.0.1:9001")
+        );
+        assert_eq!(
+            pick("a.dev.example.com", "/").as_deref(),
+            Some("http://127.0.0.1:9002")
+        );
+        assert_eq!(pick("other", "/").as_deref(), Some("http://127.0.0.1:8000"));
+        let strict = ingress("ingress:\n  - {path: /only/, upstream: 'http://127.0.0.1:9000'}\n");
+        assert!(strict.route("x", "/else").is_none());
+    }
+}

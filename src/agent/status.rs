@@ -1,0 +1,65 @@
+//! What the agent is doing right now, published for systemd `STATUS=`, readiness and tests.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The agent's connection state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentStatus {
+    /// Started, first attempt not finished.
+    Starting,
+    /// A session is up.
+    Connected {
+        /// The relay URL.
+        relay: String,
+        /// The tunnel the relay put us on.
+        tunnel: String,
+        /// Where the public reaches it.
+        public_url: String,
+    },
+    /// The last attempt or session failed; waiting before the next attempt.
+    Retrying {
+        /// Wait before the next attempt.
+        delay: Duration,
+        /// What went wrong.
+        error: String,
+    },
+    /// Shutting down.
+    Stopping,
+}
+
+impl AgentStatus {
+    /// True while a session is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(self, AgentStatus::Connected { .. })
+    }
+}
+
+impl fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentStatus::Starting => f.write_str("connecting"),
+            AgentStatus::Connected {
+                relay, public_url, ..
+            } => {
+                write!(f, "connected to {relay}; public URL {public_url}")
+            }
+            AgentStatus::Retrying { delay, error } => {
+                write!(
+                    f,
+                    "retrying in {}: {error}",
+                    humantime::format_duration(round(*delay))
+                )
+            }
+            AgentStatus::Stopping => f.write_str("stopping"),
+        }
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    if d >= Duration::from_secs(1) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(d.as_millis() as u64)
+    }
+}

@@ -1,0 +1,196 @@
+//! Agent login: check the `Upgrade: ponte-h2` handshake and the token, answer `101`, then become
+//! the HTTP/2 *client* on the upgraded connection and register the session.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::error::ProxyError;
+use super::registry::TunnelState;
+use super::request::Authority;
+use super::service::{ConnInfo, RelayState};
+use super::session::Session;
+use crate::body::{self, Body};
+use crate::config::relay::TokenHash;
+use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
+use crate::protocol::{PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNEL, UPGRADE_TOKEN};
+
+/// Handle `GET /_ponte/v1/connect`.
+pub async fn accept(
+    state: &Arc<RelayState>,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    authority: &Authority,
+) -> Result<Response<Body>, ProxyError> {
+    if !is_ponte_upgrade(&req) {
+        return Ok(refusal(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade-required",
+            "this endpoint is for Ponte agents (GET with Upgrade: ponte-h2 over HTTP/1.1)",
+        ));
+    }
+    let ip = conn.peer.ip();
+    if state.registry.login_throttled(ip) {
+        return Err(ProxyError::Throttled);
+    }
+    let Some(token) = bearer_token(&req) else {
+        state.registry.record_failed_login(ip);
+        return Ok(refusal(
+            StatusCode::UNAUTHORIZED,
+            "token-missing",
+            "no token was sent; pass --token or set PONTE_TOKEN",
+        ));
+    };
+    let Some(tunnel) = state.registry.tunnel_for_token(&TokenHash::of(&token)) else {
+        state.registry.record_failed_login(ip);
+        tracing::warn!(peer = %conn.peer, "agent login refused: unknown token");
+        return Ok(refusal(
+            StatusCode::FORBIDDEN,
+            "token-rejected",
+            "the relay does not accept this token; check the token you were given for this tunnel",
+        ));
+    };
+    let agent_id = req
+        .headers()
+        .get(&PONTE_AGENT_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let public_url = public_url(state, conn, authority, &tunnel);
+    let state = state.clone();
+    let peer = conn.peer;
+    let session_tunnel = tunnel.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => run_session(state, session_tunnel, agent_id, peer, upgraded).await,
+            Err(e) => tracing::warn!(%peer, error = %e, "agent upgrade failed"),
+        }
+    });
+
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_TOKEN));
+    if let Ok(v) = HeaderValue::from_str(tunnel.name.as_str()) {
+        h.insert(PONTE_TUNNEL.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&public_url) {
+        h.insert(PONTE_PUBLIC_URL.clone(), v);
+    }
+    Ok(resp)
+}
+
+/// Serve one agent connection as its HTTP/2 client until it ends, is evicted, or the relay stops.
+async fn run_session(
+    state: Arc<RelayState>,
+    tunnel: Arc<TunnelState>,
+    agent_id: String,
+    peer: std::net::SocketAddr,
+    upgraded: hyper::upgrade::Upgraded,
+) {
+    let keepalive = state.config.keepalive;
+    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(keepalive.interval)
+        .keep_alive_timeout(keepalive.timeout)
+        // The relay is the client: without this, hyper only pings while streams are open and a
+        // blackholed idle tunnel would go unnoticed.
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buf_size(MAX_SEND_BUF)
+        .handshake::<_, Body>(upgraded)
+        .await;
+    let (sender, connection) = match handshake {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "agent HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let id = state.registry.next_session_id();
+    let session = Arc::new(Session::new(
+        id,
+        agent_id.clone(),
+        peer,
+        sender,
+        state.config.limits.max_streams_per_agent,
+    ));
+    tunnel.register(session.clone());
+    tracing::info!(tunnel = %tunnel.name, session = id, %peer, agent = %agent_id, "agent connected");
+    let reason = tokio::select! {
+        res = connection => match res {
+            Ok(()) => "agent closed the connection".to_string(),
+            Err(e) => format!("connection error: {e}"),
+        },
+        _ = session.closed() => if state.sessions_shutdown.is_cancelled() {
+            "relay shutting down".to_string()
+        } else {
+            "replaced by a newer session of the same agent".to_string()
+        },
+        _ = state.sessions_shutdown.cancelled() => "relay shutting down".to_string(),
+    };
+    tunnel.deregister(id);
+    tracing::info!(tunnel = %tunnel.name, session = id, %peer, %reason, "agent disconnected");
+}
+
+fn is_ponte_upgrade<B>(req: &Request<B>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && has(header::CONNECTION, "upgrade")
+        && has(header::UPGRADE, UPGRADE_TOKEN)
+}
+
+fn bearer_token<B>(req: &Request<B>) -> Option<String> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+}
+
+/// A refused login: the status and one line the agent prints as is.
+fn refusal(status: StatusCode, code: &'static str, reason: &str) -> Response<Body> {
+    let mut resp = Response::new(body::full(format!("{reason}\n")));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(PONTE_ERROR.clone(), HeaderValue::from_static(code));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::UPGRADE_REQUIRED {
+        h.insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_TOKEN));
+    }
+    resp
+}
+
+/// Where the public reaches this tunnel, as told to the agent.
+fn public_url(state: &RelayState, conn: ConnInfo, authority: &Authority, tunnel: &TunnelState) -> String {
+    let scheme = if conn.tls { "https" } else { "http" };
+    if let Some(base) = &state.config.public_url {
+        return format!("{}/t/{}/", base.as_str().trim_end_matches('/'), tunnel.name);
+    }
+    if let Some(domain) = &state.config.domain {
+        let port = authority
+            .raw
+            .rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()) && !authority.raw.ends_with(']'))
+            .map(|(_, p)| format!(":{p}"))
+            .unwrap_or_default();
+        return format!("{scheme}://{}.{domain}{port}/", tunnel.name);
+    }
+    format!("{scheme}://{}/t/{}/", authority.raw, tunnel.name)
+}

@@ -1,0 +1,171 @@
+//! Live sessions per tunnel. Several agents may serve one tunnel (streams are spread round-robin);
+//! a reconnecting agent's stale session (same agent id) is evicted at once, so a connection that
+//! died silently never holds the tunnel hostage (the ngrok ERR_NGROK_334 failure).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::session::Session;
+use crate::config::relay::{RelayConfig, TokenHash, TunnelConfig, TunnelName};
+
+/// One configured tunnel and its live sessions.
+pub struct TunnelState {
+    /// Its name.
+    pub name: TunnelName,
+    /// Its settings.
+    pub config: TunnelConfig,
+    sessions: Mutex<Vec<Arc<Session>>>,
+    next: AtomicUsize,
+    connected: watch::Sender<usize>,
+}
+
+impl TunnelState {
+    fn new(name: TunnelName, config: TunnelConfig) -> Self {
+        TunnelState {
+            name,
+            config,
+            sessions: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            connected: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Session>>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent; keep serving.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add a session, evicting any earlier one from the same agent instance.
+    pub fn register(&self, session: Arc<Session>) {
+        let mut sessions = self.lock();
+        sessions.retain(|old| {
+            let stale = old.agent_id == session.agent_id;
+            if stale {
+                tracing::info!(tunnel = %self.name, old = old.id, old_peer = %old.remote, new = session.id, "agent reconnected; evicting its stale session");
+                old.close();
+            }
+            !stale
+        });
+        sessions.push(session);
+        self.connected.send_replace(sessions.len());
+    }
+
+    /// Remove a session that ended.
+    pub fn deregister(&self, id: u64) {
+        let mut sessions = self.lock();
+        sessions.retain(|s| s.id != id);
+        self.connected.send_replace(sessions.len());
+    }
+
+    /// A session to carry the next stream, round-robin over the usable ones.
+    pub fn pick(&self) -> Option<Arc<Session>> {
+        let sessions = self.lock();
+        let usable: Vec<&Arc<Session>> = sessions.iter().filter(|s| s.is_usable()).collect();
+        if usable.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % usable.len();
+        Some(usable[i].clone())
+    }
+
+    /// Number of registered sessions.
+    pub fn connected_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Close every session (shutdown).
+    pub fn close_all(&self) {
+        for s in self.lock().iter() {
+            s.close();
+        }
+    }
+}
+
+/// All tunnels of the relay, and the failed-login budget per address.
+pub struct Registry {
+    tunnels: HashMap<TunnelName, Arc<TunnelState>>,
+    failed_logins: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    max_failed_logins: u32,
+    next_session_id: AtomicU64,
+}
+
+/// Window over which failed logins are counted.
+const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+
+impl Registry {
+    /// Build from the configuration.
+    pub fn new(config: &RelayConfig) -> Self {
+        Registry {
+            tunnels: config
+                .tunnels
+                .iter()
+                .map(|(n, c)| (n.clone(), Arc::new(TunnelState::new(n.clone(), c.clone()))))
+                .collect(),
+            failed_logins: Mutex::new(HashMap::new()),
+            max_failed_logins: config.limits.max_failed_logins_per_minute,
+            next_session_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A tunnel by name.
+    pub fn tunnel(&self, name: &TunnelName) -> Option<&Arc<TunnelState>> {
+        self.tunnels.get(name)
+    }
+
+    /// Every tunnel.
+    pub fn tunnels(&self) -> impl Iterator<Item = &Arc<TunnelState>> {
+        self.tunnels.values()
+    }
+
+    /// The tunnel a presented token belongs to. Every configured hash is compared in constant
+    /// time, whatever matched earlier.
+    pub fn tunnel_for_token(&self, presented: &TokenHash) -> Option<Arc<TunnelState>> {
+        let mut found = None;
+        for t in self.tunnels.values() {
+            for h in &t.config.tokens {
+                if h.matches(presented) && found.is_none() {
+                    found = Some(t.clone());
+                }
+            }
+        }
+        found
+    }
+
+    /// A fresh session id.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Is this address over its failed-login budget?
+    pub fn login_throttled(&self, ip: IpAddr) -> bool {
+        let map = self.failed_logins.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip)
+            .is_some_and(|(since, n)| since.elapsed() < LOGIN_WINDOW && *n >= self.max_failed_logins)
+    }
+
+    /// Count a failed login.
+    pub fn record_failed_login(&self, ip: IpAddr) {
+        let mut map = self.failed_logins.lock().unwrap_or_else(|p| p.into_inner());
+        // Bound the map: forget old windows when it grows.
+        if map.len() > 10_000 {
+            map.retain(|_, (since, _)| since.elapsed() < LOGIN_WINDOW);
+        }
+        let entry = map.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= LOGIN_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+
+    /// Close every session (shutdown).
+    pub fn close_all(&self) {
+        for t in self.tunnels.values() {
+            t.close_all();
+        }
+    }
+}
