@@ -96,6 +96,10 @@ impl HttpOrigin {
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }
+        // The tunnel is HTTP/2 and carries trailers; let an HTTP/1.1 upstream send them.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
         Ok(())
     }
 

@@ -4,13 +4,14 @@
 use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// (`Trailer` is not among them: it declares end-to-end trailer fields, and HTTP/1.1 servers only
+/// send the trailers it names.)
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
