@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod relay;
+pub mod store;
 mod values;
 
 use std::cell::RefCell;

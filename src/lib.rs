@@ -16,6 +16,7 @@ pub mod logging;
 pub mod protocol;
 pub mod relay;
 pub mod shutdown;
+pub mod store;
 pub mod tls;
 
 /// The error type carried by streamed bodies: any cause, sendable across tasks.

@@ -7,6 +7,7 @@
 //! towards the agent. Keeping these constants and settings in one place is what keeps the two ends
 //! compatible.
 
+pub mod admin;
 pub mod handshake;
 pub mod headers;
 pub mod tunnel;

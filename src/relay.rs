@@ -5,13 +5,21 @@
 //! Flow: [`server`] accepts and terminates TLS → [`service`] validates and routes each request →
 //! [`connect`] upgrades agent logins into [`session`]s held in the [`registry`], or [`proxy`]
 //! forwards public requests over a session. Every error becomes an HTTP answer in [`error`].
+//!
+//! Queued tunnels: [`queue`] commits requests to the store and answers 202, a [`delivery`] worker
+//! per tunnel sends them through the agent under the [`retry`] policy, and [`admin`] lets an
+//! operator list, replay and purge them.
 
+mod admin;
 mod connect;
+mod delivery;
 mod edge_auth;
 mod error;
 mod proxy;
+mod queue;
 mod registry;
 mod request;
+pub mod retry;
 mod routing;
 mod server;
 mod service;
@@ -42,6 +50,30 @@ pub async fn serve(
         )),
         None => None,
     };
-    let state = Arc::new(service::RelayState::new(config));
-    server::run(listener, tls, state, shutdown).await
+    let queues = match &config.store {
+        Some(url) => {
+            let options = crate::store::OpenOptions {
+                max_bytes: Some(config.store_max_size.0),
+                ..Default::default()
+            };
+            let store = crate::store::open(url, options)
+                .await
+                .context("opening the queue store (`store:` in relay.yaml)")?;
+            Some(Arc::new(queue::Queues::new(store, &config)))
+        }
+        None => None,
+    };
+    let state = Arc::new(service::RelayState::with_queues(config, queues));
+    let workers = delivery::start(&state, shutdown.clone());
+    let result = server::run(listener, tls, state, shutdown).await;
+    // Sessions are closed by now, so in-flight attempts end quickly; bound the wait anyway.
+    if tokio::time::timeout(WORKER_STOP, workers.wait()).await.is_err() {
+        tracing::warn!(
+            "delivery workers did not stop in time; their leases are taken back at the next start"
+        );
+    }
+    result
 }
+
+/// Longest wait for delivery workers to record their last attempts at shutdown.
+const WORKER_STOP: std::time::Duration = std::time::Duration::from_secs(5);

@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 use super::{ByteSize, EnvString, Secret, duration, parse_scalar};
 use crate::protocol::tunnel::{DEFAULT_MAX_STREAMS, Keepalive};
 
+pub use super::store::{MIN_STORE_MAX_SIZE, RetentionConfig, StoreUrl};
+
 /// Default public listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:443";
 
@@ -35,7 +37,14 @@ pub struct RelayConfig {
     pub admin_token: Option<Secret>,
     /// Durable queue location, e.g. `sqlite:///var/lib/ponte/relay.db`.
     #[serde(default)]
-    pub store: Option<EnvString>,
+    pub store: Option<StoreUrl>,
+    /// Largest size of the store. Past it the oldest delivered records are dropped first; when
+    /// pending and failed ones alone fill it, new requests get 503 until room returns.
+    #[serde(default = "default_store_max_size")]
+    pub store_max_size: ByteSize,
+    /// How long finished deliveries are kept in the store.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Bounds on what a peer may make the relay do.
     #[serde(default)]
     pub limits: Limits,
@@ -55,6 +64,9 @@ pub struct RelayConfig {
 
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("constant address parses")
+}
+fn default_store_max_size() -> ByteSize {
+    ByteSize(super::store::DEFAULT_STORE_MAX_SIZE)
 }
 fn default_grace() -> Duration {
     crate::shutdown::DEFAULT_GRACE_PERIOD
@@ -329,6 +341,11 @@ fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error>
             "retry_schedule needs at least one duration",
         ));
     }
+    if items.iter().any(|i| i.0.is_zero()) {
+        return Err(serde::de::Error::custom(
+            "retry_schedule: every wait must be longer than 0s (e.g. 50ms)",
+        ));
+    }
     Ok(items.into_iter().map(|i| i.0).collect())
 }
 
@@ -464,12 +481,35 @@ impl RelayConfig {
                 }
                 seen.push((name, h));
             }
+            if t.queue.attempt_timeout.is_zero() || t.queue.max_age.is_zero() {
+                return Err(super::ConfigError::invalid(
+                    origin,
+                    format!("tunnels.{name}.queue: attempt_timeout and max_age must be longer than 0s"),
+                ));
+            }
             if t.delivery != DeliveryMode::Direct && self.store.is_none() {
                 return Err(super::ConfigError::invalid(
                     origin,
                     format!("tunnels.{name}: delivery `{:?}` needs a `store:` (e.g. store: sqlite:///var/lib/ponte/relay.db)", t.delivery).to_lowercase(),
                 ));
             }
+        }
+        self.validate_store(origin)
+    }
+
+    /// Checks of the store settings.
+    fn validate_store(&self, origin: &str) -> Result<(), super::ConfigError> {
+        if self.retention.delivered.is_zero() || self.retention.failed.is_zero() {
+            return Err(super::ConfigError::invalid(
+                origin,
+                "retention: delivered and failed must be longer than 0s (e.g. 7d)",
+            ));
+        }
+        if self.store_max_size.0 < MIN_STORE_MAX_SIZE {
+            return Err(super::ConfigError::invalid(
+                origin,
+                format!("store_max_size must be at least {}KiB", MIN_STORE_MAX_SIZE >> 10),
+            ));
         }
         Ok(())
     }

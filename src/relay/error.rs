@@ -9,6 +9,9 @@ use crate::protocol::PONTE_ERROR;
 
 /// How long a sender is told to wait before retrying when the agent is offline.
 pub const RETRY_AFTER_OFFLINE: Duration = Duration::from_secs(10);
+/// How long a sender is told to wait when the queue store is full: freeing room takes an
+/// operator or the retention sweep, not seconds.
+pub const RETRY_AFTER_FULL: Duration = Duration::from_secs(60);
 
 /// Every way the relay can refuse or fail a public request.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,32 @@ pub enum ProxyError {
     /// Something inside the relay failed (store error, ...). The sender may retry.
     #[error("the relay could not take the request ({0}); try again later")]
     Unavailable(String),
+    /// The queue store has no room: the request was not accepted.
+    #[error("the relay's queue is full and did not accept the request; try again later")]
+    QueueFull,
+    /// Admin API: no delivery with that id.
+    #[error("no delivery with id `{0}`")]
+    NoSuchDelivery(String),
+    /// Admin API: no `admin_token` configured (or no store to administer).
+    #[error("the admin API is off: {0}")]
+    AdminDisabled(&'static str),
+    /// Admin API: no token presented.
+    #[error("send the admin token as `Authorization: Bearer <admin_token>` (ponte deliveries --admin-token)")]
+    AdminTokenMissing,
+    /// Admin API: wrong token.
+    #[error("the admin token was not accepted")]
+    AdminTokenRejected,
+}
+
+impl From<crate::store::StoreError> for ProxyError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Full(_) => ProxyError::QueueFull,
+            StoreError::NotFound(id) => ProxyError::NoSuchDelivery(id),
+            other => ProxyError::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl ProxyError {
@@ -72,7 +101,12 @@ impl ProxyError {
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::AgentOffline | ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::AgentOffline | ProxyError::Unavailable(_) | ProxyError::QueueFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::NoSuchDelivery(_) | ProxyError::AdminDisabled(_) => StatusCode::NOT_FOUND,
+            ProxyError::AdminTokenMissing => StatusCode::UNAUTHORIZED,
+            ProxyError::AdminTokenRejected => StatusCode::FORBIDDEN,
             ProxyError::AgentFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Throttled => StatusCode::TOO_MANY_REQUESTS,
@@ -95,6 +129,11 @@ impl ProxyError {
             ProxyError::Timeout => "timeout",
             ProxyError::Throttled => "throttled",
             ProxyError::Unavailable(_) => "unavailable",
+            ProxyError::QueueFull => "queue-full",
+            ProxyError::NoSuchDelivery(_) => "no-such-delivery",
+            ProxyError::AdminDisabled(_) => "admin-disabled",
+            ProxyError::AdminTokenMissing => "admin-token-missing",
+            ProxyError::AdminTokenRejected => "admin-token-rejected",
         }
     }
 
@@ -115,8 +154,17 @@ impl ProxyError {
                     HeaderValue::from(RETRY_AFTER_OFFLINE.as_secs()),
                 );
             }
+            ProxyError::QueueFull => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_FULL.as_secs()));
+            }
             ProxyError::Throttled => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            ProxyError::AdminTokenMissing => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"ponte-admin\""),
+                );
             }
             ProxyError::Unauthorized { basic: true } => {
                 h.insert(

@@ -15,6 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::edge_auth;
 use super::error::ProxyError;
+use super::queue::{self, Decision};
 use super::registry::TunnelState;
 use super::request::{self, Authority};
 use super::service::{ConnInfo, RelayState};
@@ -22,6 +23,7 @@ use super::session::{SendError, Session};
 use crate::BoxError;
 use crate::body::{self, Body, BodyOutcome, GuardedBody};
 use crate::protocol::headers::remove_hop_by_hop;
+use crate::protocol::{PONTE_ATTEMPT, PONTE_DELIVERY_ID};
 
 /// Proxy `req` to `tunnel`.
 pub async fn forward(
@@ -42,7 +44,23 @@ pub async fn forward(
     if declared_length(&req).is_some_and(|n| n > limit) {
         return Err(ProxyError::TooLarge { limit });
     }
-    let session = tunnel.pick().ok_or(ProxyError::AgentOffline)?;
+    let session = tunnel.pick();
+    if let Some(queue) = state.queues.as_ref().and_then(|q| q.tunnel(&tunnel.name)) {
+        let decision = queue::decide(cfg, queue, &req, session.is_some());
+        if decision != Decision::Live {
+            let limit = queue::body_limit(state, tunnel);
+            if declared_length(&req).is_some_and(|n| n > limit) {
+                return Err(ProxyError::TooLarge { limit });
+            }
+            return match (decision, session) {
+                (Decision::LiveOrQueue, Some(session)) => {
+                    queue::live_or_queue(state, tunnel, queue, session, conn, req, authority, path).await
+                }
+                _ => queue::accept(state, tunnel, queue, conn, req, authority, path).await,
+            };
+        }
+    }
+    let session = session.ok_or(ProxyError::AgentOffline)?;
     if request::is_websocket_upgrade(&req) {
         return websocket(state, &session, conn, req, authority, path).await;
     }
@@ -59,20 +77,30 @@ pub async fn forward(
         .send(out, state.config.limits.response_timeout)
         .await
         .map_err(|e| send_error(e, &outcome, limit))?;
+    Ok(relay_response(resp, permit))
+}
+
+/// The agent's response as the sender gets it: hop-by-hop headers removed, HTTP/1.1 framing,
+/// and the stream permit held until the body is finished.
+pub(super) fn relay_response(resp: Response<Incoming>, permit: OwnedSemaphorePermit) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(
+    Response::from_parts(
         parts,
         body::boxed(HoldPermit {
             inner: body,
             _permit: permit,
         }),
-    ))
+    )
 }
 
 /// The URI of the stream on the tunnel: the public scheme and host, the forwarded path.
-fn tunnel_uri(conn: ConnInfo, authority: &Authority, path: PathAndQuery) -> Result<Uri, ProxyError> {
+pub(super) fn tunnel_uri(
+    conn: ConnInfo,
+    authority: &Authority,
+    path: PathAndQuery,
+) -> Result<Uri, ProxyError> {
     let host = if authority.raw.is_empty() {
         "unknown"
     } else {
@@ -86,7 +114,7 @@ fn tunnel_uri(conn: ConnInfo, authority: &Authority, path: PathAndQuery) -> Resu
         .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded".into()))
 }
 
-fn tunnel_headers(
+pub(super) fn tunnel_headers(
     state: &RelayState,
     conn: ConnInfo,
     authority: &Authority,
@@ -95,6 +123,9 @@ fn tunnel_headers(
     remove_hop_by_hop(&mut headers);
     // HTTP/2 carries the host in :authority.
     headers.remove(header::HOST);
+    // Only the relay sets these: a forged delivery id could make a receiver drop a real webhook.
+    headers.remove(&PONTE_DELIVERY_ID);
+    headers.remove(&PONTE_ATTEMPT);
     request::add_forwarded(
         &mut headers,
         conn.peer,
@@ -167,16 +198,7 @@ async fn websocket(
         .map_err(|e| send_error(e, &BodyOutcome::default(), 0))?;
     if resp.status() != StatusCode::OK {
         // The upstream refused the upgrade: pass its answer on as a normal response.
-        let (mut parts, body) = resp.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
-        parts.version = Version::HTTP_11;
-        return Ok(Response::from_parts(
-            parts,
-            body::boxed(HoldPermit {
-                inner: body,
-                _permit: permit,
-            }),
-        ));
+        return Ok(relay_response(resp, permit));
     }
     let agent_upgrade = hyper::upgrade::on(&mut resp);
     let peer = conn.peer;

@@ -73,6 +73,12 @@ impl TunnelState {
         Some(usable[i].clone())
     }
 
+    /// Follow the number of registered sessions: the delivery worker waits on it, and delivers
+    /// at once when an agent arrives.
+    pub fn watch_connected(&self) -> watch::Receiver<usize> {
+        self.connected.subscribe()
+    }
+
     /// Number of registered sessions.
     pub fn connected_count(&self) -> usize {
         self.lock().len()

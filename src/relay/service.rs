@@ -9,11 +9,13 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ProxyError;
+use super::queue::Queues;
 use super::registry::Registry;
 use super::routing::{self, Route};
-use super::{connect, proxy, request};
+use super::{admin, connect, proxy, request};
 use crate::body::{self, Body};
 use crate::config::relay::RelayConfig;
+use crate::protocol::admin::ADMIN_PREFIX;
 use crate::protocol::{CONNECT_PATH, HEALTH_PATH};
 
 /// Everything a request handler needs, shared by all connections.
@@ -24,15 +26,18 @@ pub struct RelayState {
     pub registry: Registry,
     /// Cancelled once public connections have drained, to close agent sessions last.
     pub sessions_shutdown: CancellationToken,
+    /// The durable queue, when `store:` is configured.
+    pub queues: Option<Arc<Queues>>,
 }
 
 impl RelayState {
-    /// Build the shared state.
-    pub fn new(config: RelayConfig) -> Self {
+    /// Build the shared state, with the durable queue (if any) already opened by the caller.
+    pub fn with_queues(config: RelayConfig, queues: Option<Arc<Queues>>) -> Self {
         RelayState {
             registry: Registry::new(&config),
             config,
             sessions_shutdown: CancellationToken::new(),
+            queues,
         }
     }
 }
@@ -74,6 +79,7 @@ async fn dispatch(
         Route::Internal => match path.path() {
             CONNECT_PATH => connect::accept(state, conn, req, &authority).await,
             HEALTH_PATH => Ok(health(state)),
+            p if p.starts_with(ADMIN_PREFIX) => admin::handle(state, conn, req).await,
             _ => Err(ProxyError::NotFound(format!(
                 "no relay endpoint at {}",
                 path.path()

@@ -1,0 +1,225 @@
+//! The admin API under `/_ponte/admin/` on the relay's own host (see [`crate::protocol::admin`]):
+//! list, show, replay and purge deliveries. Off (404) without an `admin_token`; every call needs
+//! that token as a bearer token, compared in constant time, and failed tries count against the
+//! same per-address budget as agent logins.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use super::error::ProxyError;
+use super::service::{ConnInfo, RelayState};
+use crate::body::{self, Body};
+use crate::config::relay::TokenHash;
+use crate::protocol::admin::{ADMIN_PREFIX, ListResponse, PurgeResponse, ReplayResponse};
+use crate::store::{ListFilter, PurgeFilter, Status};
+
+/// Page size when the caller gives none.
+const DEFAULT_PAGE: usize = 100;
+
+/// Answer one admin request.
+pub async fn handle(
+    state: &Arc<RelayState>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let Some(expected) = &state.config.admin_token else {
+        return Err(ProxyError::AdminDisabled(
+            "set `admin_token:` in relay.yaml to use it",
+        ));
+    };
+    authorize(state, conn, &req, expected.expose())?;
+    let Some(queues) = &state.queues else {
+        return Err(ProxyError::AdminDisabled(
+            "this relay has no `store:`, so there are no deliveries to administer",
+        ));
+    };
+    let store = &queues.store;
+    let path = req.uri().path().strip_prefix(ADMIN_PREFIX).unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let query = Query::parse(req.uri().query())?;
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["deliveries"]) => {
+            query.only(&["tunnel", "status", "limit", "before"])?;
+            let limit = query.number("limit")?.map_or(DEFAULT_PAGE, |n| n as usize);
+            let filter = ListFilter {
+                tunnel: query.get("tunnel").map(String::from),
+                status: query.status()?,
+                before_seq: query.number("before")?.map(|n| n as i64),
+                limit,
+            };
+            let deliveries = store.list(filter).await?;
+            let next_before = (deliveries.len() >= limit.max(1))
+                .then(|| deliveries.last().map(|d| d.seq))
+                .flatten();
+            json(&ListResponse {
+                deliveries,
+                next_before,
+            })
+        }
+        (&Method::GET, ["deliveries", id]) => {
+            query.only(&[])?;
+            json(&store.show(id.to_string()).await?)
+        }
+        (&Method::POST, ["deliveries", id, "replay"]) => {
+            query.only(&[])?;
+            let summary = store.replay(id.to_string()).await?;
+            wake(state, &summary.tunnel);
+            tracing::info!(id = %summary.id, peer = %conn.peer, "delivery replayed by an operator");
+            json(&summary)
+        }
+        (&Method::POST, ["replay"]) => {
+            query.only(&["status", "tunnel"])?;
+            if query.status()? != Some(Status::Failed) {
+                return Err(ProxyError::BadRequest(
+                    "bulk replay needs status=failed (replay one delivery by its id otherwise)".into(),
+                ));
+            }
+            let tunnel = query.get("tunnel").map(String::from);
+            let replayed = store.replay_failed(tunnel).await?;
+            for t in state.registry.tunnels() {
+                wake(state, t.name.as_str());
+            }
+            tracing::info!(replayed, peer = %conn.peer, "failed deliveries replayed by an operator");
+            json(&ReplayResponse { replayed })
+        }
+        (&Method::POST, ["purge"]) => {
+            query.only(&["status", "tunnel", "older_than"])?;
+            let status = query.status()?.ok_or_else(|| {
+                ProxyError::BadRequest("purge needs status=delivered, failed or pending".into())
+            })?;
+            let older_than = query
+                .get("older_than")
+                .map(|t| crate::config::duration::parse(t).map_err(ProxyError::BadRequest))
+                .transpose()?;
+            let filter = PurgeFilter {
+                status,
+                tunnel: query.get("tunnel").map(String::from),
+                older_than,
+            };
+            let purged = store.purge(filter).await?;
+            tracing::info!(purged, %status, peer = %conn.peer, "deliveries purged by an operator");
+            json(&PurgeResponse { purged })
+        }
+        (_, ["deliveries"] | ["deliveries", _] | ["deliveries", _, "replay"] | ["replay"] | ["purge"]) => {
+            Err(ProxyError::MethodNotAllowed)
+        }
+        _ => Err(ProxyError::NotFound(format!(
+            "no admin endpoint at {}",
+            req.uri().path()
+        ))),
+    }
+}
+
+fn authorize<B>(
+    state: &RelayState,
+    conn: ConnInfo,
+    req: &Request<B>,
+    expected: &str,
+) -> Result<(), ProxyError> {
+    let ip = conn.peer.ip();
+    if state.registry.login_throttled(ip) {
+        return Err(ProxyError::Throttled);
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(presented) = presented else {
+        return Err(ProxyError::AdminTokenMissing);
+    };
+    // Hash both sides so the comparison takes the same time whatever the lengths.
+    if TokenHash::of(presented).matches(&TokenHash::of(expected)) {
+        Ok(())
+    } else {
+        state.registry.record_failed_login(ip);
+        tracing::warn!(peer = %conn.peer, "admin request with a wrong token refused");
+        Err(ProxyError::AdminTokenRejected)
+    }
+}
+
+/// Wake a tunnel's worker after a replay, so the delivery goes out now.
+fn wake(state: &RelayState, tunnel: &str) {
+    if let Some(queues) = &state.queues
+        && let Ok(name) = crate::config::relay::TunnelName::parse(tunnel)
+        && let Some(q) = queues.tunnel(&name)
+    {
+        q.wake.notify_one();
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Response<Body>, ProxyError> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| ProxyError::Unavailable(format!("cannot encode the answer: {e}")))?;
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+/// Query parameters, each at most once.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Result<Self, ProxyError> {
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        for (i, (k, _)) in pairs.iter().enumerate() {
+            if pairs[..i].iter().any(|(other, _)| other == k) {
+                return Err(ProxyError::BadRequest(format!("`{k}` is given more than once")));
+            }
+        }
+        Ok(Query(pairs))
+    }
+
+    /// Refuse unknown parameters: a typo must not widen a purge.
+    fn only(&self, allowed: &[&str]) -> Result<(), ProxyError> {
+        match self.0.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            Some((k, _)) => Err(ProxyError::BadRequest(format!(
+                "unknown parameter `{k}` (allowed here: {})",
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn number(&self, key: &str) -> Result<Option<u64>, ProxyError> {
+        self.get(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ProxyError::BadRequest(format!("`{key}` must be a whole number, not `{v}`")))
+            })
+            .transpose()
+    }
+
+    fn status(&self) -> Result<Option<Status>, ProxyError> {
+        self.get("status")
+            .map(|v| {
+                Status::parse(v).ok_or_else(|| {
+                    ProxyError::BadRequest(format!("status `{v}` is not one of pending, delivered, failed"))
+                })
+            })
+            .transpose()
+    }
+}

@@ -1,0 +1,306 @@
+//! The delivery workers: one per queued tunnel. While an agent of the tunnel is connected, a
+//! worker claims due deliveries from the store under a lease, sends each as one stream through
+//! the agent with `Ponte-Delivery-Id` and `Ponte-Attempt`, and records the result the retry
+//! policy ([`super::retry`]) gives. When an agent (re)connects every pending delivery of the
+//! tunnel is made due at once instead of waiting out its backoff. A sweeper deletes finished
+//! deliveries past their retention.
+//!
+//! The worker keeps nothing the store does not know: if the relay dies mid-attempt, the lease in
+//! the store is all that is left, and the next start takes it back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::queue::{TunnelQueue, stream_request};
+use super::registry::TunnelState;
+use super::retry::{self, AttemptResult};
+use super::service::RelayState;
+use super::session::SendError;
+use crate::protocol::{PONTE_ATTEMPT, PONTE_DELIVERY_ID, PONTE_ERROR};
+use crate::store::{AttemptReport, ClaimRequest, Claimed, Retention, Store};
+
+/// Longest sleep between two claims when nothing says when work is due: a safety net for
+/// deliveries other processes make due (a shared PostgreSQL store) and for clock steps.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+/// Wait after a store error before claiming again.
+const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// The lease outlives the attempt's own timeout by this much, so a slow but live attempt is never
+/// claimed twice.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// Most bytes of a failed response body kept in the attempt log.
+const EXCERPT_BYTES: usize = 200;
+/// Longest wait for that excerpt.
+const EXCERPT_WAIT: Duration = Duration::from_secs(1);
+/// Longest pause between two retention sweeps.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Start a worker for every queued tunnel and the retention sweeper. They stop claiming when
+/// `shutdown` is cancelled and end once their in-flight attempts have reported.
+pub fn start(state: &Arc<RelayState>, shutdown: CancellationToken) -> TaskTracker {
+    let tracker = TaskTracker::new();
+    let Some(queues) = &state.queues else {
+        tracker.close();
+        return tracker;
+    };
+    for tunnel in state.registry.tunnels() {
+        if let Some(queue) = queues.tunnel(&tunnel.name) {
+            let worker = Worker {
+                tunnel: tunnel.clone(),
+                queue: queue.clone(),
+                store: queues.store.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let span = tracing::info_span!("delivery", tunnel = %tunnel.name);
+            tracker.spawn(worker.run().instrument(span));
+        }
+    }
+    let retention = Retention {
+        delivered: state.config.retention.delivered,
+        failed: state.config.retention.failed,
+    };
+    tracker.spawn(sweep(queues.store.clone(), retention, shutdown));
+    tracker.close();
+    tracker
+}
+
+struct Worker {
+    tunnel: Arc<TunnelState>,
+    queue: Arc<TunnelQueue>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    async fn run(self) {
+        let settings = &self.tunnel.config.queue;
+        let ordered = settings.ordered;
+        let slots = Arc::new(Semaphore::new(if ordered {
+            1
+        } else {
+            settings.concurrency as usize
+        }));
+        let lease = settings.attempt_timeout + LEASE_MARGIN;
+        let mut connected = self.tunnel.watch_connected();
+        let mut was_connected = false;
+        let mut in_flight: JoinSet<()> = JoinSet::new();
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let agents = *connected.borrow_and_update();
+            let mut pause = IDLE_POLL;
+            if agents == 0 {
+                was_connected = false;
+            } else {
+                if !was_connected {
+                    was_connected = true;
+                    // The agent is back: whatever waits out a backoff goes now.
+                    match self.store.wake(self.tunnel.name.to_string()).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(woken = n, "agent connected; delivering the backlog now")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not wake pending deliveries"),
+                    }
+                }
+                let free = slots.available_permits();
+                if free > 0 {
+                    let request = ClaimRequest {
+                        tunnel: self.tunnel.name.to_string(),
+                        max: free,
+                        ordered,
+                        lease,
+                    };
+                    match self.store.claim(request).await {
+                        Ok(batch) => {
+                            self.queue.set_backlog(batch.backlog);
+                            for item in batch.items {
+                                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                                    break;
+                                };
+                                let attempt = Attempt {
+                                    tunnel: self.tunnel.clone(),
+                                    store: self.store.clone(),
+                                    item,
+                                };
+                                in_flight.spawn(async move {
+                                    attempt.run().await;
+                                    drop(permit);
+                                });
+                            }
+                            // With every slot taken, the next finished attempt wakes the loop.
+                            if let Some(due) = batch.next_due_in {
+                                pause = pause.min(due);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claiming deliveries failed; retrying");
+                            pause = STORE_ERROR_PAUSE;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = self.queue.wake.notified() => {}
+                res = connected.changed() => if res.is_err() { break },
+                Some(res) = in_flight.join_next(), if !in_flight.is_empty() => log_panic(res),
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        // Let in-flight attempts report (each is bounded by its own timeout); the store takes
+        // back the lease of any that cannot.
+        while let Some(res) = in_flight.join_next().await {
+            log_panic(res);
+        }
+    }
+}
+
+fn log_panic(res: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = res
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a delivery attempt panicked; its lease will expire and it will be retried");
+    }
+}
+
+/// One attempt of one claimed delivery.
+struct Attempt {
+    tunnel: Arc<TunnelState>,
+    store: Arc<dyn Store>,
+    item: Claimed,
+}
+
+impl Attempt {
+    async fn run(self) {
+        let settings = &self.tunnel.config.queue;
+        let started = Instant::now();
+        let result = self.send().await;
+        let age = self.item.age + started.elapsed();
+        let report = retry::decide(&result, self.item.attempt, age, settings, rand::random::<f64>());
+        let id = &self.item.lease.id;
+        let attempt = self.item.attempt;
+        match &report {
+            AttemptReport::Delivered { status } => tracing::debug!(%id, attempt, status, "delivered"),
+            AttemptReport::Retry { after, error, .. } => {
+                tracing::info!(%id, attempt, %error, retry_in = ?after, "delivery attempt failed; will retry")
+            }
+            AttemptReport::Failed { error, .. } => {
+                tracing::warn!(%id, attempt, %error, "delivery failed; replay it with `ponte deliveries replay`")
+            }
+            AttemptReport::Release { .. } => tracing::debug!(%id, "attempt not started; released"),
+        }
+        match self.store.finish(self.item.lease.clone(), report).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(%id, "the delivery changed during the attempt (lease lost, replayed or purged)")
+            }
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "could not record the attempt; the lease will expire and it will be retried")
+            }
+        }
+    }
+
+    async fn send(&self) -> AttemptResult {
+        let Some(session) = self.tunnel.pick() else {
+            return AttemptResult::NoAgent;
+        };
+        let item = &self.item;
+        let mut req = match stream_request(&item.method, &item.uri, item.headers.clone(), item.body.clone()) {
+            Ok(req) => req,
+            Err(e) => return AttemptResult::Unsendable(e.to_string()),
+        };
+        if let Ok(v) = HeaderValue::from_str(&item.lease.id) {
+            req.headers_mut().insert(PONTE_DELIVERY_ID.clone(), v);
+        }
+        req.headers_mut()
+            .insert(PONTE_ATTEMPT.clone(), HeaderValue::from(item.attempt));
+        let timeout = self.tunnel.config.queue.attempt_timeout;
+        match session.send(req, timeout).await {
+            Ok((resp, _permit)) => {
+                let status = resp.status();
+                let retry_after = retry::retry_after(resp.headers());
+                let detail = if status.is_success() {
+                    String::new()
+                } else {
+                    describe(resp).await
+                };
+                AttemptResult::Response {
+                    status,
+                    retry_after,
+                    detail,
+                }
+            }
+            Err(SendError::Timeout) => AttemptResult::Timeout(timeout),
+            Err(SendError::Busy(_)) => AttemptResult::Busy,
+            Err(SendError::Failed(e)) => AttemptResult::ConnectionLost(e.to_string()),
+        }
+    }
+}
+
+/// `HTTP 500: <first bytes of the body>`, naming the agent when it answered for the upstream.
+async fn describe(resp: http::Response<Incoming>) -> String {
+    let status = resp.status().as_u16();
+    let by_agent = resp
+        .headers()
+        .get(&PONTE_ERROR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut body = resp.into_body();
+    let read = async {
+        let mut buf = Vec::new();
+        while buf.len() < EXCERPT_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                _ => break,
+            }
+        }
+        buf
+    };
+    let mut excerpt = tokio::time::timeout(EXCERPT_WAIT, read).await.unwrap_or_default();
+    excerpt.truncate(EXCERPT_BYTES);
+    let text = String::from_utf8_lossy(&excerpt)
+        .trim()
+        .replace(['\r', '\n'], " ");
+    let who = match by_agent {
+        Some(code) => format!("HTTP {status} from the agent ({code})"),
+        None => format!("HTTP {status}"),
+    };
+    if text.is_empty() {
+        who
+    } else {
+        format!("{who}: {text}")
+    }
+}
+
+/// Delete finished deliveries past their retention, at an interval that keeps short retentions
+/// (tests, tight disks) honest without sweeping a large store needlessly often.
+async fn sweep(store: Arc<dyn Store>, retention: Retention, shutdown: CancellationToken) {
+    let interval =
+        (retention.delivered.min(retention.failed) / 2).clamp(Duration::from_millis(50), MAX_SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match store.prune(retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "finished deliveries past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; will try again"),
+        }
+    }
+}

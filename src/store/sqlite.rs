@@ -1,0 +1,279 @@
+//! The embedded SQLite store: one file (plus its `-wal` and `-shm`), written by one thread with
+//! group commit ([`writer`]), read beside it, migrated at start ([`schema`]).
+//!
+//! A SQLite store serves one relay process. It holds an exclusive lock on `<file>-lock` for its
+//! whole life; that is what makes it safe to take back every lease at start: whoever held them
+//! is gone. (Several relays on one database is what the PostgreSQL backend is for.)
+
+mod ops;
+mod queries;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::ErrorCode;
+
+use self::writer::{Reader, Writer};
+use super::{
+    AttemptReport, ClaimBatch, ClaimRequest, Clock, DeliveryDetail, DeliverySummary, Enqueued, Lease,
+    ListFilter, NewDelivery, OpenOptions, PurgeFilter, Retention, Store, StoreError, StoreFuture,
+};
+
+/// The SQLite backend of [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Writer,
+    reader: Reader,
+    /// Held open for the exclusive lock; released when the store is dropped.
+    _lock: std::fs::File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the store file, migrate it, and take back the leases a previous
+    /// process left. Blocking: call from a blocking context.
+    pub fn open(path: &Path, options: OpenOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "{}: cannot create the store's directory ({e}); create it and let the relay's user write it",
+                    dir.display()
+                ))
+            })?;
+        }
+        create_private(path)?;
+        let lock = take_lock(path)?;
+        let clock: Arc<dyn Clock> = options.clock.clone();
+        let mut conn = schema::open_connection(path, options.max_bytes)?;
+        schema::migrate(&mut conn)?;
+        let released = {
+            let tx = conn.transaction().map_err(db_err)?;
+            let n = ops::release_all_leases(&tx, clock.now_ms())?;
+            tx.commit().map_err(db_err)?;
+            n
+        };
+        if released > 0 {
+            tracing::info!(
+                released,
+                "deliveries that were in flight when the relay stopped are pending again"
+            );
+        }
+        let read_conn = schema::open_connection(path, None)?;
+        read_conn
+            .execute_batch("PRAGMA query_only = ON")
+            .map_err(db_err)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Writer::start(conn, clock.clone())?,
+            reader: Reader::new(read_conn, clock),
+            _lock: lock,
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Create the file readable by its owner only: it holds request bodies and headers, which may
+/// carry credentials. SQLite gives the `-wal` and `-shm` files the same permissions.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    open.open(path).map(drop).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "{}: cannot create the store file ({e}); check the path and that the relay's user may write there",
+            path.display()
+        ))
+    })
+}
+
+fn take_lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push("-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "{}: cannot create the store's lock file ({e})",
+                Path::new(&lock_path).display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(path.display().to_string())),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "{}: cannot lock the store ({e})",
+            path.display()
+        ))),
+    }
+}
+
+/// Classify a SQLite error for callers.
+pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Full(
+            "no space left for the store: the disk is full or store_max_size is reached".into(),
+        ),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// True for `SQLITE_FULL` (disk full, or the `max_page_count` cap).
+pub(super) fn is_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(ErrorCode::DiskFull)
+}
+
+impl Store for SqliteStore {
+    fn enqueue(&self, new: NewDelivery) -> StoreFuture<'_, Enqueued> {
+        Box::pin(self.writer.run(move |c, now| ops::enqueue(c, now, &new)))
+    }
+
+    fn claim(&self, request: ClaimRequest) -> StoreFuture<'_, ClaimBatch> {
+        Box::pin(self.writer.run(move |c, now| ops::claim(c, now, &request)))
+    }
+
+    fn finish(&self, lease: Lease, report: AttemptReport) -> StoreFuture<'_, bool> {
+        Box::pin(
+            self.writer
+                .run(move |c, now| ops::finish(c, now, &lease, &report)),
+        )
+    }
+
+    fn wake(&self, tunnel: String) -> StoreFuture<'_, u64> {
+        Box::pin(self.writer.run(move |c, now| ops::wake(c, now, &tunnel)))
+    }
+
+    fn list(&self, filter: ListFilter) -> StoreFuture<'_, Vec<DeliverySummary>> {
+        Box::pin(self.reader.run(move |c, now| queries::list(c, now, &filter)))
+    }
+
+    fn show(&self, id: String) -> StoreFuture<'_, DeliveryDetail> {
+        Box::pin(self.reader.run(move |c, now| queries::show(c, now, &id)))
+    }
+
+    fn replay(&self, id: String) -> StoreFuture<'_, DeliverySummary> {
+        Box::pin(self.writer.run(move |c, now| ops::replay(c, now, &id)))
+    }
+
+    fn replay_failed(&self, tunnel: Option<String>) -> StoreFuture<'_, u64> {
+        Box::pin(
+            self.writer
+                .run(move |c, now| ops::replay_failed(c, now, tunnel.as_deref())),
+        )
+    }
+
+    fn purge(&self, filter: PurgeFilter) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut total = 0;
+            loop {
+                let f = filter.clone();
+                let n = self
+                    .writer
+                    .run(move |c, now| ops::purge_chunk(c, now, &f))
+                    .await?;
+                total += n;
+                if n < ops::DELETE_CHUNK as u64 {
+                    return Ok(total);
+                }
+            }
+        })
+    }
+
+    fn prune(&self, retention: Retention) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut total = 0;
+            loop {
+                let n = self
+                    .writer
+                    .run(move |c, now| ops::prune_chunk(c, now, &retention))
+                    .await?;
+                total += n;
+                if n < ops::DELETE_CHUNK as u64 {
+                    return Ok(total);
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ManualClock;
+
+    #[tokio::test]
+    async fn sqlite_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        crate::store::conformance::run(|clock: Arc<ManualClock>| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let path = dir.path().join(format!("store-{n}.db"));
+            let store = SqliteStore::open(
+                &path,
+                OpenOptions {
+                    max_bytes: None,
+                    clock,
+                },
+            )
+            .unwrap();
+            Arc::new(store) as Arc<dyn Store>
+        })
+        .await;
+    }
+
+    #[test]
+    fn a_second_relay_on_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        let first = SqliteStore::open(&path, OpenOptions::default()).unwrap();
+        let err = SqliteStore::open(&path, OpenOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::InUse(_)), "{err}");
+        assert!(err.to_string().contains("another relay"), "{err}");
+        drop(first);
+        SqliteStore::open(&path, OpenOptions::default()).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/relay.db");
+        let _store = SqliteStore::open(&path, OpenOptions::default()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        drop(SqliteStore::open(&path, OpenOptions::default()).unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)", [])
+            .unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path, OpenOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}
