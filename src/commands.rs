@@ -1,6 +1,8 @@
 //! Glue between the command line and the library: load configuration, build the runtime, wire
 //! the shutdown signals, and turn failures into one clear line and an exit code.
 
+pub mod deliveries;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

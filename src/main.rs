@@ -38,6 +38,8 @@ enum Command {
     Client(ClientFlags),
     /// Test the credentials: connect, authenticate, print what the relay said.
     Check(AgentFlags),
+    /// Inspect and operate a relay's durable queue: list, show, replay, purge deliveries.
+    Deliveries(DeliveriesFlags),
     /// Start a relay, an agent and an echo upstream on loopback, and show a working curl line.
     Demo {
         /// Use this upstream instead of the built-in echo server.
@@ -84,6 +86,112 @@ struct ClientFlags {
     ca_file: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct DeliveriesFlags {
+    /// The relay's base URL, e.g. https://relay.example.com.
+    #[arg(long, global = true, env = "PONTE_RELAY")]
+    relay: Option<String>,
+    /// The relay's `admin_token`.
+    #[arg(long, global = true, env = "PONTE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the relay.
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
+    /// Print the relay's JSON answer instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: DeliveriesCommand,
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// List deliveries, newest first.
+    List {
+        /// Only this tunnel.
+        #[arg(long)]
+        tunnel: Option<String>,
+        /// Only this state.
+        #[arg(long, value_enum)]
+        status: Option<ponte::store::Status>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only deliveries older than this position (printed at the end of a full page).
+        #[arg(long)]
+        before: Option<i64>,
+    },
+    /// Show one delivery: the request and every attempt.
+    Show {
+        /// The delivery id (the `Ponte-Delivery-Id` the sender got).
+        id: String,
+    },
+    /// Send a delivery again now (one by id, or every failed one).
+    Replay {
+        /// The delivery id.
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        id: Option<String>,
+        /// Replay every failed delivery.
+        #[arg(long)]
+        failed: bool,
+        /// With --failed: only this tunnel's.
+        #[arg(long, requires = "failed")]
+        tunnel: Option<String>,
+    },
+    /// Delete deliveries in one state (pending ones are never delivered afterwards).
+    Purge {
+        /// Which state to delete.
+        #[arg(long, value_enum)]
+        status: ponte::store::Status,
+        /// Only this tunnel.
+        #[arg(long)]
+        tunnel: Option<String>,
+        /// Only those that finished (pending: arrived) at least this long ago, e.g. 7d.
+        #[arg(long)]
+        older_than: Option<String>,
+    },
+}
+
+fn deliveries(flags: DeliveriesFlags) -> Result<(), commands::CommandError> {
+    use commands::deliveries::{Action, AdminArgs};
+    let action = match flags.command {
+        DeliveriesCommand::List {
+            tunnel,
+            status,
+            limit,
+            before,
+        } => Action::List {
+            tunnel,
+            status,
+            limit,
+            before,
+        },
+        DeliveriesCommand::Show { id } => Action::Show { id },
+        DeliveriesCommand::Replay {
+            failed: true, tunnel, ..
+        } => Action::ReplayFailed { tunnel },
+        DeliveriesCommand::Replay { id, .. } => Action::Replay {
+            id: id.unwrap_or_default(),
+        },
+        DeliveriesCommand::Purge {
+            status,
+            tunnel,
+            older_than,
+        } => Action::Purge {
+            status,
+            tunnel,
+            older_than,
+        },
+    };
+    let args = AdminArgs {
+        relay: flags.relay,
+        admin_token: flags.admin_token,
+        ca_file: flags.ca_file,
+        json: flags.json,
+    };
+    commands::deliveries::run(args, action)
+}
+
 impl From<AgentFlags> for AgentArgs {
     fn from(f: AgentFlags) -> Self {
         AgentArgs {
@@ -110,6 +218,7 @@ fn main() -> ExitCode {
             ca_file: f.ca_file,
         }),
         Command::Check(flags) => commands::check(flags.into()),
+        Command::Deliveries(flags) => deliveries(flags),
         Command::Demo { upstream } => commands::demo(upstream),
     };
     commands::exit(result)

@@ -138,11 +138,6 @@ pub(super) fn db_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// True for `SQLITE_FULL` (disk full, or the `max_page_count` cap).
-pub(super) fn is_full(e: &rusqlite::Error) -> bool {
-    e.sqlite_error_code() == Some(ErrorCode::DiskFull)
-}
-
 impl Store for SqliteStore {
     fn enqueue(&self, new: NewDelivery) -> StoreFuture<'_, Enqueued> {
         Box::pin(self.writer.run(move |c, now| ops::enqueue(c, now, &new)))

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod process;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -389,4 +390,141 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .expect("field")
+}
+
+/// The admin token the queue tests configure.
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+/// One request an upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// Everything a recording upstream received, in arrival order.
+pub type Log = Arc<std::sync::Mutex<Vec<Recorded>>>;
+
+/// An upstream that records every request whole and answers with the status `respond` picks
+/// (given the request and how many requests came before it).
+pub async fn recording_upstream<F>(respond: F) -> (Upstream, Log)
+where
+    F: Fn(&Recorded, usize) -> StatusCode + Send + Sync + 'static,
+{
+    let log: Log = Arc::default();
+    let respond = Arc::new(respond);
+    let l = log.clone();
+    let up = start_upstream(move |req: Request<Incoming>| {
+        let (log, respond) = (l.clone(), respond.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let rec = Recorded {
+                method: parts.method.to_string(),
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                headers: parts.headers,
+                body,
+            };
+            let status = {
+                let mut log = log.lock().unwrap();
+                let status = respond(&rec, log.len());
+                log.push(rec);
+                status
+            };
+            let mut r = Response::new(ponte::body::full(format!("status {}", status.as_u16())));
+            *r.status_mut() = status;
+            r
+        }
+    })
+    .await;
+    (up, log)
+}
+
+/// Relay YAML with a SQLite store at `db`, [`ADMIN_TOKEN`], and the `demo` tunnel in `delivery`
+/// mode with a tiny retry schedule; `tunnel_extra` goes inside `demo`'s `queue:` block (indented
+/// 6 spaces by the caller), `extra` at the top level.
+pub fn queue_yaml(
+    certs: &Certs,
+    db: &std::path::Path,
+    delivery: &str,
+    extra: &str,
+    queue_extra: &str,
+) -> String {
+    relay_yaml(
+        Some(certs),
+        &format!(
+            "store: sqlite://{}\nadmin_token: {ADMIN_TOKEN}\n{extra}",
+            db.display()
+        ),
+        &format!(
+            "    delivery: {delivery}\n    queue:\n      retry_schedule: [50ms, 100ms]\n      attempt_timeout: 2s\n{queue_extra}"
+        ),
+    )
+}
+
+/// An agent of the `demo` tunnel whose catch-all upstream is `upstream`.
+pub fn start_agent_to(relay_url: &str, certs: &Certs, upstream: &str) -> AgentHandle {
+    start_agent(&agent_yaml(
+        relay_url,
+        Some(certs),
+        &format!("ingress:\n  - upstream: {upstream}\n"),
+    ))
+}
+
+/// Call the relay's admin API with `token`.
+pub async fn admin(
+    client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("{base}/_ponte/admin/{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    send(client, req.body(ponte::body::empty()).expect("request")).await
+}
+
+/// Admin API JSON with the right token; panics unless 200.
+pub async fn admin_json(
+    client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    base: &str,
+    method: &str,
+    path: &str,
+) -> serde_json::Value {
+    let r = admin(client, base, method, path, Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{method} {path}: {}", r.text());
+    serde_json::from_slice(&r.body).expect("admin json")
+}
+
+/// Poll `check` every 20 ms until it returns `Some`, within the test deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    within(what, async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
 }

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{db_err, is_full, queries};
+use super::{db_err, queries};
 use crate::store::record::{decode_headers, encode_headers};
 use crate::store::{
     AttemptOutcome, AttemptReport, ClaimBatch, ClaimRequest, Claimed, Enqueued, Lease, NewDelivery,
@@ -19,41 +19,53 @@ const MAKE_ROOM_BATCH: i64 = 1000;
 /// the senders waiting on it) for long.
 pub(super) const DELETE_CHUNK: i64 = 5000;
 
-/// Commit a new pending delivery. When the store is full, the oldest delivered records are
-/// dropped to make room (pending and failed ones never are) and the insert is tried once more.
+/// Commit a new pending delivery. When the size cap leaves no room, the oldest delivered records
+/// are dropped first (pending and failed ones never are); if that frees nothing, the answer is
+/// `Full`. Room is checked before writing because SQLite answers a full database by rolling back
+/// the whole transaction, which would fail every other request of the batch too.
 pub(super) fn enqueue(conn: &Connection, now: i64, new: &NewDelivery) -> Result<Enqueued, StoreError> {
     let headers = encode_headers(&new.headers);
-    conn.execute_batch("SAVEPOINT enqueue").map_err(db_err)?;
-    match insert(conn, now, new, &headers) {
-        Ok(done) => {
-            conn.execute_batch("RELEASE enqueue").map_err(db_err)?;
-            Ok(done)
+    let bytes = headers.len() + new.body.len() + new.uri.len() + new.tunnel.len() + 256;
+    let mut dropped = 0;
+    while !has_room(conn, bytes)? {
+        let freed = conn
+            .prepare_cached(
+                "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
+                 WHERE status = 'delivered' ORDER BY finished_at LIMIT ?1)",
+            )
+            .map_err(db_err)?
+            .execute([MAKE_ROOM_BATCH])
+            .map_err(db_err)?;
+        if freed == 0 {
+            return Err(StoreError::Full(
+                "store_max_size is reached by pending and failed deliveries".into(),
+            ));
         }
-        Err(e) if is_full(&e) => {
-            conn.execute_batch("ROLLBACK TO enqueue; RELEASE enqueue")
-                .map_err(db_err)?;
-            let freed = conn
-                .execute(
-                    "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
-                     WHERE status = 'delivered' ORDER BY finished_at LIMIT ?1)",
-                    [MAKE_ROOM_BATCH],
-                )
-                .map_err(db_err)?;
-            if freed == 0 {
-                return Err(db_err(e));
-            }
-            tracing::warn!(
-                freed,
-                "store full: dropped the oldest delivered records to make room"
-            );
-            insert(conn, now, new, &headers).map_err(db_err)
-        }
-        Err(e) => {
-            conn.execute_batch("ROLLBACK TO enqueue; RELEASE enqueue")
-                .map_err(db_err)?;
-            Err(db_err(e))
-        }
+        dropped += freed;
     }
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "store at its size cap: dropped the oldest delivered records to make room"
+        );
+    }
+    insert(conn, now, new, &headers).map_err(db_err)
+}
+
+/// Whether `bytes` more fit under `max_page_count`, counting free pages, with slack for b-tree
+/// splits of the row and its indexes.
+fn has_room(conn: &Connection, bytes: usize) -> Result<bool, StoreError> {
+    const SLACK_PAGES: i64 = 8;
+    let pragma = |name: &str| -> Result<i64, StoreError> {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .map_err(db_err)
+    };
+    let max = pragma("max_page_count")?;
+    let used = pragma("page_count")? - pragma("freelist_count")?;
+    // Usable bytes per page leave room for page and cell headers.
+    let per_page = (pragma("page_size")? - 128).max(256);
+    let needed = bytes as i64 / per_page + 1 + SLACK_PAGES;
+    Ok(max - used >= needed)
 }
 
 fn insert(conn: &Connection, now: i64, new: &NewDelivery, headers: &[u8]) -> rusqlite::Result<Enqueued> {

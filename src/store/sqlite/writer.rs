@@ -22,9 +22,8 @@ const CHANNEL_CAPACITY: usize = 4096;
 
 /// One unit of work inside a batch.
 trait Job: Send {
-    /// Run inside the batch's transaction. `false` means the job failed and its savepoint must be
-    /// rolled back.
-    fn run(&mut self, conn: &Connection, now: i64) -> bool;
+    /// Run inside the batch's transaction. An error means the job's savepoint must be rolled back.
+    fn run(&mut self, conn: &Connection, now: i64) -> Result<(), StoreError>;
     /// Answer the caller once the batch's fate is known.
     fn reply(self: Box<Self>, commit: &Result<(), StoreError>);
 }
@@ -40,14 +39,17 @@ where
     T: Send,
     F: FnOnce(&Connection, i64) -> Result<T, StoreError> + Send,
 {
-    fn run(&mut self, conn: &Connection, now: i64) -> bool {
+    fn run(&mut self, conn: &Connection, now: i64) -> Result<(), StoreError> {
         let result = match self.work.take() {
             Some(work) => work(conn, now),
             None => Err(StoreError::Unavailable("internal: a store job ran twice".into())),
         };
-        let ok = result.is_ok();
+        let outcome = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
         self.result = Some(result);
-        ok
+        outcome
     }
 
     fn reply(self: Box<Self>, commit: &Result<(), StoreError>) {
@@ -132,16 +134,17 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>], now: i64) -> Result<
             rollback(conn);
             return Err(db_err(e));
         }
-        let ok = job.run(conn, now);
-        // Some errors (SQLITE_FULL while spilling the cache, I/O errors) roll the whole
-        // transaction back on their own. Carrying on would start a fresh implicit transaction and
-        // report the earlier jobs as committed: fail the batch instead.
+        let outcome = job.run(conn, now);
+        // Some errors (SQLITE_FULL, I/O errors) roll the whole transaction back on their own.
+        // Carrying on would start a fresh implicit transaction and report the earlier jobs as
+        // committed: fail the batch instead, with the cause.
         if conn.is_autocommit() {
-            return Err(StoreError::Unavailable(
-                "the store rolled the transaction back after an error".into(),
-            ));
+            return Err(match outcome {
+                Err(e @ (StoreError::Full(_) | StoreError::Corrupt(_))) => e,
+                _ => StoreError::Unavailable("the store rolled the transaction back after an error".into()),
+            });
         }
-        let end = if ok {
+        let end = if outcome.is_ok() {
             "RELEASE job"
         } else {
             "ROLLBACK TO job; RELEASE job"
