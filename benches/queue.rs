@@ -91,6 +91,9 @@ async fn run(s: Settings, full: bool) {
         db.display()
     );
 
+    // 0. The store alone, without HTTP: what group commit gives on this disk.
+    store_only(dir.path(), &body, &s).await;
+
     // 1. Queue mode, agent offline: every 202 is a durable commit.
     let queued = load(relay_addr, &tls, "queued", &body, &s, StatusCode::ACCEPTED).await;
     report("queue, agent offline: accepted", &queued, s.secs);
@@ -127,6 +130,44 @@ async fn run(s: Settings, full: bool) {
         assert_eq!(drained, queued.ok, "smoke run: the backlog did not drain");
         assert!(live.ok > 0 && live.failed == 0, "smoke run: nothing was proxied");
     }
+}
+
+/// `conns` tasks committing requests straight to a SQLite store for the phase's duration.
+async fn store_only(dir: &std::path::Path, body: &Bytes, s: &Settings) {
+    let url = ponte::config::relay::StoreUrl::Sqlite(dir.join("store-only.db"));
+    let store = ponte::store::open(&url, Default::default()).await.expect("store");
+    let deadline = Instant::now() + Duration::from_secs_f64(s.secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..s.conns {
+        let (store, body) = (store.clone(), body.clone());
+        tasks.spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+                let new = ponte::store::NewDelivery {
+                    tunnel: "queued".into(),
+                    method: "POST".into(),
+                    uri: "https://localhost/hook".into(),
+                    headers,
+                    body: body.clone(),
+                };
+                store.enqueue(new).await.expect("enqueue");
+                n += 1;
+            }
+            n
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = tasks.join_next().await {
+        total += n.expect("task");
+    }
+    println!(
+        "store alone ({} concurrent callers, no HTTP): {total} commits in {} s = {:.0}/s",
+        s.conns,
+        s.secs,
+        total as f64 / s.secs
+    );
 }
 
 struct LoadResult {

@@ -75,3 +75,71 @@ impl Default for RetentionConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::relay::RelayConfig;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            StoreUrl::parse("sqlite:///var/lib/ponte/relay.db").unwrap(),
+            StoreUrl::Sqlite("/var/lib/ponte/relay.db".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("sqlite://relay.db").unwrap(),
+            StoreUrl::Sqlite("relay.db".into())
+        );
+        assert!(
+            StoreUrl::parse("sqlite://")
+                .unwrap_err()
+                .contains("names no file")
+        );
+        assert!(
+            StoreUrl::parse("postgres://db/ponte")
+                .unwrap_err()
+                .contains("not available")
+        );
+        assert!(
+            StoreUrl::parse("/var/lib/relay.db")
+                .unwrap_err()
+                .contains("sqlite:///")
+        );
+    }
+
+    fn parse(yaml: &str) -> Result<RelayConfig, String> {
+        RelayConfig::from_str_with_env(yaml, "relay.yaml", &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn queue_keys_parse_and_mistakes_name_their_line() {
+        let tunnel = "tunnels:\n  a:\n    token: 0123456789abcdef0123\n    delivery: queue\n";
+        let cfg = parse(&format!(
+            "store: sqlite:///tmp/x.db\nstore_max_size: 10MiB\nretention:\n  delivered: 1d\n{tunnel}    queue:\n      ordered: true\n      retry_schedule: [1s, 1m]\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.store_max_size.0, 10 << 20);
+        assert_eq!(cfg.retention.delivered, Duration::from_secs(86400));
+        assert_eq!(cfg.retention.failed, DEFAULT_RETENTION_FAILED);
+        let err = parse(&format!("store: mysql://x\n{tunnel}")).unwrap_err();
+        assert!(err.starts_with("relay.yaml:1: store: "), "{err}");
+        let err = parse(&format!("{tunnel}")).unwrap_err();
+        assert!(err.contains("needs a `store:`"), "{err}");
+        let err = parse(&format!(
+            "store: sqlite:///x.db\nretention:\n  deliverd: 1d\n{tunnel}"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("relay.yaml:3:") && err.contains("unknown field"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "store: sqlite:///x.db\n{tunnel}    queue:\n      retry_schedule: [0s]\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("longer than 0s"), "{err}");
+        let err = parse(&format!("store: sqlite:///x.db\nstore_max_size: 1KiB\n{tunnel}")).unwrap_err();
+        assert!(err.contains("at least 64KiB"), "{err}");
+    }
+}

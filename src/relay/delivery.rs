@@ -91,20 +91,22 @@ impl Worker {
         }));
         let lease = settings.attempt_timeout + LEASE_MARGIN;
         let mut connected = self.tunnel.watch_connected();
-        let mut was_connected = false;
+        // Agents seen at the last look, and whether the count changed since. A drop and
+        // reconnect between two looks shows as "changed, same count": that is a reconnect too.
+        let mut last_agents = 0;
+        let mut changed = true;
         let mut in_flight: JoinSet<()> = JoinSet::new();
         loop {
             if self.shutdown.is_cancelled() {
                 break;
             }
             let agents = *connected.borrow_and_update();
+            let reconnected = changed && agents > 0 && agents >= last_agents.max(1);
+            (last_agents, changed) = (agents, false);
             let mut pause = IDLE_POLL;
-            if agents == 0 {
-                was_connected = false;
-            } else {
-                if !was_connected {
-                    was_connected = true;
-                    // The agent is back: whatever waits out a backoff goes now.
+            if agents > 0 {
+                if reconnected {
+                    // An agent (re)connected: whatever waits out a backoff goes now.
                     match self.store.wake(self.tunnel.name.to_string()).await {
                         Ok(n) if n > 0 => {
                             tracing::info!(woken = n, "agent connected; delivering the backlog now")
@@ -130,13 +132,11 @@ impl Worker {
                                 };
                                 let attempt = Attempt {
                                     tunnel: self.tunnel.clone(),
+                                    queue: self.queue.clone(),
                                     store: self.store.clone(),
                                     item,
                                 };
-                                in_flight.spawn(async move {
-                                    attempt.run().await;
-                                    drop(permit);
-                                });
+                                in_flight.spawn(attempt.run(permit, ordered));
                             }
                             // With every slot taken, the next finished attempt wakes the loop.
                             if let Some(due) = batch.next_due_in {
@@ -153,7 +153,10 @@ impl Worker {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = self.queue.wake.notified() => {}
-                res = connected.changed() => if res.is_err() { break },
+                res = connected.changed() => match res {
+                    Ok(()) => changed = true,
+                    Err(_) => break,
+                },
                 Some(res) = in_flight.join_next(), if !in_flight.is_empty() => log_panic(res),
                 _ = tokio::time::sleep(pause) => {}
             }
@@ -177,15 +180,28 @@ fn log_panic(res: Result<(), tokio::task::JoinError>) {
 /// One attempt of one claimed delivery.
 struct Attempt {
     tunnel: Arc<TunnelState>,
+    queue: Arc<TunnelQueue>,
     store: Arc<dyn Store>,
     item: Claimed,
 }
 
 impl Attempt {
-    async fn run(self) {
+    /// Send, decide, record. `slot` is the concurrency permit: in unordered mode it is given
+    /// back as soon as the upstream has answered (recording the result does not load the
+    /// upstream); in ordered mode only after the result is recorded, so the next delivery cannot
+    /// start before the store knows this one is done.
+    async fn run(self, slot: tokio::sync::OwnedSemaphorePermit, ordered: bool) {
         let settings = &self.tunnel.config.queue;
         let started = Instant::now();
         let result = self.send().await;
+        let slot = if ordered {
+            Some(slot)
+        } else {
+            drop(slot);
+            // A slot is free: let the worker claim the next delivery now.
+            self.queue.wake.notify_one();
+            None
+        };
         let age = self.item.age + started.elapsed();
         let report = retry::decide(&result, self.item.attempt, age, settings, rand::random::<f64>());
         let id = &self.item.lease.id;
@@ -209,6 +225,7 @@ impl Attempt {
                 tracing::warn!(%id, error = %e, "could not record the attempt; the lease will expire and it will be retried")
             }
         }
+        drop(slot);
     }
 
     async fn send(&self) -> AttemptResult {

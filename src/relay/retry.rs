@@ -22,6 +22,9 @@ use crate::store::AttemptReport;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// Wait before re-claiming a delivery that found every stream of the agent busy.
 pub const BUSY_RETRY: Duration = Duration::from_secs(1);
+/// Wait before re-claiming a delivery that found no usable session (one closing as it was
+/// claimed); a reconnect makes it due at once anyway.
+pub const NO_AGENT_RETRY: Duration = Duration::from_millis(250);
 
 /// What happened to one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

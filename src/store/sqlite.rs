@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rusqlite::ErrorCode;
 
-use self::writer::{Reader, Writer};
+use self::writer::{Checkpointer, Reader, Writer};
 use super::{
     AttemptReport, ClaimBatch, ClaimRequest, Clock, DeliveryDetail, DeliverySummary, Enqueued, Lease,
     ListFilter, NewDelivery, OpenOptions, PurgeFilter, Retention, Store, StoreError, StoreFuture,
@@ -26,6 +26,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
     reader: Reader,
+    _checkpointer: Checkpointer,
     /// Held open for the exclusive lock; released when the store is dropped.
     _lock: std::fs::File,
 }
@@ -71,10 +72,15 @@ impl SqliteStore {
         read_conn
             .execute_batch("PRAGMA query_only = ON")
             .map_err(db_err)?;
+        // Checkpoints run on their own connection (see `writer::Checkpointer`).
+        conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(()))
+            .map_err(db_err)?;
+        let checkpointer = Checkpointer::start(schema::open_connection(path, None)?)?;
         Ok(SqliteStore {
             path: path.to_owned(),
             writer: Writer::start(conn, clock.clone())?,
             reader: Reader::new(read_conn, clock),
+            _checkpointer: checkpointer,
             _lock: lock,
         })
     }

@@ -56,14 +56,16 @@ pub(super) fn enqueue(conn: &Connection, now: i64, new: &NewDelivery) -> Result<
 /// splits of the row and its indexes.
 fn has_room(conn: &Connection, bytes: usize) -> Result<bool, StoreError> {
     const SLACK_PAGES: i64 = 8;
-    let pragma = |name: &str| -> Result<i64, StoreError> {
-        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+    let pragma = |sql: &str| -> Result<i64, StoreError> {
+        conn.prepare_cached(sql)
+            .map_err(db_err)?
+            .query_row([], |r| r.get(0))
             .map_err(db_err)
     };
-    let max = pragma("max_page_count")?;
-    let used = pragma("page_count")? - pragma("freelist_count")?;
+    let max = pragma("PRAGMA max_page_count")?;
+    let used = pragma("PRAGMA page_count")? - pragma("PRAGMA freelist_count")?;
     // Usable bytes per page leave room for page and cell headers.
-    let per_page = (pragma("page_size")? - 128).max(256);
+    let per_page = (pragma("PRAGMA page_size")? - 128).max(256);
     let needed = bytes as i64 / per_page + 1 + SLACK_PAGES;
     Ok(max - used >= needed)
 }

@@ -8,6 +8,7 @@
 //! pool.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +20,10 @@ use crate::store::{Clock, StoreError};
 const MAX_BATCH: usize = 512;
 /// Jobs that may wait for the writer; senders beyond this wait for room (back-pressure).
 const CHANNEL_CAPACITY: usize = 4096;
+/// How often the WAL is copied back into the database file. This runs on its own connection
+/// and thread (a passive checkpoint never blocks the writer), so a burst of commits never waits
+/// behind a checkpoint's extra fsyncs.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One unit of work inside a batch.
 trait Job: Send {
@@ -199,5 +204,31 @@ impl Reader {
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("a store read failed: {e}")))?
+    }
+}
+
+/// Copies the WAL back into the database file in the background; stops when dropped.
+pub(super) struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Checkpointer {
+    /// Start checkpointing on `conn`. The writer's connection must have automatic checkpoints
+    /// turned off, or it would still do them itself.
+    pub(super) fn start(conn: Connection) -> Result<Self, StoreError> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("ponte-store-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::debug!(error = %e, "store checkpoint failed; will try again");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store checkpoint thread: {e}")))?;
+        Ok(Checkpointer { _stop: stop })
     }
 }
