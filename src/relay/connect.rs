@@ -14,7 +14,7 @@ use super::service::{ConnInfo, RelayState};
 use super::session::Session;
 use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
-use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
+use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
 use crate::protocol::{PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNEL, UPGRADE_TOKEN};
 
 /// Handle `GET /_ponte/v1/connect`.
@@ -105,6 +105,7 @@ async fn run_session(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST)
+        .max_frame_size(MAX_FRAME)
         .max_send_buf_size(MAX_SEND_BUF)
         .handshake::<_, Body>(upgraded)
         .await;
