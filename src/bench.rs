@@ -61,6 +61,11 @@ pub struct BenchReport {
     pub relay_idle_rss_kib: u64,
     /// Agent RSS while idle and connected (KiB).
     pub agent_idle_rss_kib: u64,
+    /// The anonymous part of the agent's idle RSS (KiB): heap and stacks, without the shared
+    /// executable pages.
+    pub agent_idle_anon_kib: u64,
+    /// The anonymous part of the relay's idle RSS (KiB).
+    pub relay_idle_anon_kib: u64,
     /// Relay RSS growth per extra idle agent connection (bytes).
     pub relay_bytes_per_idle_agent: u64,
 }
@@ -94,6 +99,8 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let relay_idle_rss_kib = procs::rss_kib(setup.relay_pid)?;
     let agent_idle_rss_kib = procs::rss_kib(setup.agent_pid)?;
+    let agent_idle_anon_kib = procs::anon_rss_kib(setup.agent_pid)?;
+    let relay_idle_anon_kib = procs::anon_rss_kib(setup.relay_pid)?;
 
     load::warm_up(tunnel, tunnel_prefix).await?;
     load::warm_up(direct, "").await?;
@@ -114,6 +121,8 @@ async fn measure(
         direct_mib_s,
         relay_idle_rss_kib,
         agent_idle_rss_kib,
+        agent_idle_anon_kib,
+        relay_idle_anon_kib,
         relay_bytes_per_idle_agent,
     })
 }

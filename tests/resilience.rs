@@ -250,6 +250,31 @@ fn serve_nothing(conn: hyper::upgrade::Upgraded) -> tokio::task::JoinHandle<()> 
 }
 
 #[tokio::test]
+async fn a_tunnel_holds_at_most_its_agent_limit() {
+    let certs = Certs::new();
+    let relay = start_relay(&relay_yaml(
+        Some(&certs),
+        "limits:\n  max_agents_per_tunnel: 2",
+        "",
+    ))
+    .await;
+    let connector = ponte::agent::dial::Connector::new(&agent_config(&relay.url(true), &certs)).unwrap();
+    let (_, a) = connector.connect("a").await.unwrap();
+    let _a = serve_nothing(a);
+    let (_, b) = connector.connect("b").await.unwrap();
+    let _b = serve_nothing(b);
+    let err = connector.connect("c").await.unwrap_err();
+    assert!(
+        err.to_string().contains("429") && err.to_string().contains("max_agents_per_tunnel"),
+        "{err}"
+    );
+    // The same instance reconnecting is not a new agent.
+    let (_, a2) = connector.connect("a").await.unwrap();
+    let _a2 = serve_nothing(a2);
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn wrong_token_is_reported_clearly_and_not_retried_fast() {
     let certs = Certs::new();
     let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;

@@ -187,14 +187,24 @@ impl Setup {
 
 /// Resident set size of a process, in KiB (Linux).
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Anonymous (private heap and stack) resident memory of a process, in KiB: RSS without the
+/// shared, file-backed pages of the executable.
+pub fn anon_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc (Linux only)")?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc status")
+        .with_context(|| format!("no {key} in /proc status"))
 }
 
 fn read_listen_addr(relay: &mut Child) -> anyhow::Result<SocketAddr> {

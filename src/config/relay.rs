@@ -133,6 +133,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Failed agent logins allowed per client address per minute before 429.
     pub max_failed_logins_per_minute: u32,
+    /// Agent connections one tunnel may hold at once (a leaked token cannot exhaust the relay).
+    pub max_agents_per_tunnel: usize,
 }
 
 /// Default largest request header block.
@@ -152,6 +154,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(100);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default failed-login budget per address and minute.
 pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 20;
+/// Default agent connections per tunnel: room for several machines and their reconnects.
+pub const DEFAULT_MAX_AGENTS_PER_TUNNEL: usize = 32;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -165,6 +169,7 @@ impl Default for Limits {
             max_streams_per_agent: DEFAULT_MAX_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_failed_logins_per_minute: DEFAULT_MAX_FAILED_LOGINS,
+            max_agents_per_tunnel: DEFAULT_MAX_AGENTS_PER_TUNNEL,
         }
     }
 }

@@ -73,6 +73,13 @@ impl TunnelState {
         Some(usable[i].clone())
     }
 
+    /// Would one more session from `agent_id` exceed `max`? A reconnect of an agent already
+    /// registered replaces its old session, so it never counts twice.
+    pub fn is_full(&self, agent_id: &str, max: usize) -> bool {
+        let sessions = self.lock();
+        sessions.iter().filter(|s| s.agent_id != agent_id).count() >= max
+    }
+
     /// Number of registered sessions.
     pub fn connected_count(&self) -> usize {
         self.lock().len()
