@@ -169,10 +169,13 @@ fn print(opts: &BenchOptions, r: &BenchReport) {
         r.tunnel_mib_s / r.direct_mib_s
     );
     println!(
-        "{:<34} {:>12}   ≤ 4096 KiB",
-        "agent idle RSS (KiB)", r.agent_idle_rss_kib
+        "{:<34} {:>12}   ≤ 4096 KiB (anonymous part {} KiB)",
+        "agent idle RSS (KiB)", r.agent_idle_rss_kib, r.agent_idle_anon_kib
     );
-    println!("{:<34} {:>12}", "relay idle RSS (KiB)", r.relay_idle_rss_kib);
+    println!(
+        "{:<34} {:>12}   (anonymous part {} KiB)",
+        "relay idle RSS (KiB)", r.relay_idle_rss_kib, r.relay_idle_anon_kib
+    );
     println!(
         "{:<34} {:>12}   ≤ 65536 B",
         format!("relay bytes per idle agent ({})", opts.idle_agents),
