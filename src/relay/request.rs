@@ -159,7 +159,9 @@ mod tests {
         );
         assert!(authority(&req(Version::HTTP_2, "https://a.example/x", &["b.example"])).is_err());
         assert!(authority(&req(Version::HTTP_2, "https://a.example/x", &[])).is_ok());
-        assert_eq!(canonical("bücher.example").unwrap(), "xn--bcher-kva.example");
+        // Hosts arrive in ASCII (punycode); raw UTF-8 is not a valid authority.
+        assert_eq!(canonical("XN--BCHER-KVA.Example").unwrap(), "xn--bcher-kva.example");
+        assert!(canonical("bücher.example").is_err());
         assert!(canonical("user@host").is_err());
         let connect = Request::builder()
             .method(Method::CONNECT)
