@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -151,16 +151,7 @@ async fn run_session(
 }
 
 fn is_ponte_upgrade<B>(req: &Request<B>) -> bool {
-    let has = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    req.method() == Method::GET
-        && req.version() == Version::HTTP_11
-        && has(header::CONNECTION, "upgrade")
-        && has(header::UPGRADE, UPGRADE_TOKEN)
+    crate::protocol::headers::is_upgrade_to(req, UPGRADE_TOKEN)
 }
 
 fn bearer_token<B>(req: &Request<B>) -> Option<String> {
