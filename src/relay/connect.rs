@@ -69,13 +69,14 @@ pub async fn accept(
         ));
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let pending = tunnel.login_started();
     let public_url = public_url(state, conn, authority, &tunnel);
     let state = state.clone();
     let peer = conn.peer;
     let session_tunnel = tunnel.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run_session(state, session_tunnel, agent_id, peer, upgraded).await,
+            Ok(upgraded) => run_session(state, session_tunnel, agent_id, peer, upgraded, pending).await,
             Err(e) => tracing::warn!(%peer, error = %e, "agent upgrade failed"),
         }
     });
@@ -101,6 +102,7 @@ async fn run_session(
     agent_id: String,
     peer: std::net::SocketAddr,
     upgraded: hyper::upgrade::Upgraded,
+    pending: super::registry::PendingLogin,
 ) {
     let keepalive = state.config.keepalive;
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -133,6 +135,7 @@ async fn run_session(
         state.config.limits.max_streams_per_agent,
     ));
     tunnel.register(session.clone());
+    drop(pending);
     tracing::info!(tunnel = %tunnel.name, session = id, %peer, agent = %agent_id, "agent connected");
     let reason = tokio::select! {
         res = connection => match res {
