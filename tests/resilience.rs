@@ -105,19 +105,21 @@ async fn blackholed_tunnel_is_detected_on_both_sides_and_recovered() {
     relay.stop().await;
 }
 
-/// An upstream that answers after a pause, so a request is in flight when shutdown starts.
-async fn slow_upstream(pause: Duration) -> Upstream {
-    start_upstream(move |_| async move {
-        tokio::time::sleep(pause).await;
-        text(StatusCode::OK, "finished")
-    })
-    .await
+/// A tunnel with one request in flight: the upstream holds it for 800 ms.
+struct MidRequest {
+    certs: Certs,
+    relay: RelayHandle,
+    agent: AgentHandle,
+    in_flight: tokio::task::JoinHandle<Reply>,
 }
 
-#[tokio::test]
-async fn agent_shutdown_lets_in_flight_requests_finish() {
+async fn mid_request(h2: bool) -> MidRequest {
     let certs = Certs::new();
-    let up = slow_upstream(Duration::from_millis(800)).await;
+    let up = start_upstream(|_| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        text(StatusCode::OK, "finished")
+    })
+    .await;
     let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
     let mut agent = start_agent(&agent_yaml(
         &relay.url(true),
@@ -125,29 +127,41 @@ async fn agent_shutdown_lets_in_flight_requests_finish() {
         &format!("ingress:\n  - upstream: {}\n", up.url()),
     ));
     agent.connected().await;
-    let client = client(Some(&certs), false);
+    let client = client(Some(&certs), h2);
     let url = format!("{}/t/demo/slow", relay.url(true));
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        async move { send(&client, request("GET", &url, "")).await }
+    let in_flight = tokio::spawn(async move {
+        let _up = up;
+        send(&client, request("GET", &url, "")).await
     });
-    within("request to reach upstream", async {
-        while up.hits() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    // Wait until the request is really with the upstream.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    MidRequest {
+        certs,
+        relay,
+        agent,
+        in_flight,
+    }
+}
+
+#[tokio::test]
+async fn agent_shutdown_lets_in_flight_requests_finish() {
+    let MidRequest {
+        certs,
+        relay,
+        agent,
+        in_flight,
+    } = mid_request(false).await;
     let stopping = Instant::now();
     agent.stop().await;
     let r = in_flight.await.unwrap();
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "finished"));
     assert!(
-        stopping.elapsed() >= Duration::from_millis(500),
+        stopping.elapsed() >= Duration::from_millis(300),
         "agent did not wait for the request"
     );
     // And the agent is gone: new requests get 503.
     let r = send(
-        &client,
+        &client(Some(&certs), false),
         request("GET", &format!("{}/t/demo/x", relay.url(true)), ""),
     )
     .await;
@@ -157,27 +171,12 @@ async fn agent_shutdown_lets_in_flight_requests_finish() {
 
 #[tokio::test]
 async fn relay_shutdown_lets_in_flight_requests_finish() {
-    let certs = Certs::new();
-    let up = slow_upstream(Duration::from_millis(800)).await;
-    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
-    let mut agent = start_agent(&agent_yaml(
-        &relay.url(true),
-        Some(&certs),
-        &format!("ingress:\n  - upstream: {}\n", up.url()),
-    ));
-    agent.connected().await;
-    let client = client(Some(&certs), true);
-    let url = format!("{}/t/demo/slow", relay.url(true));
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        async move { send(&client, request("GET", &url, "")).await }
-    });
-    within("request to reach upstream", async {
-        while up.hits() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let MidRequest {
+        relay,
+        mut agent,
+        in_flight,
+        ..
+    } = mid_request(true).await;
     relay.stop().await;
     let r = in_flight.await.unwrap();
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "finished"));
@@ -247,6 +246,31 @@ fn serve_nothing(conn: hyper::upgrade::Upgraded) -> tokio::task::JoinHandle<()> 
             .serve_connection(conn, svc)
             .await;
     })
+}
+
+#[tokio::test]
+async fn a_tunnel_holds_at_most_its_agent_limit() {
+    let certs = Certs::new();
+    let relay = start_relay(&relay_yaml(
+        Some(&certs),
+        "limits:\n  max_agents_per_tunnel: 2",
+        "",
+    ))
+    .await;
+    let connector = ponte::agent::dial::Connector::new(&agent_config(&relay.url(true), &certs)).unwrap();
+    let (_, a) = connector.connect("a").await.unwrap();
+    let _a = serve_nothing(a);
+    let (_, b) = connector.connect("b").await.unwrap();
+    let _b = serve_nothing(b);
+    let err = connector.connect("c").await.unwrap_err();
+    assert!(
+        err.to_string().contains("429") && err.to_string().contains("max_agents_per_tunnel"),
+        "{err}"
+    );
+    // The same instance reconnecting is not a new agent.
+    let (_, a2) = connector.connect("a").await.unwrap();
+    let _a2 = serve_nothing(a2);
+    relay.stop().await;
 }
 
 #[tokio::test]

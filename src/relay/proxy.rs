@@ -25,6 +25,10 @@ use crate::body::{self, Body, BodyOutcome, GuardedBody};
 use crate::protocol::headers::remove_hop_by_hop;
 use crate::protocol::{PONTE_ATTEMPT, PONTE_DELIVERY_ID};
 
+/// How long a request waits for an agent whose login was accepted but whose session is still
+/// being set up (a few milliseconds on a healthy link).
+const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Proxy `req` to `tunnel`.
 pub async fn forward(
     state: &Arc<RelayState>,
@@ -44,6 +48,7 @@ pub async fn forward(
     if declared_length(&req).is_some_and(|n| n > limit) {
         return Err(ProxyError::TooLarge { limit });
     }
+    // A queued tunnel does not wait for a login in progress: it can commit the request instead.
     let session = tunnel.pick();
     if let Some(queue) = state.queues.as_ref().and_then(|q| q.tunnel(&tunnel.name)) {
         let decision = queue::decide(cfg, queue, &req, session.is_some());
@@ -60,7 +65,13 @@ pub async fn forward(
             };
         }
     }
-    let session = session.ok_or(ProxyError::AgentOffline)?;
+    let session = match session {
+        Some(s) => s,
+        None => tunnel
+            .pick_or_wait(PENDING_LOGIN_WAIT)
+            .await
+            .ok_or(ProxyError::AgentOffline)?,
+    };
     if request::is_websocket_upgrade(&req) {
         return websocket(state, &session, conn, req, authority, path).await;
     }
