@@ -132,14 +132,13 @@ async fn upstream_500_then_200_is_retried_then_delivered() {
             .contains("HTTP 500"),
         "{d}"
     );
-    let log = log.lock().unwrap();
+    let log = log.lock().unwrap().clone();
     let attempts: Vec<&str> = log.iter().map(|r| r.header("ponte-attempt")).collect();
     assert_eq!(attempts, ["1", "2", "3"]);
     assert!(
         log.iter()
             .all(|r| r.header("ponte-delivery-id") == id && r.body == "payload")
     );
-    drop(log);
     agent.stop().await;
     relay.stop().await;
 }
@@ -174,13 +173,12 @@ async fn a_400_fails_at_once_and_replay_delivers_it() {
     let replayed = admin_json(&c, &base, "POST", &format!("deliveries/{id}/replay")).await;
     assert_eq!(replayed["status"], "pending");
     wait_status(&c, &base, &id, "delivered").await;
-    let log = log.lock().unwrap();
+    let log = log.lock().unwrap().clone();
     assert_eq!(log.len(), 2);
     assert_eq!(
         (log[1].header("ponte-delivery-id"), log[1].header("ponte-attempt")),
         (id.as_str(), "2")
     );
-    drop(log);
     let missing = admin(&c, &base, "POST", "deliveries/nope/replay", Some(ADMIN_TOKEN)).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     agent.stop().await;

@@ -124,7 +124,7 @@ mod tests {
         assert_eq!(cfg.retention.failed, DEFAULT_RETENTION_FAILED);
         let err = parse(&format!("store: mysql://x\n{tunnel}")).unwrap_err();
         assert!(err.starts_with("relay.yaml:1: store: "), "{err}");
-        let err = parse(&format!("{tunnel}")).unwrap_err();
+        let err = parse(tunnel).unwrap_err();
         assert!(err.contains("needs a `store:`"), "{err}");
         let err = parse(&format!(
             "store: sqlite:///x.db\nretention:\n  deliverd: 1d\n{tunnel}"

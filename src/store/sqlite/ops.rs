@@ -324,15 +324,36 @@ pub(super) fn finish(
     lease: &Lease,
     report: &AttemptReport,
 ) -> Result<bool, StoreError> {
-    let row: Option<(i64, i64, Option<i64>, String, Option<i64>)> = conn
+    /// The columns `finish` decides on.
+    struct Row {
+        seq: i64,
+        attempts: i64,
+        leased_at: Option<i64>,
+        status: String,
+        token: Option<i64>,
+    }
+    let row = conn
         .prepare_cached("SELECT seq, attempts, leased_at, status, lease_token FROM deliveries WHERE id = ?1")
         .map_err(db_err)?
         .query_row([&lease.id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok(Row {
+                seq: r.get(0)?,
+                attempts: r.get(1)?,
+                leased_at: r.get(2)?,
+                status: r.get(3)?,
+                token: r.get(4)?,
+            })
         })
         .optional()
         .map_err(db_err)?;
-    let Some((seq, attempts, leased_at, status, token)) = row else {
+    let Some(Row {
+        seq,
+        attempts,
+        leased_at,
+        status,
+        token,
+    }) = row
+    else {
         return Ok(false);
     };
     let ours = token == Some(lease.token);
