@@ -246,3 +246,62 @@ async fn agent_killed_mid_delivery_returns_deliveries_to_pending_not_failed() {
     replacement.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn graceful_relay_stop_puts_in_flight_deliveries_back_and_restart_delivers_them() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = queue_yaml(
+        &certs,
+        &dir.path().join("relay.db"),
+        "queue",
+        "grace_period: 1s\n",
+        "",
+    );
+    let relay = start_relay(&yaml).await;
+    let (addr, base) = (relay.addr, relay.url(true));
+    let hold = Arc::new(AtomicBool::new(true));
+    let (up, log, arrived) = holding_upstream(hold.clone()).await;
+    let mut agent = start_agent_to(&base, &certs, &up.url());
+    agent.connected().await;
+    let c = client(Some(&certs), false);
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let r = send(&c, request("POST", &format!("{base}/t/demo/{n}"), "x")).await;
+        ids.push(r.header("ponte-delivery-id").to_string());
+    }
+    eventually("4 deliveries in flight", || async {
+        (arrived.load(Ordering::SeqCst) >= 4).then_some(())
+    })
+    .await;
+    let stopping = std::time::Instant::now();
+    relay.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+
+    hold.store(false, Ordering::SeqCst);
+    let listener = within("rebind", async {
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    let relay = start_relay_on(listener, &yaml);
+    agent.connected().await;
+    for id in &ids {
+        eventually("redelivery after the restart", || async {
+            let d = admin_json(&c, &base, "GET", &format!("deliveries/{id}")).await;
+            (d["status"] == "delivered").then_some(())
+        })
+        .await;
+    }
+    assert!(ids.iter().all(|id| delivered(&log).contains_key(id)));
+    agent.stop().await;
+    relay.stop().await;
+}

@@ -8,6 +8,7 @@
 mod ops;
 mod queries;
 mod schema;
+mod upkeep;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -161,7 +162,7 @@ impl Store for SqliteStore {
     }
 
     fn wake(&self, tunnel: String) -> StoreFuture<'_, u64> {
-        Box::pin(self.writer.run(move |c, now| ops::wake(c, now, &tunnel)))
+        Box::pin(self.writer.run(move |c, now| upkeep::wake(c, now, &tunnel)))
     }
 
     fn list(&self, filter: ListFilter) -> StoreFuture<'_, Vec<DeliverySummary>> {
@@ -173,13 +174,13 @@ impl Store for SqliteStore {
     }
 
     fn replay(&self, id: String) -> StoreFuture<'_, DeliverySummary> {
-        Box::pin(self.writer.run(move |c, now| ops::replay(c, now, &id)))
+        Box::pin(self.writer.run(move |c, now| upkeep::replay(c, now, &id)))
     }
 
     fn replay_failed(&self, tunnel: Option<String>) -> StoreFuture<'_, u64> {
         Box::pin(
             self.writer
-                .run(move |c, now| ops::replay_failed(c, now, tunnel.as_deref())),
+                .run(move |c, now| upkeep::replay_failed(c, now, tunnel.as_deref())),
         )
     }
 
@@ -190,10 +191,10 @@ impl Store for SqliteStore {
                 let f = filter.clone();
                 let n = self
                     .writer
-                    .run(move |c, now| ops::purge_chunk(c, now, &f))
+                    .run(move |c, now| upkeep::purge_chunk(c, now, &f))
                     .await?;
                 total += n;
-                if n < ops::DELETE_CHUNK as u64 {
+                if n < upkeep::DELETE_CHUNK as u64 {
                     return Ok(total);
                 }
             }
@@ -206,10 +207,10 @@ impl Store for SqliteStore {
             loop {
                 let n = self
                     .writer
-                    .run(move |c, now| ops::prune_chunk(c, now, &retention))
+                    .run(move |c, now| upkeep::prune_chunk(c, now, &retention))
                     .await?;
                 total += n;
-                if n < ops::DELETE_CHUNK as u64 {
+                if n < upkeep::DELETE_CHUNK as u64 {
                     return Ok(total);
                 }
             }

@@ -1,13 +1,13 @@
-//! The write operations of the SQLite store. Each runs inside the writer's batch transaction
-//! with the batch's `now` (milliseconds, store clock).
+//! The delivery lifecycle's writes in the SQLite store (enqueue, claim, finish, lease recovery). Each
+//! runs inside the writer's batch transaction with the batch's `now` (milliseconds, store clock).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{db_err, queries};
+use super::db_err;
 use crate::store::record::{decode_headers, encode_headers};
 use crate::store::{
     AttemptOutcome, AttemptReport, ClaimBatch, ClaimRequest, Claimed, Enqueued, Lease, NewDelivery,
-    PurgeFilter, Retention, StoreError,
+    StoreError,
 };
 
 /// Most attempt records kept per delivery; older ones are dropped (a flapping agent must not
@@ -15,9 +15,6 @@ use crate::store::{
 const MAX_ATTEMPT_LOG: i64 = 100;
 /// Delivered records dropped at once to make room when the store is full.
 const MAKE_ROOM_BATCH: i64 = 1000;
-/// Rows deleted per purge or prune transaction, so one large purge never holds the writer (and
-/// the senders waiting on it) for long.
-pub(super) const DELETE_CHUNK: i64 = 5000;
 
 /// Commit a new pending delivery. When the size cap leaves no room, the oldest delivered records
 /// are dropped first (pending and failed ones never are); if that frees nothing, the answer is
@@ -434,79 +431,4 @@ pub(super) fn finish(
         }
     }
     Ok(true)
-}
-
-/// Make a tunnel's pending deliveries due now.
-pub(super) fn wake(conn: &Connection, now: i64, tunnel: &str) -> Result<u64, StoreError> {
-    conn.prepare_cached(
-        "UPDATE deliveries SET next_attempt_at = ?2
-         WHERE tunnel = ?1 AND status = 'pending' AND next_attempt_at > ?2",
-    )
-    .map_err(db_err)?
-    .execute(params![tunnel, now])
-    .map(|n| n as u64)
-    .map_err(db_err)
-}
-
-/// Put one delivery back to pending with a fresh retry window.
-pub(super) fn replay(
-    conn: &Connection,
-    now: i64,
-    id: &str,
-) -> Result<crate::store::DeliverySummary, StoreError> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, retry_from = ?2, finished_at = NULL
-             WHERE id = ?1",
-        )
-        .map_err(db_err)?
-        .execute(params![id, now])
-        .map_err(db_err)?;
-    if n == 0 {
-        return Err(StoreError::NotFound(id.to_string()));
-    }
-    queries::summary(conn, now, id)
-}
-
-/// Put failed deliveries back to pending.
-pub(super) fn replay_failed(conn: &Connection, now: i64, tunnel: Option<&str>) -> Result<u64, StoreError> {
-    conn.execute(
-        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, retry_from = ?1, finished_at = NULL
-         WHERE status = 'failed' AND (?2 IS NULL OR tunnel = ?2)",
-        params![now, tunnel],
-    )
-    .map(|n| n as u64)
-    .map_err(db_err)
-}
-
-/// Delete one chunk of deliveries matching `filter`.
-pub(super) fn purge_chunk(conn: &Connection, now: i64, filter: &PurgeFilter) -> Result<u64, StoreError> {
-    let cutoff = filter
-        .older_than
-        .map(|d| now.saturating_sub(d.as_millis() as i64));
-    conn.execute(
-        "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
-         WHERE status = ?1 AND (?2 IS NULL OR tunnel = ?2)
-           AND (?3 IS NULL OR COALESCE(finished_at, received_at) <= ?3)
-         LIMIT ?4)",
-        params![filter.status.as_str(), filter.tunnel, cutoff, DELETE_CHUNK],
-    )
-    .map(|n| n as u64)
-    .map_err(db_err)
-}
-
-/// Delete one chunk of finished deliveries past their retention.
-pub(super) fn prune_chunk(conn: &Connection, now: i64, retention: &Retention) -> Result<u64, StoreError> {
-    let delivered_cutoff = now.saturating_sub(retention.delivered.as_millis() as i64);
-    let failed_cutoff = now.saturating_sub(retention.failed.as_millis() as i64);
-    conn.execute(
-        "DELETE FROM deliveries WHERE seq IN (
-            SELECT seq FROM deliveries WHERE status = 'delivered' AND finished_at <= ?1
-            UNION ALL
-            SELECT seq FROM deliveries WHERE status = 'failed' AND finished_at <= ?2
-            LIMIT ?3)",
-        params![delivered_cutoff, failed_cutoff, DELETE_CHUNK],
-    )
-    .map(|n| n as u64)
-    .map_err(db_err)
 }
