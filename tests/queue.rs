@@ -244,9 +244,22 @@ async fn fallback_proxies_live_when_up_and_queues_when_down() {
     let certs = Certs::new();
     let dir = tempfile::tempdir().unwrap();
     let up = echo_upstream().await;
-    let relay = start_relay(&queue_yaml(&certs, &db(&dir), "fallback", "", "")).await;
+    let relay = start_relay(&queue_yaml(
+        &certs,
+        &db(&dir),
+        "fallback",
+        "",
+        "      max_body_bytes: 1KiB\n",
+    ))
+    .await;
     let c = client(Some(&certs), false);
     let base = relay.url(true);
+    let too_big = post(&c, &format!("{base}/t/demo/big"), vec![b'b'; 2048]).await;
+    assert_eq!(
+        too_big.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too large to queue while offline"
+    );
     let offline_get = send(&c, request("GET", &format!("{base}/t/demo/page"), "")).await;
     assert_eq!(
         offline_get.status,
@@ -271,6 +284,13 @@ async fn fallback_proxies_live_when_up_and_queues_when_down() {
         ("now", "/live?q=1")
     );
     assert!(live.headers.get("ponte-delivery-id").is_none());
+    let big_live = post(&c, &format!("{base}/t/demo/big"), vec![b'b'; 2048]).await;
+    assert_eq!(
+        big_live.status,
+        StatusCode::OK,
+        "too large to queue, but streamed live while the agent is up"
+    );
+    assert_eq!(big_live.body.len(), 2048);
     agent.stop().await;
     relay.stop().await;
 }

@@ -51,12 +51,16 @@ pub async fn forward(
     // A queued tunnel does not wait for a login in progress: it can commit the request instead.
     let session = tunnel.pick();
     if let Some(queue) = state.queues.as_ref().and_then(|q| q.tunnel(&tunnel.name)) {
-        let decision = queue::decide(cfg, queue, &req, session.is_some());
-        if decision != Decision::Live {
-            let limit = queue::body_limit(state, tunnel);
-            if declared_length(&req).is_some_and(|n| n > limit) {
+        let mut decision = queue::decide(cfg, queue, &req, session.is_some());
+        let limit = queue::body_limit(state, tunnel);
+        if decision != Decision::Live && declared_length(&req).is_some_and(|n| n > limit) {
+            if decision != Decision::LiveOrQueue {
                 return Err(ProxyError::TooLarge { limit });
             }
+            // Too large to keep, but the agent is up: stream it live as `direct` would.
+            decision = Decision::Live;
+        }
+        if decision != Decision::Live {
             return match (decision, session) {
                 (Decision::LiveOrQueue, Some(session)) => {
                     queue::live_or_queue(state, tunnel, queue, session, conn, req, authority, path).await
