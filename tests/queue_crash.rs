@@ -1,6 +1,7 @@
-//! The queue's promise under crashes: the relay SIGKILLed with a backlog or with deliveries in
-//! flight, and an agent SIGKILLed mid-delivery. Nothing is lost; nothing in flight is failed.
-//! The process that is killed is the real `ponte` binary, killed by its own PID.
+//! The queue's promise under crashes and reconnects: the relay SIGKILLed with a backlog or with
+//! deliveries in flight, an agent SIGKILLed mid-delivery, a graceful relay restart, and an agent
+//! reconnect cutting a long backoff short. Nothing is lost; nothing in flight is failed. A process
+//! that is killed is the real `ponte` binary, killed by its own PID.
 
 mod support;
 
@@ -303,5 +304,55 @@ async fn graceful_relay_stop_puts_in_flight_deliveries_back_and_restart_delivers
     }
     assert!(ids.iter().all(|id| delivered(&log).contains_key(id)));
     agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_reconnect_delivers_at_once_instead_of_waiting_out_the_backoff() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (up, log) = recording_upstream(|_, n| {
+        if n == 0 {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await;
+    let yaml = relay_yaml(
+        Some(&certs),
+        &format!(
+            "store: sqlite://{}\nadmin_token: {ADMIN_TOKEN}\n",
+            dir.path().join("relay.db").display()
+        ),
+        "    delivery: queue\n    queue:\n      retry_schedule: [1h]\n",
+    );
+    let relay = start_relay(&yaml).await;
+    let base = relay.url(true);
+    let mut agent = start_agent_to(&base, &certs, &up.url());
+    agent.connected().await;
+    let c = client(Some(&certs), false);
+    let id = send(&c, request("POST", &format!("{base}/t/demo/x"), "x"))
+        .await
+        .header("ponte-delivery-id")
+        .to_string();
+    let d = eventually("the first attempt to fail", || async {
+        let d = admin_json(&c, &base, "GET", &format!("deliveries/{id}")).await;
+        (d["attempts"] == 1 && d["in_flight"] == false).then_some(d)
+    })
+    .await;
+    assert_eq!(d["status"], "pending", "{d}");
+    agent.stop().await;
+    let started = std::time::Instant::now();
+    let mut again = start_agent_to(&base, &certs, &up.url());
+    again.connected().await;
+    eventually("delivery right after the reconnect", || async {
+        let d = admin_json(&c, &base, "GET", &format!("deliveries/{id}")).await;
+        (d["status"] == "delivered").then_some(())
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "not the 1h backoff");
+    assert_eq!(log.lock().unwrap().len(), 2);
+    again.stop().await;
     relay.stop().await;
 }
