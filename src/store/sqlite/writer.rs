@@ -133,9 +133,9 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Cl
 }
 
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>], now: i64) -> Result<(), StoreError> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+    exec(conn, "BEGIN IMMEDIATE").map_err(db_err)?;
     for job in batch.iter_mut() {
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = exec(conn, "SAVEPOINT job") {
             rollback(conn);
             return Err(db_err(e));
         }
@@ -149,23 +149,27 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>], now: i64) -> Result<
                 _ => StoreError::Unavailable("the store rolled the transaction back after an error".into()),
             });
         }
-        let end = if outcome.is_ok() {
-            "RELEASE job"
-        } else {
-            "ROLLBACK TO job; RELEASE job"
+        let end = match outcome {
+            Ok(()) => exec(conn, "RELEASE job"),
+            Err(_) => exec(conn, "ROLLBACK TO job").and_then(|()| exec(conn, "RELEASE job")),
         };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = end {
             rollback(conn);
             return Err(db_err(e));
         }
     }
-    match conn.execute_batch("COMMIT") {
+    match exec(conn, "COMMIT") {
         Ok(()) => Ok(()),
         Err(e) => {
             rollback(conn);
             Err(db_err(e))
         }
     }
+}
+
+/// Run one transaction-control statement, prepared once: they run several times per request.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 fn rollback(conn: &Connection) {
