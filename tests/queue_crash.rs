@@ -356,3 +356,34 @@ async fn an_agent_reconnect_delivers_at_once_instead_of_waiting_out_the_backoff(
     again.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_tunnel_switched_to_direct_still_delivers_what_was_stored() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let relay = start_relay(&queue_yaml(&certs, &db, "queue", "", "")).await;
+    let c = client(Some(&certs), false);
+    let r = send(
+        &c,
+        request("POST", &format!("{}/t/demo/kept", relay.url(true)), "kept"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    relay.stop().await;
+
+    let direct = relay_yaml(
+        Some(&certs),
+        &format!("store: sqlite://{}\nadmin_token: {ADMIN_TOKEN}\n", db.display()),
+        "",
+    );
+    let relay = start_relay(&direct).await;
+    let (up, log) = recording_upstream(|_, _| StatusCode::OK).await;
+    let agent = start_agent_to(&relay.url(true), &certs, &up.url());
+    eventually("the stored request delivered", || async {
+        (log.lock().unwrap().iter().any(|r| r.body == "kept")).then_some(())
+    })
+    .await;
+    agent.stop().await;
+    relay.stop().await;
+}

@@ -26,6 +26,7 @@ use super::registry::TunnelState;
 use super::retry::{self, AttemptResult};
 use super::service::RelayState;
 use super::session::SendError;
+use crate::config::relay::DeliveryMode;
 use crate::protocol::{PONTE_ATTEMPT, PONTE_DELIVERY_ID, PONTE_ERROR};
 use crate::store::{AttemptReport, ClaimRequest, Claimed, Retention, Store};
 
@@ -95,6 +96,7 @@ impl Worker {
         // reconnect between two looks shows as "changed, same count": that is a reconnect too.
         let mut last_agents = 0;
         let mut changed = true;
+        let mut announced = false;
         let mut in_flight: JoinSet<()> = JoinSet::new();
         loop {
             if self.shutdown.is_cancelled() {
@@ -126,6 +128,18 @@ impl Worker {
                     match self.store.claim(request).await {
                         Ok(batch) => {
                             self.queue.set_backlog(batch.backlog);
+                            if self.tunnel.config.delivery == DeliveryMode::Direct {
+                                if !batch.backlog && in_flight.is_empty() {
+                                    // Nothing left from an earlier `queue` configuration.
+                                    break;
+                                }
+                                if !batch.items.is_empty() && !announced {
+                                    announced = true;
+                                    tracing::info!(
+                                        "the tunnel is `direct` now but has deliveries stored from an earlier configuration; delivering them"
+                                    );
+                                }
+                            }
                             for item in batch.items {
                                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                                     break;

@@ -57,14 +57,14 @@ impl TunnelQueue {
 }
 
 impl Queues {
-    /// Queue state for every tunnel whose delivery mode is `queue` or `fallback`.
+    /// Queue state for every tunnel. `direct` tunnels get one too: a tunnel switched from
+    /// `queue` to `direct` may still have deliveries stored, and they must not be stranded.
     pub fn new(store: Arc<dyn Store>, config: &RelayConfig) -> Self {
         let tunnels = config
             .tunnels
-            .iter()
-            .filter(|(_, t)| t.delivery != DeliveryMode::Direct)
+            .keys()
             // Assume a backlog until the worker's first claim says otherwise (after a restart).
-            .map(|(name, _)| {
+            .map(|name| {
                 let q = TunnelQueue::default();
                 q.set_backlog(true);
                 (name.clone(), Arc::new(q))
