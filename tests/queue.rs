@@ -92,6 +92,17 @@ async fn offline_posts_are_accepted_then_delivered_byte_for_byte() {
     })
     .await;
     assert!(page["next_before"].is_null());
+    let first = admin_json(&c, &base, "GET", "deliveries?limit=15").await;
+    let rest = admin_json(
+        &c,
+        &base,
+        "GET",
+        &format!("deliveries?limit=15&before={}", first["next_before"]),
+    )
+    .await;
+    assert_eq!(first["deliveries"].as_array().unwrap().len(), 15);
+    assert_eq!(rest["deliveries"].as_array().unwrap().len(), 5);
+    assert!(rest["next_before"].is_null());
     agent.stop().await;
     relay.stop().await;
 }

@@ -15,7 +15,7 @@ use super::service::{ConnInfo, RelayState};
 use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
 use crate::protocol::admin::{ADMIN_PREFIX, ListResponse, PurgeResponse, ReplayResponse};
-use crate::store::{ListFilter, PurgeFilter, Status};
+use crate::store::{ListFilter, MAX_LIST, PurgeFilter, Status};
 
 /// Page size when the caller gives none.
 const DEFAULT_PAGE: usize = 100;
@@ -45,7 +45,10 @@ pub async fn handle(
     match (&method, segments.as_slice()) {
         (&Method::GET, ["deliveries"]) => {
             query.only(&["tunnel", "status", "limit", "before"])?;
-            let limit = query.number("limit")?.map_or(DEFAULT_PAGE, |n| n as usize);
+            let limit = query
+                .number("limit")?
+                .map_or(DEFAULT_PAGE, |n| n as usize)
+                .clamp(1, MAX_LIST);
             let filter = ListFilter {
                 tunnel: query.get("tunnel").map(String::from),
                 status: query.status()?,
@@ -53,7 +56,7 @@ pub async fn handle(
                 limit,
             };
             let deliveries = store.list(filter).await?;
-            let next_before = (deliveries.len() >= limit.max(1))
+            let next_before = (deliveries.len() >= limit)
                 .then(|| deliveries.last().map(|d| d.seq))
                 .flatten();
             json(&ListResponse {
