@@ -11,6 +11,7 @@ pub mod agent;
 pub mod body;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod logging;
 pub mod protocol;

@@ -44,6 +44,32 @@ enum Command {
         #[arg(long)]
         upstream: Option<String>,
     },
+    /// Run the agent (or relay) as a system service: a systemd unit or a Windows service.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Register, enable and start the service (writes the example configuration if there is none).
+    Install(ServiceFlags),
+    /// Stop and remove the service; configuration files stay.
+    Uninstall(ServiceFlags),
+    /// Show whether the service runs and what it is doing.
+    Status(ServiceFlags),
+}
+
+#[derive(Args)]
+struct ServiceFlags {
+    /// Configuration file [default: /etc/ponte/agent.yaml; on Windows %ProgramData%\Ponte\agent.yaml].
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// One more agent on this machine: ponte-agent@NAME, configured in agent-NAME.yaml.
+    #[arg(long)]
+    name: Option<String>,
+    /// The relay instead of the agent.
+    #[arg(long, conflicts_with = "name")]
+    relay: bool,
 }
 
 #[derive(Args)]
@@ -96,9 +122,20 @@ impl From<AgentFlags> for AgentArgs {
     }
 }
 
+fn service(command: ServiceCommand) -> Result<(), commands::CommandError> {
+    use ponte::daemon::{ServiceAction, ServiceSpec};
+    let (action, f) = match command {
+        ServiceCommand::Install(f) => (ServiceAction::Install, f),
+        ServiceCommand::Uninstall(f) => (ServiceAction::Uninstall, f),
+        ServiceCommand::Status(f) => (ServiceAction::Status, f),
+    };
+    let spec = ServiceSpec::new(f.name, f.relay, f.config)?;
+    ponte::daemon::service_command(action, spec)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ponte::logging::init_stderr(cli.log_format, &cli.log_level);
+    ponte::logging::init(cli.log_format, &cli.log_level, ponte::daemon::log_writer());
     let result = match cli.command {
         Command::Relay { config, listen } => commands::relay(&config, listen.as_deref()),
         Command::Agent(flags) => commands::agent(flags.into()),
@@ -111,6 +148,7 @@ fn main() -> ExitCode {
         }),
         Command::Check(flags) => commands::check(flags.into()),
         Command::Demo { upstream } => commands::demo(upstream),
+        Command::Service(command) => service(command),
     };
     commands::exit(result)
 }
