@@ -6,7 +6,7 @@
 //! drop-in. Everything install writes carries [`MARKER`], and uninstall removes only such files.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
@@ -149,6 +149,63 @@ fn systemd_quote(s: &str) -> String {
     }
 }
 
+/// The user the units run as (`User=ponte`).
+const SERVICE_USER: &str = "ponte";
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The .deb creates the system user; for a hand-copied binary, create it here so configuration
+/// files can be shared with the service through its group.
+fn ensure_service_user() -> anyhow::Result<()> {
+    if quiet(Command::new("getent").args(["passwd", SERVICE_USER])) {
+        return Ok(());
+    }
+    let created = quiet(Command::new("useradd").args([
+        "--system",
+        "--user-group",
+        "--home-dir",
+        "/var/lib/ponte",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        "--comment",
+        "Ponte webhook tunnel",
+        SERVICE_USER,
+    ]));
+    if !created {
+        bail!(
+            "cannot create the system user `{SERVICE_USER}` (useradd failed); run it as root: sudo ponte service install"
+        );
+    }
+    println!("created the system user {SERVICE_USER}");
+    Ok(())
+}
+
+/// The service runs as `ponte`, not root: say so if it will not be able to read the file.
+fn warn_if_unreadable(config: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(config) else {
+        return;
+    };
+    let group = Command::new("id")
+        .args(["-g", SERVICE_USER])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok());
+    let readable = meta.mode() & 0o004 != 0 || (meta.mode() & 0o040 != 0 && Some(meta.gid()) == group);
+    if !readable {
+        eprintln!(
+            "warning: the service runs as user {SERVICE_USER} and cannot read {path}; run: sudo chgrp {SERVICE_USER} {path} && sudo chmod 640 {path}",
+            path = config.display()
+        );
+    }
+}
+
 fn install(spec: &ServiceSpec) -> Result<(), CommandError> {
     let role = &spec.role;
     let unit = role.unit();
@@ -156,11 +213,13 @@ fn install(spec: &ServiceSpec) -> Result<(), CommandError> {
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
 
+    ensure_service_user()?;
     let created = write_example_if_missing(role, &config).map_err(|e| permission_hint(e, &config))?;
     if created {
-        // The service's group may read it (the .deb creates user and group `ponte`).
-        let _ = Command::new("chgrp").arg("ponte").arg(&config).status();
+        // It will hold a token: root writes it, the service's group reads it.
+        quiet(Command::new("chgrp").arg(SERVICE_USER).arg(&config));
     } else {
+        warn_if_unreadable(&config);
         let text = std::fs::read_to_string(&config).map_err(|source| ConfigError::Unreadable {
             path: config.clone(),
             source,
