@@ -3,7 +3,7 @@
 //! upgrade keeps the edited configuration, `ponte service install/uninstall` registers a second
 //! agent through the SCM, and uninstall removes it all.
 //!
-//! Needs wine64, mingw (for the test-only bcryptprimitives.dll shim: Wine 8 lacks the DLL that
+//! Needs wine (Debian packages wine and wine64), mingw (for the test-only bcryptprimitives.dll shim: Wine 8 lacks the DLL that
 //! Rust's std imports; real Windows has it) and the artifacts of `packaging/build-all.sh`.
 //! Every wine call has its output in a file (services inherit stdio and would hang a pipe) and a
 //! time limit; the wineserver is ours (started with `-f -p`) and is stopped by its PID.
@@ -38,8 +38,14 @@ impl Wine {
             server: None,
             _dir: dir,
         };
-        // Persistent, foreground: it outlives short wine calls (services would die with it
-        // otherwise) and we hold its PID.
+        // Create the prefix first, and let its temporary wineserver exit: a second server
+        // started beside it leaves two services.exe fighting over the SCM.
+        let (status, out) = wine.run_program("wineboot", &["-i"], Duration::from_secs(180));
+        assert!(status.is_some_and(|s| s.success()), "wineboot failed: {out}");
+        let (status, out) = wine.run_program("wineserver", &["-w"], Duration::from_secs(60));
+        assert!(status.is_some_and(|s| s.success()), "wineserver -w: {out}");
+        // Then our own: persistent, so services outlive the short wine calls that start them,
+        // and in the foreground, so we hold its PID.
         let out = std::fs::File::create(wine.path("wineserver.log")).expect("log");
         let child = wine
             .cmd("wineserver")
@@ -50,9 +56,29 @@ impl Wine {
             .spawn()
             .expect("start wineserver");
         wine.server = Some(Owned(child));
-        let (status, out) = wine.run(&["wineboot", "-i"], Duration::from_secs(180));
-        assert!(status.is_some_and(|s| s.success()), "wineboot failed: {out}");
+        // A wine call made before our server listens would start a server of its own.
+        wait_until("our wineserver's socket", Duration::from_secs(20), || {
+            wine.server_dir()
+        });
         wine
+    }
+
+    /// Where wineserver listens for this prefix: `server-DEV-INODE/socket` under
+    /// /tmp/.wine-UID (upstream) or /tmp/wine-XXXXXX (Debian).
+    fn server_dir(&self) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.prefix).ok()?;
+        let name = format!("server-{:x}-{:x}", meta.dev(), meta.ino());
+        std::fs::read_dir("/tmp")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("wine-") || n.starts_with(".wine-"))
+            })
+            .map(|p| p.join(&name))
+            .find(|p| p.join("socket").exists())
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -69,9 +95,18 @@ impl Wine {
         c
     }
 
-    /// `wine64 args…`, output in the shared log; returns the status and this call's output.
+    /// `wine args…`, output in the shared log; returns the status and this call's output.
     fn run(&self, args: &[&str], limit: Duration) -> (Option<std::process::ExitStatus>, String) {
-        let mut c = self.cmd("wine64");
+        self.run_program("wine", args, limit)
+    }
+
+    fn run_program(
+        &self,
+        program: &str,
+        args: &[&str],
+        limit: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        let mut c = self.cmd(program);
         c.args(args);
         run_logged(&mut c, &self.log, limit)
     }
@@ -96,10 +131,31 @@ impl Drop for Wine {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+        let dir = self.server_dir();
         if let Some(mut server) = self.server.take() {
             server.wait_for(Duration::from_secs(10));
         }
+        // The server's socket folder is ours too.
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
+}
+
+/// The last lines of a log file (msiexec writes UTF-16 or UTF-8), for failure messages.
+fn tail(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = if bytes.starts_with(&[0xff, 0xfe]) {
+        let units: Vec<u16> = bytes[2..]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        String::from_utf16_lossy(&units)
+    } else {
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// `Z:\…` for a Linux path (wine maps `/` to drive Z:).
@@ -122,7 +178,7 @@ fn build_shim(out: &Path) {
 
 #[test]
 fn windows_build_under_wine() {
-    if !require_tools(TEST, &["wine64", "wineserver", "x86_64-w64-mingw32-gcc"]) {
+    if !require_tools(TEST, &["wine", "wineserver", "x86_64-w64-mingw32-gcc"]) {
         return;
     }
     let Some(exe) = require_artifact(TEST, "", "ponte-", "-x86_64-windows.exe") else {
@@ -143,7 +199,7 @@ fn windows_build_under_wine() {
     // 1. The bare exe, as a console program: agent → Linux relay → echo upstream.
     {
         let token = TOKENS[0].1;
-        let mut agent = wine.cmd("wine64");
+        let mut agent = wine.cmd("wine");
         agent.arg(&exe).args([
             "agent",
             "--relay",
@@ -159,7 +215,7 @@ fn windows_build_under_wine() {
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .spawn()
-            .expect("start wine64 ponte.exe");
+            .expect("start wine ponte.exe");
         let _agent = Owned(child);
         let body = net.wait_served("t1", Duration::from_secs(60));
         assert!(body.contains("dados_recebidos_pelo_webhook"), "{body}");
@@ -192,7 +248,11 @@ fn windows_build_under_wine() {
         &["msiexec", "/i", &z(&msi), "/qn", "/l*v", &z(&install_log)],
         Duration::from_secs(180),
     );
-    assert!(status.is_some_and(|s| s.success()), "msiexec /i failed: {out}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "msiexec /i failed ({status:?}): {out}\n{}",
+        tail(&install_log)
+    );
     assert!(
         wine.drive_c("Program Files/Ponte/ponte.exe").exists(),
         "ponte.exe not installed"
@@ -204,6 +264,7 @@ fn windows_build_under_wine() {
         "{}",
         wine.sc_query("ponte-agent")
     );
+    // Beside the configuration: C:\ProgramData\Ponte\logs.
     let service_log = wine.drive_c("ProgramData/Ponte/logs/ponte-agent.log");
     let log = std::fs::read_to_string(&service_log).unwrap_or_default();
     assert!(

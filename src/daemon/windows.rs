@@ -64,11 +64,24 @@ pub fn data_dir() -> PathBuf {
     base.join("Ponte")
 }
 
-/// The log file of one service.
-pub fn log_path(role: &Role) -> PathBuf {
-    data_dir()
-        .join("logs")
-        .join(format!("{}.log", role.service_name()))
+/// The log file of service `name`: in `logs\` beside its configuration file, which is
+/// `%ProgramData%\Ponte\logs` for the default configuration. Derived from the configuration path
+/// rather than the environment, so the MSI's service (whose path the installer wrote) and the
+/// administrator agree on the folder even where the service's environment differs (wine).
+pub fn log_path(name: &str, config: Option<&std::path::Path>) -> PathBuf {
+    let dir = config
+        .and_then(|c| c.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(data_dir);
+    dir.join("logs").join(format!("{name}.log"))
+}
+
+/// An SCM error with the OS's reason (the crate's own message is only "IO error in winapi call").
+fn describe(e: &windows_service::Error) -> String {
+    match e {
+        windows_service::Error::Winapi(io) => io.to_string(),
+        other => other.to_string(),
+    }
 }
 
 fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
@@ -123,6 +136,24 @@ fn service_main(arguments: Vec<OsString>) {
         .first()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| pending.role.service_name());
+    if !scm_runs_us_as(&name) {
+        // Not really a service. Wine's dispatcher connects a console process to the control
+        // pipe of the last service it started (Windows refuses it with ERROR_FAILED_SERVICE_
+        // CONTROLLER_CONNECT), so its word is checked against the SCM's own record of our PID.
+        // Run as the console program we are; the dispatcher keeps the main thread, so exit here.
+        let code = match (pending.body)() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ponte: {e}");
+                match e {
+                    CommandError::Config(_) => i32::from(EXIT_CONFIG),
+                    CommandError::Refused(_) => i32::from(crate::commands::EXIT_REFUSED),
+                    CommandError::Other(_) => 1,
+                }
+            }
+        };
+        std::process::exit(code);
+    }
     let stop = STOP.get_or_init(CancellationToken::new).clone();
     let handler_stop = stop.clone();
     let handler = move |control| match control {
@@ -153,7 +184,7 @@ fn service_main(arguments: Vec<OsString>) {
     };
     report(ServiceState::StartPending, ServiceExitCode::Win32(0));
 
-    let log = data_dir().join("logs").join(format!("{name}.log"));
+    let log = log_path(&name, pending.config.as_deref());
     if let Err(e) = super::logfile::route_to_file(&log) {
         // Nowhere to log to; run anyway, a tunnel without logs beats no tunnel.
         let _ = e;
@@ -172,7 +203,7 @@ fn service_main(arguments: Vec<OsString>) {
         }
     }
     if let Err(e) = configure_recovery(&name) {
-        tracing::warn!(error = %e, "cannot set the restart-on-failure actions");
+        tracing::warn!(error = %e, "cannot set the service's recovery options");
     }
 
     // Windows services report Running once initialised; the agent keeps (re)connecting.
@@ -193,12 +224,25 @@ fn service_main(arguments: Vec<OsString>) {
     *OUTCOME.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
 }
 
-/// Restart after a crash and after an exit with an error, waiting [`RESTART_DELAYS`]; set from
-/// the program because the MSI tool (wixl) has no element for it.
-fn configure_recovery(name: &str) -> windows_service::Result<()> {
-    let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)?;
-    let service = manager.open_service(name, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)?;
-    service.update_failure_actions(ServiceFailureActions {
+/// True if the SCM's record says service `name` runs in this process.
+fn scm_runs_us_as(name: &str) -> bool {
+    ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+        .and_then(|m| m.open_service(name, ServiceAccess::QUERY_STATUS))
+        .and_then(|s| s.query_status())
+        .is_ok_and(|status| status.process_id == Some(std::process::id()))
+}
+
+/// Restart after a crash and after an exit with an error, waiting [`RESTART_DELAYS`], and start
+/// delayed at boot (after the network stack); set from the program because the MSI tool (wixl)
+/// has no element for either. Each setting is tried even if another fails.
+fn configure_recovery(name: &str) -> anyhow::Result<()> {
+    let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+        .map_err(|e| anyhow!("cannot open the service manager: {}", describe(&e)))?;
+    let service = manager
+        .open_service(name, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)
+        .map_err(|e| anyhow!("cannot open service {name}: {}", describe(&e)))?;
+    let mut failed = Vec::new();
+    let actions = service.update_failure_actions(ServiceFailureActions {
         reset_period: ServiceFailureResetPeriod::After(FAILURE_RESET),
         reboot_msg: None,
         command: None,
@@ -211,10 +255,21 @@ fn configure_recovery(name: &str) -> windows_service::Result<()> {
                 })
                 .collect(),
         ),
-    })?;
-    service.set_failure_actions_on_non_crash_failures(true)?;
-    service.set_delayed_auto_start(true)?;
-    Ok(())
+    });
+    if let Err(e) = actions {
+        failed.push(format!("restart-on-failure actions: {}", describe(&e)));
+    }
+    if let Err(e) = service.set_failure_actions_on_non_crash_failures(true) {
+        failed.push(format!("restart after an exit with an error: {}", describe(&e)));
+    }
+    if let Err(e) = service.set_delayed_auto_start(true) {
+        failed.push(format!("delayed automatic start: {}", describe(&e)));
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{}", failed.join("; ")))
+    }
 }
 
 /// `ponte service install|uninstall|status`.
@@ -222,7 +277,7 @@ pub fn service_command(action: install::ServiceAction, spec: &ServiceSpec) -> Re
     match action {
         install::ServiceAction::Install => install(spec),
         install::ServiceAction::Uninstall => uninstall(&spec.role),
-        install::ServiceAction::Status => status(&spec.role),
+        install::ServiceAction::Status => status(spec),
     }
 }
 
@@ -231,7 +286,7 @@ fn scm_error(e: windows_service::Error, what: &str) -> anyhow::Error {
         windows_service::Error::Winapi(io) if io.kind() == std::io::ErrorKind::PermissionDenied => anyhow!(
             "{what}: access denied; run it from an administrator command prompt (Win, type cmd, \"Run as administrator\")"
         ),
-        _ => anyhow!("{what}: {e}"),
+        _ => anyhow!("{what}: {}", describe(&e)),
     }
 }
 
@@ -293,7 +348,12 @@ fn install(spec: &ServiceSpec) -> Result<(), CommandError> {
     };
     let _ = service
         .set_description("Ponte: receives webhooks through the relay and hands them to a local program.");
-    configure_recovery(&name).map_err(|e| scm_error(e, "cannot set restart-on-failure"))?;
+    if let Err(e) = configure_recovery(&name) {
+        // Registered and startable; only the recovery options are missing. Say so, go on.
+        eprintln!(
+            "warning: could not set every recovery option ({e}); the service works, but set them by hand in the Services app (Recovery tab) if needed"
+        );
+    }
     if created {
         println!(
             "wrote the example configuration {}\nedit relay and token there, then start the service: sc start {name}",
@@ -314,7 +374,7 @@ fn install(spec: &ServiceSpec) -> Result<(), CommandError> {
     println!(
         "configuration: {}\nlogs: {}",
         config.display(),
-        log_path(role).display()
+        log_path(&name, Some(&config)).display()
     );
     Ok(())
 }
@@ -362,8 +422,8 @@ fn uninstall(role: &Role) -> Result<(), CommandError> {
     Ok(())
 }
 
-fn status(role: &Role) -> Result<(), CommandError> {
-    let name = role.service_name();
+fn status(spec: &ServiceSpec) -> Result<(), CommandError> {
+    let name = spec.role.service_name();
     let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
         .map_err(|e| scm_error(e, "cannot open the service manager"))?;
     match manager.open_service(&name, ServiceAccess::QUERY_STATUS) {
@@ -382,6 +442,7 @@ fn status(role: &Role) -> Result<(), CommandError> {
         }
         Err(e) => return Err(scm_error(e, "cannot open the service").into()),
     }
-    println!("logs: {}", log_path(role).display());
+    let config = spec.config_path(&data_dir())?;
+    println!("logs: {}", log_path(&name, Some(&config)).display());
     Ok(())
 }
