@@ -204,6 +204,27 @@ pub fn write_example_if_missing(role: &Role, path: &Path) -> std::io::Result<boo
     Ok(true)
 }
 
+/// The program's file name in a service's command line (`"C:\dir\ponte.exe" agent …`, or
+/// unquoted with spaces as Wine writes it), lower-cased.
+pub fn image_file_name(command_line: &str) -> String {
+    let line = command_line.trim();
+    let program = match line.strip_prefix('"') {
+        Some(rest) => rest.split('"').next().unwrap_or(rest),
+        None => {
+            let lower = line.to_lowercase();
+            match lower.find(".exe") {
+                Some(i) => &line[..i + 4],
+                None => line.split(' ').next().unwrap_or(line),
+            }
+        }
+    };
+    program
+        .rsplit(['\\', '/'])
+        .next()
+        .unwrap_or(program)
+        .to_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +273,25 @@ mod tests {
         for role in [Role::Agent { name: None }, Role::Relay] {
             role.check_config(role.example(), "example", &|_| None)
                 .unwrap_or_else(|e| panic!("{role:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn program_name_in_a_service_command_line() {
+        let table = [
+            (
+                r#""C:\Program Files\Ponte\ponte.exe" agent --config "C:\ProgramData\Ponte\agent.yaml""#,
+                "ponte.exe",
+            ),
+            (
+                r#"C:\Program Files\Ponte\Ponte.EXE agent --config "C:\x y\agent.yaml""#,
+                "ponte.exe",
+            ),
+            (r"C:\windows\system32\svchost.exe -k netsvcs", "svchost.exe"),
+            (r"C:\tools\ponte", "ponte"),
+        ];
+        for (line, name) in table {
+            assert_eq!(image_file_name(line), name, "{line}");
         }
     }
 

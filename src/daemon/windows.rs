@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -50,8 +50,26 @@ struct Pending {
     body: Body,
 }
 
-static PENDING: Mutex<Option<Pending>> = Mutex::new(None);
-static OUTCOME: Mutex<Option<Result<(), CommandError>>> = Mutex::new(None);
+/// Who runs the command: the first of the SCM (via `service_main`) and the console fallback to
+/// claim it. The condition variable wakes the main thread on either event.
+enum Claim {
+    Waiting(Pending),
+    Service,
+    Console,
+}
+
+struct Detection {
+    claim: Claim,
+    /// Set when the dispatcher returned (at once when refused; after the service stopped).
+    dispatcher_done: bool,
+    outcome: Option<Result<(), CommandError>>,
+}
+
+static DETECTION: Mutex<Option<Detection>> = Mutex::new(None);
+static WAKE: Condvar = Condvar::new();
+/// How long the dispatcher may neither accept nor refuse. Windows answers a console process at
+/// once (ERROR_FAILED_SERVICE_CONTROLLER_CONNECT); Wine's dispatcher can block forever instead.
+const DISPATCHER_WAIT: Duration = Duration::from_secs(3);
 /// Cancelled by the SCM's Stop or Shutdown; linked to each command's shutdown token.
 static STOP: OnceLock<CancellationToken> = OnceLock::new();
 
@@ -84,8 +102,8 @@ fn describe(e: &windows_service::Error) -> String {
     }
 }
 
-fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
-    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+fn detection() -> MutexGuard<'static, Option<Detection>> {
+    DETECTION.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// See [`super::run`].
@@ -93,23 +111,55 @@ pub fn run<F>(role: Role, config: Option<PathBuf>, body: F) -> Result<(), Comman
 where
     F: FnOnce() -> Result<(), CommandError> + Send + 'static,
 {
-    *PENDING.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending {
-        role,
-        config,
-        body: Box::new(body),
+    *detection() = Some(Detection {
+        claim: Claim::Waiting(Pending {
+            role,
+            config,
+            body: Box::new(body),
+        }),
+        dispatcher_done: false,
+        outcome: None,
     });
-    // The name is not checked for a service that has its own process.
-    match service_dispatcher::start("ponte", ffi_service_main) {
-        Ok(()) => take(&OUTCOME).unwrap_or(Ok(())),
-        Err(windows_service::Error::Winapi(e))
-            if e.raw_os_error() == Some(ERROR_FAILED_SERVICE_CONTROLLER_CONNECT) =>
-        {
-            match take(&PENDING) {
-                Some(pending) => (pending.body)(),
-                None => Ok(()),
+    // The dispatcher blocks its thread for the service's whole life, so it gets its own; the name
+    // is not checked for a service that has its own process.
+    std::thread::spawn(|| {
+        let result = service_dispatcher::start("ponte", ffi_service_main);
+        if let Err(e) = &result {
+            let refused = matches!(e, windows_service::Error::Winapi(io)
+                if io.raw_os_error() == Some(ERROR_FAILED_SERVICE_CONTROLLER_CONNECT));
+            if !refused {
+                tracing::debug!(error = %describe(e), "service dispatcher failed; running as a console program");
             }
         }
-        Err(e) => Err(anyhow!("cannot reach the Windows service manager: {e}").into()),
+        if let Some(d) = detection().as_mut() {
+            d.dispatcher_done = true;
+        }
+        WAKE.notify_all();
+    });
+
+    let started = Instant::now();
+    let mut guard = detection();
+    loop {
+        let Some(d) = guard.as_mut() else {
+            return Ok(());
+        };
+        match d.claim {
+            // The service ran; the dispatcher returns once it has stopped.
+            Claim::Service if d.dispatcher_done => return d.outcome.take().unwrap_or(Ok(())),
+            Claim::Service => {}
+            Claim::Waiting(_) if d.dispatcher_done || started.elapsed() >= DISPATCHER_WAIT => {
+                let Claim::Waiting(pending) = std::mem::replace(&mut d.claim, Claim::Console) else {
+                    unreachable!("matched Waiting above");
+                };
+                drop(guard);
+                return (pending.body)();
+            }
+            Claim::Waiting(_) | Claim::Console => {}
+        }
+        guard = WAKE
+            .wait_timeout(guard, Duration::from_millis(100))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
 }
 
@@ -128,32 +178,30 @@ pub fn link_stop(shutdown: &CancellationToken) {
 }
 
 fn service_main(arguments: Vec<OsString>) {
-    let Some(pending) = take(&PENDING) else {
+    // The SCM passes the service's registered name first.
+    let Some(name) = arguments.first().map(|n| n.to_string_lossy().into_owned()) else {
         return;
     };
-    // The SCM passes the service's registered name first.
-    let name = arguments
-        .first()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| pending.role.service_name());
+    // Wine's dispatcher can hand a console process the control pipe of another service;
+    // Windows never does. Take the SCM's word only if its record says this process is `name`.
     if !scm_runs_us_as(&name) {
-        // Not really a service. Wine's dispatcher connects a console process to the control
-        // pipe of the last service it started (Windows refuses it with ERROR_FAILED_SERVICE_
-        // CONTROLLER_CONNECT), so its word is checked against the SCM's own record of our PID.
-        // Run as the console program we are; the dispatcher keeps the main thread, so exit here.
-        let code = match (pending.body)() {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("ponte: {e}");
-                match e {
-                    CommandError::Config(_) => i32::from(EXIT_CONFIG),
-                    CommandError::Refused(_) => i32::from(crate::commands::EXIT_REFUSED),
-                    CommandError::Other(_) => 1,
-                }
-            }
-        };
-        std::process::exit(code);
+        return;
     }
+    let pending = {
+        let mut guard = detection();
+        let Some(d) = guard.as_mut() else {
+            return;
+        };
+        match std::mem::replace(&mut d.claim, Claim::Service) {
+            Claim::Waiting(pending) => pending,
+            other => {
+                // Already running as a console program.
+                d.claim = other;
+                return;
+            }
+        }
+    };
+    WAKE.notify_all();
     let stop = STOP.get_or_init(CancellationToken::new).clone();
     let handler_stop = stop.clone();
     let handler = move |control| match control {
@@ -164,8 +212,18 @@ fn service_main(arguments: Vec<OsString>) {
         ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
         _ => ServiceControlHandlerResult::NotImplemented,
     };
-    let Ok(status) = service_control_handler::register(&name, handler) else {
-        return;
+    let status = match service_control_handler::register(&name, handler) {
+        Ok(status) => status,
+        Err(e) => {
+            if let Some(d) = detection().as_mut() {
+                d.outcome = Some(Err(anyhow!(
+                    "cannot register with the service manager: {}",
+                    describe(&e)
+                )
+                .into()));
+            }
+            return;
+        }
     };
     let report = |state, exit_code| {
         let _ = status.set_service_status(ServiceStatus {
@@ -185,10 +243,9 @@ fn service_main(arguments: Vec<OsString>) {
     report(ServiceState::StartPending, ServiceExitCode::Win32(0));
 
     let log = log_path(&name, pending.config.as_deref());
-    if let Err(e) = super::logfile::route_to_file(&log) {
-        // Nowhere to log to; run anyway, a tunnel without logs beats no tunnel.
-        let _ = e;
-    }
+    // If the log file cannot be opened there is nowhere to say so; run anyway: a tunnel without
+    // logs beats no tunnel.
+    let _ = super::logfile::route_to_file(&log);
     tracing::info!(service = %name, version = crate::VERSION, "started by the Windows service manager");
     if let Some(config) = &pending.config {
         match write_example_if_missing(&pending.role, config) {
@@ -220,16 +277,25 @@ fn service_main(arguments: Vec<OsString>) {
         }
     };
     tracing::info!(service = %name, "service stopped");
+    if let Some(d) = detection().as_mut() {
+        d.outcome = Some(outcome);
+    }
     report(ServiceState::Stopped, exit);
-    *OUTCOME.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
 }
 
-/// True if the SCM's record says service `name` runs in this process.
+/// True if the SCM's record says service `name` is this program. (Its record of the process
+/// id would be the better witness, but the crate reports it only once the service is Running.)
 fn scm_runs_us_as(name: &str) -> bool {
+    let Ok(exe) = std::env::current_exe() else {
+        return false;
+    };
+    let Some(ours) = exe.file_name().map(|n| n.to_string_lossy().to_lowercase()) else {
+        return false;
+    };
     ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
-        .and_then(|m| m.open_service(name, ServiceAccess::QUERY_STATUS))
-        .and_then(|s| s.query_status())
-        .is_ok_and(|status| status.process_id == Some(std::process::id()))
+        .and_then(|m| m.open_service(name, ServiceAccess::QUERY_CONFIG))
+        .and_then(|s| s.query_config())
+        .is_ok_and(|config| install::image_file_name(&config.executable_path.to_string_lossy()) == ours)
 }
 
 /// Restart after a crash and after an exit with an error, waiting [`RESTART_DELAYS`], and start
