@@ -412,7 +412,7 @@ fn deb_is_lintian_clean_and_units_verify() {
         return;
     };
     let out = Command::new("lintian")
-        .args(["--no-tag-display-limit"])
+        .args(["--tag-display-limit", "0"])
         .arg(&deb)
         .output()
         .expect("run lintian");
@@ -443,10 +443,11 @@ fn deb_is_lintian_clean_and_units_verify() {
         let text = text.replace("/usr/bin/ponte", &exe.display().to_string());
         let target = dir.path().join(name);
         std::fs::write(&target, text).expect("write unit");
+        // Names relative to the folder, so the instance finds its template there.
         units.push(if name.ends_with("@.service") {
-            dir.path().join("ponte-agent@check.service").display().to_string()
+            "ponte-agent@check.service"
         } else {
-            target.display().to_string()
+            name
         });
     }
     let out = Command::new("systemd-analyze")
@@ -464,4 +465,65 @@ fn deb_is_lintian_clean_and_units_verify() {
         out.status.success() && text.trim().is_empty(),
         "systemd-analyze verify:\n{text}"
     );
+}
+
+#[test]
+fn rpm_holds_the_same_files() {
+    const TEST: &str = "rpm_holds_the_same_files";
+    if !require_tools(TEST, &["rpm"]) {
+        return;
+    }
+    let Some(rpm) = require_artifact(TEST, "", "ponte-", ".x86_64.rpm") else {
+        return;
+    };
+    let query = |args: &[&str]| {
+        let out = Command::new("rpm")
+            .args(args)
+            .arg(&rpm)
+            .output()
+            .expect("run rpm");
+        assert!(
+            out.status.success(),
+            "rpm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(query(&["-K"]).contains("digests OK"));
+    let files = query(&["-qplv"]);
+    for (mode, owner, path) in [
+        ("-rwxr-xr-x", "root     root", "/usr/bin/ponte"),
+        (
+            "-rw-r--r--",
+            "root     root",
+            "/usr/lib/systemd/system/ponte-agent.service",
+        ),
+        (
+            "-rw-r--r--",
+            "root     root",
+            "/usr/lib/systemd/system/ponte-agent@.service",
+        ),
+        (
+            "-rw-r--r--",
+            "root     root",
+            "/usr/lib/systemd/system/ponte-relay.service",
+        ),
+        ("drwxr-x---", "root     ponte", "/etc/ponte"),
+        ("-rw-r-----", "root     ponte", "/etc/ponte/agent.yaml"),
+        ("-rw-r-----", "root     ponte", "/etc/ponte/relay.yaml"),
+    ] {
+        assert!(
+            files
+                .lines()
+                .any(|l| l.starts_with(mode) && l.contains(owner) && l.ends_with(path)),
+            "want {mode} {owner} {path} in:\n{files}"
+        );
+    }
+    let config = query(&["-qpc"]);
+    assert!(
+        config.contains("/etc/ponte/agent.yaml") && config.contains("/etc/ponte/relay.yaml"),
+        "{config}"
+    );
+    let scripts = query(&["-qp", "--scripts"]);
+    assert!(scripts.contains("useradd -r -g ponte"), "{scripts}");
 }
