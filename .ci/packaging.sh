@@ -20,9 +20,9 @@ fi
 echo "packaging: apt packages ready ($((SECONDS - start)) s)"
 
 if ! cargo deb --version >/dev/null 2>&1; then
-    cargo install cargo-deb --locked --quiet
+    cargo install cargo-deb --version 3.8.0 --locked --quiet   # the version the packaging was tested with
 fi
-rustup target add x86_64-pc-windows-gnu >/dev/null 2>&1
+rustup target add x86_64-pc-windows-gnu >/dev/null 2>&1 || echo "packaging: rustup could not add x86_64-pc-windows-gnu (offline?); the Windows build will say what is missing"
 echo "packaging: cargo-deb and the Windows target ready ($((SECONDS - start)) s)"
 
 # The cfg(windows) code (SCM glue) is only compiled for this target: lint it here.

@@ -63,14 +63,18 @@ impl Wine {
         wine
     }
 
-    /// Where wineserver listens for this prefix: `server-DEV-INODE/socket` under
-    /// /tmp/.wine-UID (upstream) or /tmp/wine-XXXXXX (Debian).
-    fn server_dir(&self) -> Option<PathBuf> {
+    /// Where wineserver keeps this prefix's socket: `server-DEV-INODE` under /tmp/.wine-UID
+    /// (upstream) or /tmp/wine-XXXXXX (Debian, a new folder per server). Every match.
+    fn server_dirs(&self) -> Vec<PathBuf> {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&self.prefix).ok()?;
+        let Ok(meta) = std::fs::metadata(&self.prefix) else {
+            return Vec::new();
+        };
         let name = format!("server-{:x}-{:x}", meta.dev(), meta.ino());
-        std::fs::read_dir("/tmp")
-            .ok()?
+        let Ok(entries) = std::fs::read_dir("/tmp") else {
+            return Vec::new();
+        };
+        entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.file_name()
@@ -78,7 +82,13 @@ impl Wine {
                     .is_some_and(|n| n.starts_with("wine-") || n.starts_with(".wine-"))
             })
             .map(|p| p.join(&name))
-            .find(|p| p.join("socket").exists())
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// The folder of the running server (the one with a socket).
+    fn server_dir(&self) -> Option<PathBuf> {
+        self.server_dirs().into_iter().find(|d| d.join("socket").exists())
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -123,6 +133,7 @@ impl Wine {
 
 impl Drop for Wine {
     fn drop(&mut self) {
+        let dirs = self.server_dirs();
         // Ends every process of this prefix (services included), then our server by its PID.
         let _ = self
             .cmd("wineserver")
@@ -131,13 +142,15 @@ impl Drop for Wine {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
-        let dir = self.server_dir();
         if let Some(mut server) = self.server.take() {
             server.wait_for(Duration::from_secs(10));
         }
-        // The server's socket folder is ours too.
-        if let Some(dir) = dir {
+        // The servers' socket folders are ours too (named after our prefix's inode).
+        for dir in dirs {
             let _ = std::fs::remove_dir_all(&dir);
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent); // only if now empty
+            }
         }
     }
 }
