@@ -237,13 +237,12 @@ fn deb_and_units_in_a_booted_container() {
     );
     ct.ok("/mnt/test/bin/ponte service uninstall");
     assert!(
-        ct.sh("test -e /etc/systemd/system/ponte-agent.service").0 == false,
+        !ct.sh("test -e /etc/systemd/system/ponte-agent.service").0,
         "unit left behind"
     );
     assert!(
-        ct.sh("test -e /etc/systemd/system/ponte-agent.service.d/50-ponte-install.conf")
+        !ct.sh("test -e /etc/systemd/system/ponte-agent.service.d/50-ponte-install.conf")
             .0
-            == false
     );
     assert_eq!(ct.prop("ponte-agent.service", "LoadState"), "not-found");
     // install created the service user; remove it so the .deb's own user creation is tested.
