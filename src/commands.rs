@@ -47,11 +47,35 @@ pub fn exit(result: Result<(), CommandError>) -> ExitCode {
     }
 }
 
+/// Worker threads of the async runtime: `Some(1)` runs everything on the calling thread, `None`
+/// uses one worker per core.
+static WORKER_THREADS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
+/// Set the runtime size from `--worker-threads` (0 = the command's default).
+pub fn set_worker_threads(n: usize) {
+    let _ = WORKER_THREADS.set((n > 0).then_some(n));
+}
+
+/// The agent serves one machine's traffic: one thread is plenty, keeps memory small, and avoids
+/// cross-thread wake-ups on every request.
+const AGENT_DEFAULT_THREADS: usize = 1;
+
 fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?)
+    runtime_with(None)
+}
+
+fn runtime_with(default: Option<usize>) -> Result<tokio::runtime::Runtime, CommandError> {
+    let threads = WORKER_THREADS.get().copied().flatten().or(default).unwrap_or(0);
+    let mut b = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    Ok(b.enable_all().build().context("starting the async runtime")?)
 }
 
 /// `ponte relay` (as a Windows service when the SCM started it).
@@ -128,7 +152,7 @@ pub fn agent(args: AgentArgs) -> Result<(), CommandError> {
 }
 
 fn run_agent(cfg: AgentConfig) -> Result<(), CommandError> {
-    runtime()?.block_on(async move {
+    runtime_with(Some(AGENT_DEFAULT_THREADS))?.block_on(async move {
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());
         let (status, rx) = watch::channel(AgentStatus::Starting);
@@ -255,6 +279,14 @@ pub fn demo(upstream: Option<String>) -> Result<(), CommandError> {
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());
         crate::demo::run(upstream, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// `ponte bench`.
+pub fn bench(opts: crate::bench::BenchOptions) -> Result<(), CommandError> {
+    runtime()?.block_on(async move {
+        crate::bench::run(opts).await?;
         Ok(())
     })
 }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod bench;
 pub mod body;
 pub mod commands;
 pub mod config;

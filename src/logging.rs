@@ -1,7 +1,7 @@
 //! Log set-up: human-readable lines by default, JSON for log collectors, the level from a flag or
 //! `RUST_LOG` (which wins, so an operator can turn up one module without editing the unit file).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use tracing_subscriber::EnvFilter;
 
@@ -17,7 +17,7 @@ pub enum LogFormat {
 
 /// Install the global subscriber writing to `writer`. Safe to call more than once (later calls are
 /// ignored), which keeps tests that start several components in one process simple.
-pub fn init<W>(format: LogFormat, level: &str, writer: W)
+pub fn init<W>(format: LogFormat, level: &str, writer: W, ansi: bool)
 where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -27,6 +27,7 @@ where
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_ansi(ansi)
         .with_target(false);
     let result = match format {
         LogFormat::Human => builder.try_init(),
@@ -40,5 +41,6 @@ where
 
 /// Install the subscriber writing to stderr.
 pub fn init_stderr(format: LogFormat, level: &str) {
-    init(format, level, std::io::stderr);
+    // Colour only for a person at a terminal, never in journald or log files.
+    init(format, level, std::io::stderr, std::io::stderr().is_terminal());
 }

@@ -17,6 +17,9 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// Runtime worker threads (0: the command's default — 1 for the agent, one per core for the relay).
+    #[arg(long, global = true, default_value_t = 0, env = "PONTE_WORKER_THREADS")]
+    worker_threads: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +46,21 @@ enum Command {
         /// Use this upstream instead of the built-in echo server.
         #[arg(long)]
         upstream: Option<String>,
+    },
+    /// Measure the tunnel next to a direct connection (relay and agent as child processes).
+    Bench {
+        /// Length of each throughput phase.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Connections for the requests/s phase.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Idle agent connections opened to measure relay memory per agent.
+        #[arg(long, default_value_t = 500)]
+        idle_agents: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the agent (or relay) as a system service: a systemd unit or a Windows service.
     #[command(subcommand)]
@@ -135,7 +153,10 @@ fn service(command: ServiceCommand) -> Result<(), commands::CommandError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ponte::logging::init(cli.log_format, &cli.log_level, ponte::daemon::log_writer());
+    // stderr, or (a Windows service) a log file; colour only for a person at a terminal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    ponte::logging::init(cli.log_format, &cli.log_level, ponte::daemon::log_writer(), ansi);
+    commands::set_worker_threads(cli.worker_threads);
     let result = match cli.command {
         Command::Relay { config, listen } => commands::relay(&config, listen.as_deref()),
         Command::Agent(flags) => commands::agent(flags.into()),
@@ -148,6 +169,18 @@ fn main() -> ExitCode {
         }),
         Command::Check(flags) => commands::check(flags.into()),
         Command::Demo { upstream } => commands::demo(upstream),
+        Command::Bench {
+            duration,
+            connections,
+            idle_agents,
+            json,
+        } => commands::bench(ponte::bench::BenchOptions {
+            duration,
+            connections,
+            idle_agents,
+            json,
+            ..Default::default()
+        }),
         Command::Service(command) => service(command),
     };
     commands::exit(result)

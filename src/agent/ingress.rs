@@ -95,14 +95,26 @@ impl Ingress {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
-        match self.route(&host, req.uri().path()) {
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        // The path only: a query string may carry a sender's secret (Chatwoot puts its token there).
+        let path = req.uri().path().to_owned();
+        let resp = match self.route(&host, &path) {
             Some(origin) => origin.clone().serve(req).await,
             None => reply(
                 StatusCode::NOT_FOUND,
                 "no-ingress",
-                &format!("no ingress rule of the agent matches {host}{}", req.uri().path()),
+                &format!("no ingress rule of the agent matches {host}{path}"),
             ),
-        }
+        };
+        // One line per request, as ngrok's console shows them (headers only: the body may still
+        // be streaming).
+        tracing::info!(
+            "{method} {path} → {} ({} ms)",
+            resp.status().as_u16(),
+            started.elapsed().as_millis()
+        );
+        resp
     }
 
     /// Human summary of the rules, for the start-up log.

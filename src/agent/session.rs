@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ingress::Ingress;
 use crate::config::agent::AgentConfig;
-use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
+use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -42,6 +42,7 @@ pub async fn serve(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST)
+        .max_frame_size(MAX_FRAME)
         .max_send_buf_size(MAX_SEND_BUF)
         // Websockets arrive as extended CONNECT (RFC 8441).
         .enable_connect_protocol();

@@ -32,12 +32,17 @@ enum HostHeader {
     Fixed(HeaderValue),
 }
 
+/// At most one "upstream failed" warning per origin in this interval; a dead application under
+/// load must not flood the log (the sender still gets its 502 every time).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Proxies to one upstream URL.
 pub struct HttpOrigin {
     upstream: UpstreamUrl,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     host_header: HostHeader,
     timeout: Duration,
+    last_warning: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl HttpOrigin {
@@ -71,6 +76,7 @@ impl HttpOrigin {
             client,
             host_header,
             timeout: config.upstream_timeout,
+            last_warning: std::sync::Mutex::new(None),
         })
     }
 
@@ -96,6 +102,10 @@ impl HttpOrigin {
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }
+        // The tunnel is HTTP/2 and carries trailers; let an HTTP/1.1 upstream send them.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
         Ok(())
     }
 
@@ -153,8 +163,24 @@ impl HttpOrigin {
         } else {
             format!("{} failed: {cause}", self.upstream)
         };
-        tracing::warn!(upstream = %self.upstream, error = %cause, "upstream request failed");
+        if self.should_warn() {
+            tracing::warn!(upstream = %self.upstream, error = %cause, "upstream request failed (repeats are logged at debug level for 10 s)");
+        } else {
+            tracing::debug!(upstream = %self.upstream, error = %cause, "upstream request failed");
+        }
         reply(StatusCode::BAD_GATEWAY, "upstream-unreachable", &hint)
+    }
+
+    fn should_warn(&self) -> bool {
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match *last {
+            Some(t) if now.duration_since(t) < WARN_EVERY => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
     }
 
     /// Extended CONNECT from the relay → `GET` + `Upgrade: websocket` to the upstream; on 101,

@@ -133,6 +133,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Failed agent logins allowed per client address per minute before 429.
     pub max_failed_logins_per_minute: u32,
+    /// Agent connections one tunnel may hold at once (a leaked token cannot exhaust the relay).
+    pub max_agents_per_tunnel: usize,
 }
 
 /// Default largest request header block.
@@ -152,6 +154,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(100);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default failed-login budget per address and minute.
 pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 20;
+/// Default agent connections per tunnel: room for several machines and their reconnects.
+pub const DEFAULT_MAX_AGENTS_PER_TUNNEL: usize = 32;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -165,6 +169,7 @@ impl Default for Limits {
             max_streams_per_agent: DEFAULT_MAX_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_failed_logins_per_minute: DEFAULT_MAX_FAILED_LOGINS,
+            max_agents_per_tunnel: DEFAULT_MAX_AGENTS_PER_TUNNEL,
         }
     }
 }
@@ -378,19 +383,36 @@ pub struct QueryAuth {
     pub value: Secret,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
+/// One value or a list of them (`token: x` or `token: [x, y]`). Hand-written rather than an
+/// untagged enum so a bad value keeps its own error message and line.
+struct OneOrMany<T>(Vec<T>);
 
 impl<T> OneOrMany<T> {
     fn into_vec(self) -> Vec<T> {
-        match self {
-            OneOrMany::One(t) => vec![t],
-            OneOrMany::Many(v) => v,
+        self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(serde::de::value::StrDeserializer::<E>::new(v)).map(|t| OneOrMany(vec![t]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany(items))
+            }
         }
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 

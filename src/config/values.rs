@@ -125,6 +125,7 @@ pub(crate) fn interpolate(raw: &str, lookup: &dyn Fn(&str) -> Option<String>) ->
 
 /// A secret (token, password). Its `Debug` and `Display` print a mask, so it cannot leak into logs.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(EnvString);
 
 impl Secret {

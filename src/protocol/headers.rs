@@ -4,13 +4,14 @@
 use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// (`Trailer` is not among them: it declares end-to-end trailer fields, and HTTP/1.1 servers only
+/// send the trailers it names.)
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -36,6 +37,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if te_trailers {
         headers.insert(header::TE, header::HeaderValue::from_static("trailers"));
     }
+}
+
+/// Does any `name` header carry `token` in its comma-separated list (case-insensitive)? Used
+/// for `Connection: upgrade` and `Upgrade: …` checks.
+pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Is this an HTTP/1.1 `GET` asking to upgrade to `protocol`?
+pub fn is_upgrade_to<B>(req: &http::Request<B>, protocol: &str) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req.method() == http::Method::GET
+        && has_token(req.headers(), header::CONNECTION, "upgrade")
+        && has_token(req.headers(), header::UPGRADE, protocol)
 }
 
 #[cfg(test)]

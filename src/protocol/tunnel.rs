@@ -14,6 +14,9 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Connection-wide receive window: a few streams' worth.
 pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Largest DATA frame either end accepts. Bigger than HTTP/2's 16 KiB default so a large body
+/// crosses the tunnel in fewer frames and syscalls; still small enough to bound per-frame buffers.
+pub const MAX_FRAME: u32 = 256 * 1024;
 /// Largest header block either end accepts on the tunnel (16 KiB, hyper's safe default).
 pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Default number of concurrent streams on one agent connection.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -14,7 +14,7 @@ use super::service::{ConnInfo, RelayState};
 use super::session::Session;
 use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
-use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
+use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
 use crate::protocol::{PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNEL, UPGRADE_TOKEN};
 
 /// Handle `GET /_ponte/v1/connect`.
@@ -60,14 +60,23 @@ pub async fn accept(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
 
+    if tunnel.is_full(&agent_id, state.config.limits.max_agents_per_tunnel) {
+        tracing::warn!(tunnel = %tunnel.name, peer = %conn.peer, "agent refused: tunnel has its maximum of agent connections");
+        return Ok(refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-agents",
+            "this tunnel already has its maximum number of agent connections (limits.max_agents_per_tunnel)",
+        ));
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let pending = tunnel.login_started();
     let public_url = public_url(state, conn, authority, &tunnel);
     let state = state.clone();
     let peer = conn.peer;
     let session_tunnel = tunnel.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run_session(state, session_tunnel, agent_id, peer, upgraded).await,
+            Ok(upgraded) => run_session(state, session_tunnel, agent_id, peer, upgraded, pending).await,
             Err(e) => tracing::warn!(%peer, error = %e, "agent upgrade failed"),
         }
     });
@@ -93,6 +102,7 @@ async fn run_session(
     agent_id: String,
     peer: std::net::SocketAddr,
     upgraded: hyper::upgrade::Upgraded,
+    pending: super::registry::PendingLogin,
 ) {
     let keepalive = state.config.keepalive;
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -105,6 +115,7 @@ async fn run_session(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST)
+        .max_frame_size(MAX_FRAME)
         .max_send_buf_size(MAX_SEND_BUF)
         .handshake::<_, Body>(upgraded)
         .await;
@@ -124,6 +135,7 @@ async fn run_session(
         state.config.limits.max_streams_per_agent,
     ));
     tunnel.register(session.clone());
+    drop(pending);
     tracing::info!(tunnel = %tunnel.name, session = id, %peer, agent = %agent_id, "agent connected");
     let reason = tokio::select! {
         res = connection => match res {
@@ -142,16 +154,7 @@ async fn run_session(
 }
 
 fn is_ponte_upgrade<B>(req: &Request<B>) -> bool {
-    let has = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    req.method() == Method::GET
-        && req.version() == Version::HTTP_11
-        && has(header::CONNECTION, "upgrade")
-        && has(header::UPGRADE, UPGRADE_TOKEN)
+    crate::protocol::headers::is_upgrade_to(req, UPGRADE_TOKEN)
 }
 
 fn bearer_token<B>(req: &Request<B>) -> Option<String> {

@@ -23,6 +23,10 @@ use crate::BoxError;
 use crate::body::{self, Body, BodyOutcome, GuardedBody};
 use crate::protocol::headers::remove_hop_by_hop;
 
+/// How long a request waits for an agent whose login was accepted but whose session is still
+/// being set up (a few milliseconds on a healthy link).
+const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Proxy `req` to `tunnel`.
 pub async fn forward(
     state: &Arc<RelayState>,
@@ -42,7 +46,10 @@ pub async fn forward(
     if declared_length(&req).is_some_and(|n| n > limit) {
         return Err(ProxyError::TooLarge { limit });
     }
-    let session = tunnel.pick().ok_or(ProxyError::AgentOffline)?;
+    let session = tunnel
+        .pick_or_wait(PENDING_LOGIN_WAIT)
+        .await
+        .ok_or(ProxyError::AgentOffline)?;
     if request::is_websocket_upgrade(&req) {
         return websocket(state, &session, conn, req, authority, path).await;
     }

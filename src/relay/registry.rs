@@ -22,6 +22,17 @@ pub struct TunnelState {
     sessions: Mutex<Vec<Arc<Session>>>,
     next: AtomicUsize,
     connected: watch::Sender<usize>,
+    /// Logins accepted whose HTTP/2 session is not registered yet.
+    pending_logins: Arc<AtomicUsize>,
+}
+
+/// Marks a login as in progress until dropped (registered, or failed).
+pub struct PendingLogin(Arc<AtomicUsize>);
+
+impl Drop for PendingLogin {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl TunnelState {
@@ -32,6 +43,7 @@ impl TunnelState {
             sessions: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
             connected: watch::Sender::new(0),
+            pending_logins: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -71,6 +83,33 @@ impl TunnelState {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % usable.len();
         Some(usable[i].clone())
+    }
+
+    /// Would one more session from `agent_id` exceed `max`? A reconnect of an agent already
+    /// registered replaces its old session, so it never counts twice.
+    pub fn is_full(&self, agent_id: &str, max: usize) -> bool {
+        let sessions = self.lock();
+        sessions.iter().filter(|s| s.agent_id != agent_id).count() >= max
+    }
+
+    /// Note an accepted login whose session is being set up.
+    pub fn login_started(&self) -> PendingLogin {
+        self.pending_logins.fetch_add(1, Ordering::AcqRel);
+        PendingLogin(self.pending_logins.clone())
+    }
+
+    /// A session for the next stream; if none is registered but a login is being set up (the
+    /// agent already has its 101), wait up to `wait` for it rather than answer 503 in that gap.
+    pub async fn pick_or_wait(&self, wait: std::time::Duration) -> Option<Arc<Session>> {
+        if let Some(s) = self.pick() {
+            return Some(s);
+        }
+        if self.pending_logins.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut rx = self.connected.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|n| *n > 0)).await;
+        self.pick()
     }
 
     /// Number of registered sessions.

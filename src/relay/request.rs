@@ -110,16 +110,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, host:
 
 /// True for an HTTP/1.1 websocket upgrade request.
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    req.version() == Version::HTTP_11
-        && req.method() == Method::GET
-        && has_token(header::CONNECTION, "upgrade")
-        && has_token(header::UPGRADE, "websocket")
+    crate::protocol::headers::is_upgrade_to(req, "websocket")
 }
 
 #[cfg(test)]
@@ -159,7 +150,12 @@ mod tests {
         );
         assert!(authority(&req(Version::HTTP_2, "https://a.example/x", &["b.example"])).is_err());
         assert!(authority(&req(Version::HTTP_2, "https://a.example/x", &[])).is_ok());
-        assert_eq!(canonical("bücher.example").unwrap(), "xn--bcher-kva.example");
+        // Hosts arrive in ASCII (punycode); raw UTF-8 is not a valid authority.
+        assert_eq!(
+            canonical("XN--BCHER-KVA.Example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert!(canonical("bücher.example").is_err());
         assert!(canonical("user@host").is_err());
         let connect = Request::builder()
             .method(Method::CONNECT)

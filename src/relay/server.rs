@@ -139,15 +139,8 @@ where
             .timer(TokioTimer::new())
             .max_concurrent_streams(PUBLIC_MAX_STREAMS)
             .max_header_list_size(limits.max_header_bytes.0.min(u32::MAX as u64) as u32);
-        let conn_fut = builder.serve_connection(io, svc);
-        tokio::pin!(conn_fut);
-        tokio::select! {
-            res = conn_fut.as_mut() => res,
-            _ = shutdown.cancelled() => {
-                conn_fut.as_mut().graceful_shutdown();
-                conn_fut.await
-            }
-        }
+        let conn_fut = std::pin::pin!(builder.serve_connection(io, svc));
+        until_drained(conn_fut, &shutdown, |c| c.graceful_shutdown()).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -155,17 +148,29 @@ where
             .header_read_timeout(limits.header_read_timeout)
             .max_header_size(limits.max_header_bytes.0 as usize)
             .max_headers(100);
-        let conn_fut = builder.serve_connection(io, svc).with_upgrades();
-        tokio::pin!(conn_fut);
-        tokio::select! {
-            res = conn_fut.as_mut() => res,
-            _ = shutdown.cancelled() => {
-                conn_fut.as_mut().graceful_shutdown();
-                conn_fut.await
-            }
-        }
+        let conn_fut = std::pin::pin!(builder.serve_connection(io, svc).with_upgrades());
+        until_drained(conn_fut, &shutdown, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Drive a hyper connection; on shutdown start its graceful close (GOAWAY, or finish the current
+/// HTTP/1.1 exchange) and keep driving it until in-flight requests are done.
+async fn until_drained<F, T>(
+    mut conn: std::pin::Pin<&mut F>,
+    shutdown: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut F>),
+) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::select! {
+        res = conn.as_mut() => res,
+        _ = shutdown.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
     }
 }

@@ -1,0 +1,242 @@
+//! The benchmark's relay and agent, run as child processes of this binary so their memory is
+//! their own; plus the idle-agent probe that opens many sessions against the relay.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Secret;
+use crate::config::agent::{AgentConfig, AgentOverrides};
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// Relay and agent processes with the files they use.
+pub struct Setup {
+    /// Where the relay listens (plain HTTP on the public side).
+    pub relay_addr: SocketAddr,
+    /// Relay process id.
+    pub relay_pid: u32,
+    /// Agent process id.
+    pub agent_pid: u32,
+    relay: Child,
+    agent: Child,
+    dir: PathBuf,
+    ca: PathBuf,
+    tls: bool,
+}
+
+impl Setup {
+    /// Write a certificate and configs, start both processes, wait for the tunnel.
+    pub async fn start(upstream: SocketAddr, tls: bool) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("ponte-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let (ca, cert, key) = write_certs(&dir)?;
+        let relay_cfg = dir.join("relay.yaml");
+        std::fs::write(
+            &relay_cfg,
+            format!(
+                "listen: 127.0.0.1:0\n{}limits:\n  max_connections: 20000\ntunnels:\n  bench:\n    token: {TOKEN}\n",
+                if tls {
+                    format!("tls:\n  cert: {}\n  key: {}\n", cert.display(), key.display())
+                } else {
+                    String::new()
+                },
+            ),
+        )?;
+        let exe = std::env::current_exe()?;
+        let mut relay = Command::new(&exe)
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "warn,ponte::relay::server=info",
+                "relay",
+                "--config",
+            ])
+            .arg(&relay_cfg)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the relay")?;
+        let relay_addr = read_listen_addr(&mut relay)?;
+        let agent = Command::new(&exe)
+            .args(["--log-level", "warn", "agent", "--relay"])
+            .arg(format!(
+                "{}://localhost:{}",
+                if tls { "https" } else { "http" },
+                relay_addr.port()
+            ))
+            .arg("--token")
+            .arg(TOKEN)
+            .arg("--ca-file")
+            .arg(&ca)
+            .arg("--upstream")
+            .arg(format!("http://{upstream}"))
+            .stderr(Stdio::inherit())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the agent")?;
+        let setup = Setup {
+            relay_addr,
+            relay_pid: relay.id(),
+            agent_pid: agent.id(),
+            relay,
+            agent,
+            dir,
+            ca,
+            tls,
+        };
+        setup.wait_for_agents(1).await?;
+        Ok(setup)
+    }
+
+    /// Kill both processes and remove the files.
+    pub fn stop(mut self) {
+        let _ = self.agent.kill();
+        let _ = self.relay.kill();
+        let _ = self.agent.wait();
+        let _ = self.relay.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    async fn agents(&self) -> anyhow::Result<u64> {
+        let stream = tokio::net::TcpStream::connect(self.relay_addr).await?;
+        let mut s = if self.tls {
+            let tls = crate::tls::client_config(Some(&self.ca), &[b"http/1.1"])?;
+            let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+                .connect("localhost".try_into()?, stream)
+                .await?;
+            let (s, conn) = hyper::client::conn::http1::handshake::<_, crate::body::Body>(
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await?;
+            tokio::spawn(conn);
+            s
+        } else {
+            let (s, conn) = hyper::client::conn::http1::handshake::<_, crate::body::Body>(
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await?;
+            tokio::spawn(conn);
+            s
+        };
+        let req = http::Request::get("/_ponte/health")
+            .header("host", "localhost")
+            .body(crate::body::empty())?;
+        let body = crate::body::collect_limited(s.send_request(req).await?.into_body(), 64 * 1024)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        v["agents"].as_u64().context("health has no agent count")
+    }
+
+    async fn wait_for_agents(&self, n: u64) -> anyhow::Result<()> {
+        for _ in 0..600 {
+            if self.agents().await.unwrap_or(0) >= n {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the relay did not see {n} agents within 30 s")
+    }
+
+    /// Open `n` idle agent sessions and return the relay's RSS growth per session, in bytes.
+    pub async fn relay_bytes_per_idle_agent(&self, n: usize) -> anyhow::Result<u64> {
+        let before = rss_kib(self.relay_pid)?;
+        let cfg = AgentConfig::empty().merge(
+            AgentOverrides {
+                relay: Some(format!(
+                    "{}://localhost:{}",
+                    if self.tls { "https" } else { "http" },
+                    self.relay_addr.port()
+                )),
+                token: Some(Secret::new(TOKEN)),
+                upstream: Some("http://127.0.0.1:9".into()),
+                ca_file: Some(self.ca.clone()),
+                env_proxy: None,
+            },
+            "bench",
+        )?;
+        let connector = crate::agent::dial::Connector::new(&cfg)?;
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n {
+            let (_, conn) = connector.connect(&format!("idle-{i}")).await?;
+            held.push(tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(crate::body::empty()))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(conn, svc)
+                    .await;
+            }));
+        }
+        self.wait_for_agents(n as u64 + 1).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss_kib(self.relay_pid)?;
+        for h in held {
+            h.abort();
+        }
+        Ok(after.saturating_sub(before) * 1024 / n.max(1) as u64)
+    }
+}
+
+/// Resident set size of a process, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Anonymous (private heap and stack) resident memory of a process, in KiB: RSS without the
+/// shared, file-backed pages of the executable.
+pub fn anon_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc (Linux only)")?;
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {key} in /proc status"))
+}
+
+fn read_listen_addr(relay: &mut Child) -> anyhow::Result<SocketAddr> {
+    let stderr = relay.stderr.take().context("relay stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["message"] == "relay listening"
+            && let Some(addr) = v["addr"].as_str()
+        {
+            // Keep draining the pipe so the relay never blocks on a full stderr.
+            std::thread::spawn(move || for _ in lines.by_ref() {});
+            return Ok(addr.parse()?);
+        }
+    }
+    bail!("the relay exited before listening")
+}
+
+fn write_certs(dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Ponte bench CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &ca)?;
+    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&paths.0, ca.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    Ok(paths)
+}
