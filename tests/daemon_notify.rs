@@ -4,13 +4,13 @@
 //! on SIGTERM, STOPPING=1 — over a path socket (what systemd uses) and an abstract one.
 #![cfg(unix)]
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, UnixDatagram};
-use tokio_util::sync::CancellationToken;
-
-const TOKEN: &str = "notify-test-token-0123456789abcdef";
+use support::TOKEN;
+use tokio::net::UnixDatagram;
 
 /// Kills the agent if the test fails half-way (by its own PID).
 struct Agent(Child);
@@ -66,17 +66,10 @@ impl Agent {
     }
 }
 
-/// A relay with tunnel `t1` and an echo upstream, on loopback; returns (relay URL, upstream URL).
-async fn start_relay_and_upstream(shutdown: &CancellationToken) -> (String, String) {
-    let yaml = format!("listen: 127.0.0.1:0\ntunnels:\n  t1:\n    token: {TOKEN}\n");
-    let cfg = ponte::config::relay::RelayConfig::from_str_with_env(&yaml, "test", &|_| None).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(ponte::relay::serve(listener, cfg, shutdown.clone()));
-    let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = format!("http://{}", upstream_listener.local_addr().unwrap());
-    tokio::spawn(ponte::demo::echo::serve(upstream_listener, shutdown.clone()));
-    (relay, upstream)
+/// A relay (tunnel `demo`, plain HTTP) and an echo upstream from the shared harness, on loopback.
+async fn start_relay_and_upstream() -> (support::RelayHandle, support::Upstream) {
+    let relay = support::start_relay(&support::relay_yaml(None, "", "")).await;
+    (relay, support::echo_upstream().await)
 }
 
 /// Every notification received, in order, one `KEY=value` per entry.
@@ -134,12 +127,11 @@ impl Notifications {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_socket_gets_ready_status_watchdog_and_stopping() {
-    let shutdown = CancellationToken::new();
-    let (relay, upstream) = start_relay_and_upstream(&shutdown).await;
+    let (relay, upstream) = start_relay_and_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let mut notes = Notifications::new(UnixDatagram::bind(&path).unwrap());
-    let mut agent = Agent::start(&relay, &upstream, path.to_str().unwrap());
+    let mut agent = Agent::start(&relay.url(false), &upstream.url(), path.to_str().unwrap());
 
     notes
         .wait_for("READY=1", Duration::from_secs(15), |l| l == "READY=1")
@@ -177,7 +169,7 @@ async fn path_socket_gets_ready_status_watchdog_and_stopping() {
         .await;
     let exit = agent.wait_exit(Duration::from_secs(40));
     assert!(exit.success(), "agent exit: {exit:?}");
-    shutdown.cancel();
+    relay.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,14 +220,13 @@ async fn offline_start_reports_ready_after_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abstract_socket_works_too() {
     use std::os::linux::net::SocketAddrExt;
-    let shutdown = CancellationToken::new();
-    let (relay, upstream) = start_relay_and_upstream(&shutdown).await;
+    let (relay, upstream) = start_relay_and_upstream().await;
     let name = format!("ponte-notify-test-{}-{}", std::process::id(), uuid_like());
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let std_socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
     std_socket.set_nonblocking(true).unwrap();
     let mut notes = Notifications::new(UnixDatagram::from_std(std_socket).unwrap());
-    let mut agent = Agent::start(&relay, &upstream, &format!("@{name}"));
+    let mut agent = Agent::start(&relay.url(false), &upstream.url(), &format!("@{name}"));
 
     notes
         .wait_for("READY=1", Duration::from_secs(15), |l| l == "READY=1")
@@ -251,7 +242,7 @@ async fn abstract_socket_works_too() {
         .wait_for("STOPPING=1", Duration::from_secs(5), |l| l == "STOPPING=1")
         .await;
     assert!(agent.wait_exit(Duration::from_secs(40)).success());
-    shutdown.cancel();
+    relay.stop().await;
 }
 
 fn uuid_like() -> u128 {

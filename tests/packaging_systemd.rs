@@ -10,6 +10,7 @@
 //! .deb files; the mount and the container are cleaned up even when an assertion fails.
 
 mod packaging_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -207,7 +208,7 @@ fn deb_and_units_in_a_booted_container() {
         let _ = Command::new("chmod").arg("755").arg(p).status();
     }
     std::fs::copy(&release, share.join("bin/ponte")).expect("copy binary");
-    std::fs::write(share.join("agent-a.yaml"), net.agent_yaml("t1")).expect("agent-a.yaml");
+    std::fs::write(share.join("agent-a.yaml"), net.agent_yaml("demo")).expect("agent-a.yaml");
     let _ = Command::new("chmod")
         .arg("644")
         .arg(share.join("agent-a.yaml"))
@@ -229,7 +230,7 @@ fn deb_and_units_in_a_booted_container() {
     let unit = ct.ok("cat /etc/systemd/system/ponte-agent.service");
     assert!(unit.contains("ExecStart=/mnt/test/bin/ponte agent"), "{unit}");
     ct.wait_connected("ponte-agent.service");
-    net.wait_served("t1", Duration::from_secs(30));
+    net.wait_served("demo", Duration::from_secs(30));
     let status = ct.ok("/mnt/test/bin/ponte service status");
     assert!(
         status.contains("active (running)") && status.contains("status: connected to"),
@@ -293,7 +294,7 @@ fn deb_and_units_in_a_booted_container() {
     assert_eq!(ct.prop("ponte-agent.service", "UnitFileState"), "disabled");
 
     // The one edited configuration file; then one command.
-    std::fs::write(share.join("agent.yaml"), net.agent_yaml("t1")).expect("agent.yaml");
+    std::fs::write(share.join("agent.yaml"), net.agent_yaml("demo")).expect("agent.yaml");
     ct.ok("cat /mnt/test/agent.yaml > /etc/ponte/agent.yaml");
     let out = ct.ok("ponte service install");
     assert!(
@@ -307,7 +308,7 @@ fn deb_and_units_in_a_booted_container() {
     let pid = ct.prop("ponte-agent.service", "MainPID");
     let owner = ct.ok(&format!("stat -c %U /proc/{pid}"));
     assert_eq!(owner.trim(), "ponte", "the agent runs as the dedicated user");
-    net.wait_served("t1", Duration::from_secs(30));
+    net.wait_served("demo", Duration::from_secs(30));
     eprintln!("deb installed and serving after {:?}", started.elapsed());
 
     // 3. kill -9: systemd restarts it, and it connects again.
@@ -318,7 +319,7 @@ fn deb_and_units_in_a_booted_container() {
     ct.wait_connected("ponte-agent.service");
     let pid2 = ct.prop("ponte-agent.service", "MainPID");
     assert_ne!(pid, pid2);
-    net.wait_served("t1", Duration::from_secs(30));
+    net.wait_served("demo", Duration::from_secs(30));
 
     // 4. A frozen process stops petting the watchdog: systemd kills and restarts it.
     ct.ok(
@@ -345,7 +346,7 @@ fn deb_and_units_in_a_booted_container() {
         "no watchdog timeout in the journal:\n{journal}"
     );
     ct.wait_connected("ponte-agent.service");
-    net.wait_served("t1", Duration::from_secs(30));
+    net.wait_served("demo", Duration::from_secs(30));
     ct.ok("rm /etc/systemd/system/ponte-agent.service.d/watchdog-test.conf && systemctl daemon-reload");
     eprintln!("kill -9 and watchdog restarts done after {:?}", started.elapsed());
 
@@ -371,7 +372,7 @@ fn deb_and_units_in_a_booted_container() {
     assert_eq!(version.trim(), expected_version);
     assert_eq!(
         ct.ok("cat /etc/ponte/agent.yaml"),
-        net.agent_yaml("t1"),
+        net.agent_yaml("demo"),
         "upgrade replaced the edited file"
     );
     wait_until("a restart after the upgrade", Duration::from_secs(30), || {
@@ -379,7 +380,7 @@ fn deb_and_units_in_a_booted_container() {
         (now != before && now != "0").then_some(())
     });
     ct.wait_connected("ponte-agent.service");
-    net.wait_served("t1", Duration::from_secs(30));
+    net.wait_served("demo", Duration::from_secs(30));
 
     // 7. Purge: program, units, configuration and state are gone.
     ct.ok("DEBIAN_FRONTEND=noninteractive dpkg --purge ponte");

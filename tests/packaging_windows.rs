@@ -9,6 +9,7 @@
 //! time limit; the wineserver is ours (started with `-f -p`) and is stopped by its PID.
 
 mod packaging_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -230,8 +231,8 @@ fn windows_build_under_wine() {
             .spawn()
             .expect("start wine ponte.exe");
         let _agent = Owned(child);
-        let body = net.wait_served("t1", Duration::from_secs(60));
-        assert!(body.contains("dados_recebidos_pelo_webhook"), "{body}");
+        let body = net.wait_served("demo", Duration::from_secs(60));
+        assert!(body.contains("key1"), "{body}");
         let log = std::fs::read_to_string(wine.path("console-agent.log")).unwrap_or_default();
         assert!(log.contains("tunnel connected"), "console log: {log}");
         assert!(
@@ -247,14 +248,14 @@ fn windows_build_under_wine() {
     wait_until(
         "the console agent's tunnel to close",
         Duration::from_secs(30),
-        || (net.post("t1").0 != 200).then_some(()),
+        || (net.post("demo").0 != 200).then_some(()),
     );
 
     // 2. The MSI. The configuration is prepared first, as an administrator would after a first
     //    install; the service must never overwrite it.
     let config = wine.drive_c("ProgramData/Ponte/agent.yaml");
     std::fs::create_dir_all(config.parent().expect("dir")).expect("ProgramData\\Ponte");
-    let yaml = format!("{}# edited by the administrator\n", net.agent_yaml("t1"));
+    let yaml = format!("{}# edited by the administrator\n", net.agent_yaml("demo"));
     std::fs::write(&config, &yaml).expect("write agent.yaml");
     let install_log = wine.path("msi-install.log");
     let (status, out) = wine.run(
@@ -271,7 +272,7 @@ fn windows_build_under_wine() {
         "ponte.exe not installed"
     );
     assert!(wine.drive_c("Program Files/Ponte/agent.example.yaml").exists());
-    net.wait_served("t1", Duration::from_secs(60));
+    net.wait_served("demo", Duration::from_secs(60));
     assert!(
         wine.sc_query("ponte-agent").contains("RUNNING"),
         "{}",
@@ -298,7 +299,7 @@ fn windows_build_under_wine() {
     assert!(log.contains("service stopped"), "sc stop: {out}\nlog: {log}");
     let (status, out) = wine.run(&["sc", "start", "ponte-agent"], Duration::from_secs(60));
     assert!(status.is_some_and(|s| s.success()), "sc start: {out}");
-    net.wait_served("t1", Duration::from_secs(60));
+    net.wait_served("demo", Duration::from_secs(60));
 
     // 4. Upgrade to the next version: the service comes back, the edited file stays.
     let (status, out) = wine.run(
@@ -316,7 +317,7 @@ fn windows_build_under_wine() {
         status.is_some_and(|s| s.success()),
         "msiexec upgrade failed: {out}"
     );
-    net.wait_served("t1", Duration::from_secs(60));
+    net.wait_served("demo", Duration::from_secs(60));
     assert_eq!(
         std::fs::read_to_string(&config).expect("config"),
         yaml,
@@ -397,7 +398,7 @@ fn windows_build_under_wine() {
     wait_until(
         "the tunnel to close after uninstall",
         Duration::from_secs(30),
-        || (net.post("t1").0 == 503).then_some(()),
+        || (net.post("demo").0 == 503).then_some(()),
     );
     assert!(config.exists(), "uninstall removed the user's configuration");
     eprintln!("uninstalled; whole wine test took {:?}", started.elapsed());

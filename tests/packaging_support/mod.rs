@@ -8,9 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
 /// True when running under CI, where a skip is a failure.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -143,19 +140,20 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
-/// Tokens of the test tunnels `t1` and `t2` (at least 16 characters, as the relay requires).
+/// The test tunnels and their tokens: the shared harness's `demo`, and `t2` for a second agent.
 pub const TOKENS: [(&str, &str); 2] = [
-    ("t1", "packaging-test-token-t1-0123456789"),
+    ("demo", crate::support::TOKEN),
     ("t2", "packaging-test-token-t2-0123456789"),
 ];
 
-/// A relay with tunnels `t1`, `t2` and an echo upstream, on loopback, in a runtime of its own.
+/// The shared harness's relay (tunnels `demo`, `t2`) and echo upstream on loopback, in a runtime
+/// of their own so synchronous tests can drive external programs between requests.
 pub struct Loopback {
     /// The relay, `http://127.0.0.1:PORT`.
     pub relay: String,
     /// The echo upstream, `http://127.0.0.1:PORT`.
     pub upstream: String,
-    shutdown: CancellationToken,
+    handles: Option<(crate::support::RelayHandle, crate::support::Upstream)>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -167,31 +165,24 @@ impl Loopback {
             .enable_all()
             .build()
             .expect("runtime");
-        let shutdown = CancellationToken::new();
         let (relay, upstream) = runtime.block_on(async {
-            let mut yaml = String::from("listen: 127.0.0.1:0\ntunnels:\n");
-            for (name, token) in TOKENS {
-                yaml.push_str(&format!("  {name}:\n    token: {token}\n"));
-            }
-            let cfg = ponte::config::relay::RelayConfig::from_str_with_env(&yaml, "test", &|_| None)
-                .expect("relay config");
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-            let relay = format!("http://{}", listener.local_addr().expect("addr"));
-            tokio::spawn(ponte::relay::serve(listener, cfg, shutdown.clone()));
-            let up = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
-            let upstream = format!("http://{}", up.local_addr().expect("addr"));
-            tokio::spawn(ponte::demo::echo::serve(up, shutdown.clone()));
-            (relay, upstream)
+            let mut yaml = crate::support::relay_yaml(None, "", "");
+            let (name, token) = TOKENS[1];
+            yaml.push_str(&format!("  {name}:\n    token: {token}\n"));
+            (
+                crate::support::start_relay(&yaml).await,
+                crate::support::echo_upstream().await,
+            )
         });
         Loopback {
-            relay,
-            upstream,
-            shutdown,
+            relay: relay.url(false),
+            upstream: upstream.url(),
+            handles: Some((relay, upstream)),
             runtime,
         }
     }
 
-    /// An agent configuration for tunnel `tunnel` (`t1` or `t2`).
+    /// An agent configuration for tunnel `tunnel` (`demo` or `t2`).
     pub fn agent_yaml(&self, tunnel: &str) -> String {
         let token = TOKENS
             .iter()
@@ -216,7 +207,7 @@ impl Loopback {
         })
     }
 
-    /// Wait until a request through `tunnel` is answered by the echo upstream.
+    /// Wait until a request through `tunnel` comes back from the echo upstream.
     pub fn wait_served(&self, tunnel: &str, limit: Duration) -> String {
         wait_until(&format!("a 200 through tunnel {tunnel}"), limit, || {
             let (code, body) = self.post(tunnel);
@@ -227,6 +218,8 @@ impl Loopback {
 
 impl Drop for Loopback {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        if let Some((relay, _upstream)) = self.handles.take() {
+            relay.shutdown.cancel();
+        }
     }
 }
