@@ -177,6 +177,27 @@ impl Role {
     }
 }
 
+impl Role {
+    /// Refuse to start a service on the example as shipped: it names relay.example.com and a
+    /// placeholder token, so it could only retry forever.
+    pub fn check_edited(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        if text.trim() == self.example().trim() {
+            return Err(ConfigError::invalid(
+                origin,
+                match self {
+                    Role::Agent { .. } => {
+                        "this is still the example: set `relay:` and `token:` to what your provider gave you, then run this again"
+                    }
+                    Role::Relay => {
+                        "this is still the example: set `domain:`, `tls:` and `tunnels:`, then run this again"
+                    }
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Write the example configuration to `path` if nothing is there yet; true if it was written.
 /// An existing file is never touched: it is the user's.
 pub fn write_example_if_missing(role: &Role, path: &Path) -> std::io::Result<bool> {
@@ -293,6 +314,17 @@ mod tests {
         for (line, name) in table {
             assert_eq!(image_file_name(line), name, "{line}");
         }
+    }
+
+    #[test]
+    fn the_unedited_example_is_refused() {
+        let role = Role::Agent { name: None };
+        let e = role
+            .check_edited(AGENT_EXAMPLE, "/etc/ponte/agent.yaml")
+            .unwrap_err();
+        assert!(e.to_string().contains("still the example"), "{e}");
+        let edited = AGENT_EXAMPLE.replace("PASTE-YOUR-TOKEN-HERE", "abc");
+        assert!(role.check_edited(&edited, "x").is_ok());
     }
 
     #[test]

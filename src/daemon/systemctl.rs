@@ -224,6 +224,7 @@ fn install(spec: &ServiceSpec) -> Result<(), CommandError> {
             path: config.clone(),
             source,
         })?;
+        role.check_edited(&text, &config.display().to_string())?;
         role.check_config(&text, &config.display().to_string(), &env_file_lookup(role))?;
     }
 

@@ -368,6 +368,7 @@ fn install(spec: &ServiceSpec) -> Result<(), CommandError> {
                 path: config.clone(),
                 source,
             })?;
+        role.check_edited(&text, &config.display().to_string())?;
         role.check_config(&text, &config.display().to_string(), &|n| std::env::var(n).ok())?;
     }
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
