@@ -226,6 +226,17 @@ impl UpstreamUrl {
     /// Parse `http://host[:port][/base]` or `https://…`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
+        // ngrok habits: `8000` means http://localhost:8000, `host:port` means http://host:port.
+        let expanded;
+        let t = if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+            expanded = format!("http://localhost:{t}");
+            expanded.as_str()
+        } else if !t.contains("://") && t.contains(':') {
+            expanded = format!("http://{t}");
+            expanded.as_str()
+        } else {
+            t
+        };
         let uri: http::Uri = t.parse().map_err(|e| {
             format!("`{text}` is not an upstream URL ({e}); write it like http://localhost:8000")
         })?;
@@ -400,7 +411,15 @@ mod tests {
         assert_eq!(u.authority.as_str(), "localhost:8000");
         assert_eq!(u.base_path, "");
         assert_eq!(UpstreamUrl::parse("https://h/api/").unwrap().base_path, "/api");
-        assert!(UpstreamUrl::parse("localhost:8000").is_err());
+        assert_eq!(
+            UpstreamUrl::parse("8000").unwrap().to_string(),
+            "http://localhost:8000"
+        );
+        assert_eq!(
+            UpstreamUrl::parse("127.0.0.1:9000").unwrap().to_string(),
+            "http://127.0.0.1:9000"
+        );
+        assert!(UpstreamUrl::parse("localhost").is_err());
         assert!(UpstreamUrl::parse("tcp://x").is_err());
     }
 
