@@ -4,23 +4,18 @@
 //! on SIGTERM, STOPPING=1 — over a path socket (what systemd uses) and an abstract one.
 #![cfg(unix)]
 
+mod packaging_support;
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use packaging_support::Owned;
 use support::TOKEN;
 use tokio::net::UnixDatagram;
 
-/// Kills the agent if the test fails half-way (by its own PID).
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// The agent process, killed by its PID if the test fails half-way.
+struct Agent(Owned);
 
 impl Agent {
     fn start(relay: &str, upstream: &str, notify_socket: &str) -> Agent {
@@ -43,26 +38,21 @@ impl Agent {
             .stderr(Stdio::null())
             .spawn()
             .expect("start ponte agent");
-        Agent(child)
+        Agent(Owned(child))
     }
 
     fn terminate(&mut self) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
+            .args(["-TERM", &self.0.0.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
     }
 
     fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(start.elapsed() < limit, "agent did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.0
+            .wait_for(limit)
+            .unwrap_or_else(|| panic!("agent did not exit within {limit:?}"))
     }
 }
 
