@@ -69,7 +69,13 @@ pub fn require_artifact(test: &str, sub: &str, prefix: &str, suffix: &str) -> Op
     if found.is_none() {
         skip(
             test,
-            &format!("no dist/{sub}/{prefix}*{suffix}: run packaging/build-all.sh first"),
+            &format!(
+                "no {}: run packaging/build-all.sh first",
+                Path::new("dist")
+                    .join(sub)
+                    .join(format!("{prefix}*{suffix}"))
+                    .display()
+            ),
         );
     }
     found
