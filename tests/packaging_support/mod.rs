@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// True when running under CI, where a skip is a failure.
@@ -81,33 +81,7 @@ pub fn require_artifact(test: &str, sub: &str, prefix: &str, suffix: &str) -> Op
     found
 }
 
-/// A child process killed (by its PID) when dropped.
-pub struct Owned(pub Child);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Owned {
-    /// Wait for the exit, killing it after `limit`.
-    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            if start.elapsed() > limit {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+pub use crate::support::process::Owned;
 
 /// Run `cmd` with no stdin, stdout and stderr appended to `log`, killed after `limit`.
 /// Returns the exit status and what this run added to the log.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod process;
 
 use std::convert::Infallible;
 use std::future::Future;
