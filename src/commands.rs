@@ -80,8 +80,15 @@ fn runtime_with(default: Option<usize>) -> Result<tokio::runtime::Runtime, Comma
     Ok(b.enable_all().build().context("starting the async runtime")?)
 }
 
-/// `ponte relay`.
+/// `ponte relay` (as a Windows service when the SCM started it).
 pub fn relay(config: &Path, listen: Option<&str>) -> Result<(), CommandError> {
+    let (config, listen) = (config.to_owned(), listen.map(str::to_owned));
+    crate::daemon::run(crate::daemon::Role::Relay, Some(config.clone()), move || {
+        run_relay(&config, listen.as_deref())
+    })
+}
+
+fn run_relay(config: &Path, listen: Option<&str>) -> Result<(), CommandError> {
     let mut cfg = RelayConfig::load(config)?;
     if let Some(l) = listen {
         cfg.listen = l.parse().map_err(|_| {
@@ -100,6 +107,7 @@ pub fn relay(config: &Path, listen: Option<&str>) -> Result<(), CommandError> {
         })?;
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());
+        crate::daemon::relay_listening(listener.local_addr().unwrap_or(cfg.listen), &shutdown);
         crate::relay::serve(listener, cfg, shutdown).await?;
         Ok(())
     })
@@ -139,18 +147,20 @@ pub fn agent_config(args: AgentArgs) -> Result<AgentConfig, ConfigError> {
     AgentConfig::load(args.config.as_deref(), flags)
 }
 
-/// `ponte agent`.
+/// `ponte agent` (as a Windows service when the SCM started it).
 pub fn agent(args: AgentArgs) -> Result<(), CommandError> {
-    let cfg = agent_config(args)?;
-    run_agent(cfg)
+    let role = crate::daemon::Role::Agent { name: None };
+    crate::daemon::run(role, args.config.clone(), move || run_agent(agent_config(args)?))
 }
 
 fn run_agent(cfg: AgentConfig) -> Result<(), CommandError> {
     runtime_with(Some(AGENT_DEFAULT_THREADS))?.block_on(async move {
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());
-        let (status, _rx) = watch::channel(AgentStatus::Starting);
-        agent::run(cfg, shutdown, status).await?;
+        let (status, rx) = watch::channel(AgentStatus::Starting);
+        // Readiness, STATUS= and the watchdog for systemd; Stop for the Windows SCM.
+        let heartbeat = crate::daemon::watch_agent(rx, &shutdown);
+        heartbeat.scope(agent::run(cfg, shutdown, status)).await?;
         Ok(())
     })
 }
@@ -230,7 +240,8 @@ pub fn client_config(args: ClientArgs) -> Result<AgentConfig, ConfigError> {
 
 /// `ponte client`.
 pub fn client(args: ClientArgs) -> Result<(), CommandError> {
-    run_agent(client_config(args)?)
+    let role = crate::daemon::Role::Agent { name: None };
+    crate::daemon::run(role, None, move || run_agent(client_config(args)?))
 }
 
 /// `ponte check`.

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod body;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod logging;
 pub mod protocol;

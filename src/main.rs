@@ -64,6 +64,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the agent (or relay) as a system service: a systemd unit or a Windows service.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Register, enable and start the service (writes the example configuration if there is none).
+    Install(ServiceFlags),
+    /// Stop and remove the service; configuration files stay.
+    Uninstall(ServiceFlags),
+    /// Show whether the service runs and what it is doing.
+    Status(ServiceFlags),
+}
+
+#[derive(Args)]
+struct ServiceFlags {
+    /// Configuration file [default: /etc/ponte/agent.yaml; on Windows %ProgramData%\Ponte\agent.yaml].
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// One more agent on this machine: ponte-agent@NAME, configured in agent-NAME.yaml.
+    #[arg(long)]
+    name: Option<String>,
+    /// The relay instead of the agent.
+    #[arg(long, conflicts_with = "name")]
+    relay: bool,
 }
 
 #[derive(Args)]
@@ -222,9 +248,22 @@ impl From<AgentFlags> for AgentArgs {
     }
 }
 
+fn service(command: ServiceCommand) -> Result<(), commands::CommandError> {
+    use ponte::daemon::{ServiceAction, ServiceSpec};
+    let (action, f) = match command {
+        ServiceCommand::Install(f) => (ServiceAction::Install, f),
+        ServiceCommand::Uninstall(f) => (ServiceAction::Uninstall, f),
+        ServiceCommand::Status(f) => (ServiceAction::Status, f),
+    };
+    let spec = ServiceSpec::new(f.name, f.relay, f.config)?;
+    ponte::daemon::service_command(action, spec)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ponte::logging::init_stderr(cli.log_format, &cli.log_level);
+    // stderr, or (a Windows service) a log file; colour only for a person at a terminal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    ponte::logging::init(cli.log_format, &cli.log_level, ponte::daemon::log_writer(), ansi);
     commands::set_worker_threads(cli.worker_threads);
     let result = match cli.command {
         Command::Relay { config, listen } => commands::relay(&config, listen.as_deref()),
@@ -251,6 +290,7 @@ fn main() -> ExitCode {
             json,
             ..Default::default()
         }),
+        Command::Service(command) => service(command),
     };
     commands::exit(result)
 }

@@ -5,55 +5,19 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
+use support::process::Owned;
 use support::*;
 
 const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
 
-/// A child process killed (by its PID) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-    /// SIGTERM and wait for the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.0.id() as i32;
-        // SAFETY-free: `kill` from the coreutils binary, by PID.
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("kill");
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.0.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "process {pid} did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// Run `ponte relay` as a process with JSON logs and return it once it logged its address.
-fn spawn_relay(config: &std::path::Path) -> (Proc, SocketAddr) {
+fn spawn_relay(config: &std::path::Path) -> (Owned, SocketAddr) {
     let mut child = Command::new(PONTE)
         .args(["--log-format", "json", "relay", "--config"])
         .arg(config)
@@ -74,11 +38,11 @@ fn spawn_relay(config: &std::path::Path) -> (Proc, SocketAddr) {
         }
     });
     let addr = rx.recv_timeout(WAIT).expect("relay reported its address");
-    (Proc(child), addr)
+    (Owned(child), addr)
 }
 
-fn spawn_agent(args: &[&str]) -> Proc {
-    Proc(
+fn spawn_agent(args: &[&str]) -> Owned {
+    Owned(
         Command::new(PONTE)
             .args(args)
             .stdout(Stdio::null())
@@ -232,7 +196,7 @@ async fn demo_prints_a_working_curl_line() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
+    let proc = Owned(child);
     let lines = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

@@ -50,6 +50,11 @@ impl Supervisor {
 
     /// Run until shutdown.
     pub async fn run(self) {
+        // Beats for the systemd watchdog while this loop runs (see daemon::heartbeat).
+        crate::daemon::heartbeat::beat_while(self.run_loop()).await
+    }
+
+    async fn run_loop(self) {
         let relay = self.connector.relay().display();
         for line in self.ingress.describe() {
             tracing::info!(rule = %line, "ingress");

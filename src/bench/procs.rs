@@ -40,7 +40,7 @@ impl Setup {
         std::fs::write(
             &relay_cfg,
             format!(
-                "listen: 127.0.0.1:0\n{}limits:\n  max_connections: 20000\ntunnels:\n  bench:\n    token: {TOKEN}\n",
+                "listen: 127.0.0.1:0\n{}limits:\n  max_connections: 20000\n  max_agents_per_tunnel: 20000\ntunnels:\n  bench:\n    token: {TOKEN}\n",
                 if tls {
                     format!("tls:\n  cert: {}\n  key: {}\n", cert.display(), key.display())
                 } else {

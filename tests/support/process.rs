@@ -1,16 +1,61 @@
-//! The real `ponte` binary as a child process, for tests that must kill a relay or an agent with
-//! SIGKILL. Its stderr (JSON log lines) is drained by a thread so the child never blocks on a
-//! full pipe; only this child is ever killed, by its own handle.
+//! Child processes the tests start: killed by their own PID when dropped, never by name.
+//! [`Process`] runs the real `ponte` binary for tests that must SIGKILL a relay or an agent; its
+//! stderr (JSON log lines) is drained by a thread so the child never blocks on a full pipe.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A child process killed (by its PID) when dropped.
+pub struct Owned(pub Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Owned {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Wait for the exit, killing it after `limit`.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > limit {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (with the `kill` utility, by PID) and wait for a graceful exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.0.id();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        self.wait_for(super::WAIT)
+            .unwrap_or_else(|| panic!("process {pid} did not exit after SIGTERM"))
+    }
+}
 
 /// A running `ponte` child.
 pub struct Process {
-    child: Child,
+    child: Owned,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -36,7 +81,10 @@ impl Process {
                 sink.lock().unwrap().push(line);
             }
         });
-        Process { child, lines }
+        Process {
+            child: Owned(child),
+            lines,
+        }
     }
 
     /// The first JSON log line whose `message` is `message`, waiting for it (bounded); `None` if
@@ -51,7 +99,7 @@ impl Process {
                 if found.is_some() {
                     return found;
                 }
-                if self.child.try_wait().expect("try_wait").is_some() {
+                if self.child.0.try_wait().expect("try_wait").is_some() {
                     // Give the reader thread a moment to collect the last lines.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     return self.lines.lock().unwrap().iter().find_map(|l| {
@@ -70,16 +118,10 @@ impl Process {
         self.lines.lock().unwrap().join("\n")
     }
 
-    /// SIGKILL this child and reap it.
+    /// SIGKILL this child (by its PID) and reap it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
     }
 }
 
