@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod relay;
 pub mod store;
+pub mod tunnel;
 mod values;
 
 use std::cell::RefCell;
@@ -29,7 +30,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file was read but something in it is wrong.
-    #[error("{origin}:{line}: {message}", line = line.map(|l| l.to_string()).unwrap_or_else(|| "?".into()))]
+    #[error("{origin}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
     Invalid {
         /// The file name (or `<flags>` for command-line values).
         origin: String,
