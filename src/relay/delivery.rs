@@ -257,7 +257,7 @@ impl Attempt {
         req.headers_mut()
             .insert(PONTE_ATTEMPT.clone(), HeaderValue::from(item.attempt));
         let timeout = self.tunnel.config.queue.attempt_timeout;
-        match session.send(req, timeout).await {
+        match self.tunnel.send(session, req, timeout).await {
             Ok((resp, _permit)) => {
                 let status = resp.status();
                 let retry_after = retry::retry_after(resp.headers());

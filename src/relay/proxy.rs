@@ -88,8 +88,8 @@ pub async fn forward(
     *out.version_mut() = Version::HTTP_2;
     *out.headers_mut() = tunnel_headers(state, conn, authority, parts.headers);
 
-    let (resp, permit) = session
-        .send(out, state.config.limits.response_timeout)
+    let (resp, permit) = tunnel
+        .send(session, out, state.config.limits.response_timeout)
         .await
         .map_err(|e| send_error(e, &outcome, limit))?;
     Ok(relay_response(resp, permit))

@@ -148,7 +148,10 @@ pub async fn live_or_queue(
 ) -> Result<Response<Body>, ProxyError> {
     let new = read_request(state, tunnel, conn, req, authority, path).await?;
     let live = to_request(&new)?;
-    match session.send(live, state.config.limits.response_timeout).await {
+    match tunnel
+        .send(session, live, state.config.limits.response_timeout)
+        .await
+    {
         Ok((resp, permit)) => Ok(relay_response(resp, permit)),
         Err(SendError::Timeout) => Err(ProxyError::Timeout),
         Err(e @ (SendError::Busy(_) | SendError::Failed(_))) => {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::session::Session;
+use super::session::{Attempt, SendError, Session};
 use crate::config::relay::{RelayConfig, TokenHash, TunnelConfig, TunnelName};
 
 /// One configured tunnel and its live sessions.
@@ -116,6 +116,49 @@ impl TunnelState {
     /// at once when an agent arrives.
     pub fn watch_connected(&self) -> watch::Receiver<usize> {
         self.connected.subscribe()
+    }
+
+    /// Send on `first`; if its connection turns out closed before the request left (a session
+    /// that died silently and is not deregistered yet), send it on another live session instead
+    /// of failing the sender.
+    pub async fn send(
+        &self,
+        first: Arc<Session>,
+        req: http::Request<crate::body::Body>,
+        timeout: std::time::Duration,
+    ) -> Result<
+        (
+            http::Response<hyper::body::Incoming>,
+            tokio::sync::OwnedSemaphorePermit,
+        ),
+        SendError,
+    > {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut session = first;
+        let mut req = req;
+        let mut tried = Vec::new();
+        loop {
+            match session.try_send(req, deadline).await {
+                Ok(pair) => return Ok(pair),
+                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::NotSent(back, e)) => {
+                    tracing::debug!(tunnel = %self.name, session = session.id, error = %e, "session closed before the request left; trying another");
+                    tried.push(session.id);
+                    let next = self
+                        .lock()
+                        .iter()
+                        .find(|s| s.is_usable() && !tried.contains(&s.id))
+                        .cloned();
+                    match next {
+                        Some(s) => {
+                            session = s;
+                            req = *back;
+                        }
+                        None => return Err(SendError::Failed(e)),
+                    }
+                }
+            }
+        }
     }
 
     /// Number of registered sessions.

@@ -85,15 +85,41 @@ impl Session {
         timeout: Duration,
     ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), SendError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let max = self.max_streams;
-        let permit = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| SendError::Busy(max))?
-            .map_err(|_| SendError::Busy(max))?;
-        let mut sender = self.sender.clone();
-        let resp = tokio::time::timeout_at(deadline, sender.send_request(req))
-            .await
-            .map_err(|_| SendError::Timeout)??;
-        Ok((resp, permit))
+        match self.try_send(req, deadline).await {
+            Ok(pair) => Ok(pair),
+            Err(Attempt::NotSent(_, e)) => Err(SendError::Failed(e)),
+            Err(Attempt::Failed(e)) => Err(e),
+        }
     }
+
+    /// One attempt that hands the request back when the connection closed before any of it was
+    /// written, so the caller may safely send it elsewhere (even a POST).
+    pub(super) async fn try_send(
+        &self,
+        req: Request<Body>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), Attempt> {
+        let max = self.max_streams;
+        let permit = match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(Attempt::Failed(SendError::Busy(max))),
+        };
+        let mut sender = self.sender.clone();
+        match tokio::time::timeout_at(deadline, sender.try_send_request(req)).await {
+            Err(_) => Err(Attempt::Failed(SendError::Timeout)),
+            Ok(Ok(resp)) => Ok((resp, permit)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(req) => Err(Attempt::NotSent(Box::new(req), e.into_error())),
+                None => Err(Attempt::Failed(SendError::Failed(e.into_error()))),
+            },
+        }
+    }
+}
+
+/// Outcome of one [`Session::try_send`] that did not get a response.
+pub(super) enum Attempt {
+    /// Nothing was written; the request is returned.
+    NotSent(Box<Request<Body>>, hyper::Error),
+    /// The request may have reached the agent.
+    Failed(SendError),
 }
