@@ -351,15 +351,5 @@ fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBu
 }
 
 fn client_tls(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in ponte::tls::load_certs(ca).expect("ca") {
-        roots.add(c).expect("add ca");
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(ponte::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
+    Arc::new(ponte::tls::client_config(Some(ca), &[b"http/1.1"]).expect("client tls"))
 }

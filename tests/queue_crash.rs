@@ -35,16 +35,7 @@ async fn holding_upstream(hold: Arc<AtomicBool>) -> (Upstream, Log, Arc<AtomicUs
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            log.lock().unwrap().push(Recorded {
-                method: parts.method.to_string(),
-                path: parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default(),
-                headers: parts.headers,
-                body,
-            });
+            log.lock().unwrap().push(Recorded::new(parts, body));
             text(StatusCode::OK, "ok")
         }
     })

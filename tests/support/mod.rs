@@ -85,19 +85,9 @@ impl Certs {
         }
     }
 
-    /// A rustls client config trusting only the test CA.
+    /// A rustls client config trusting the test CA (the same one the agent builds).
     pub fn client_tls(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in ponte::tls::load_certs(&self.ca).expect("ca") {
-            roots.add(c).expect("add ca");
-        }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(ponte::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        cfg
+        ponte::tls::client_config(Some(&self.ca), alpn).expect("client tls")
     }
 }
 
@@ -405,6 +395,20 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// What an upstream received: the request head and its whole body.
+    pub fn new(parts: http::request::Parts, body: Bytes) -> Self {
+        Recorded {
+            method: parts.method.to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> &str {
         self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
@@ -427,16 +431,7 @@ where
         async move {
             let (parts, body) = req.into_parts();
             let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-            let rec = Recorded {
-                method: parts.method.to_string(),
-                path: parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default(),
-                headers: parts.headers,
-                body,
-            };
+            let rec = Recorded::new(parts, body);
             let status = {
                 let mut log = log.lock().unwrap();
                 let status = respond(&rec, log.len());
