@@ -500,3 +500,56 @@ async fn a_full_store_answers_503_never_202_and_accepts_again_once_room_returns(
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn fallback_queues_at_once_when_every_agent_stream_is_busy() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    // An upstream that holds the first request for 3 s, and answers later ones at once.
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let up = start_upstream(move |_req| {
+        let first = first.clone();
+        async move {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            }
+            text(StatusCode::OK, "ok")
+        }
+    })
+    .await;
+    let relay = start_relay(&queue_yaml(
+        &certs,
+        &db(&dir),
+        "fallback",
+        "limits:\n  max_streams_per_agent: 1",
+        "",
+    ))
+    .await;
+    let mut agent = start_agent_to(&relay.url(true), &certs, &up.url());
+    agent.connected().await;
+    let c = client(Some(&certs), false);
+    let base = relay.url(true);
+    let holder = tokio::spawn({
+        let (c, base) = (c.clone(), base.clone());
+        async move { post(&c, &format!("{base}/t/demo/slow"), "a").await }
+    });
+    within("the first request to occupy the stream", async {
+        while up.hits() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let second = post(&c, &format!("{base}/t/demo/next"), "b").await;
+    assert_eq!(second.status, StatusCode::ACCEPTED, "{}", second.text());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let id = second.header("ponte-delivery-id").to_string();
+    assert_eq!(holder.await.unwrap().status, StatusCode::OK);
+    wait_status(&c, &base, &id, "delivered").await;
+    agent.stop().await;
+    relay.stop().await;
+}

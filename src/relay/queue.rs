@@ -147,6 +147,12 @@ pub async fn live_or_queue(
     path: PathAndQuery,
 ) -> Result<Response<Body>, ProxyError> {
     let new = read_request(state, tunnel, conn, req, authority, path).await?;
+    if !session.has_free_stream() {
+        // Every stream of the agent is busy: queue now rather than hold the sender until one
+        // frees up (which could take the whole response timeout).
+        tracing::debug!(tunnel = %tunnel.name, "agent saturated; queueing the request");
+        return commit(state, queue, new).await;
+    }
     let live = to_request(&new)?;
     match tunnel
         .send(session, live, state.config.limits.response_timeout)

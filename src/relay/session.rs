@@ -66,6 +66,11 @@ impl Session {
         !self.closed.is_cancelled() && !self.sender.is_closed()
     }
 
+    /// Is a stream permit free right now?
+    pub fn has_free_stream(&self) -> bool {
+        self.permits.available_permits() > 0
+    }
+
     /// Close the session (stale-session eviction, shutdown).
     pub fn close(&self) {
         self.closed.cancel();
