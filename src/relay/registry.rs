@@ -257,3 +257,67 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::*;
+    use crate::body::{self, Body};
+
+    /// The client half of an in-memory HTTP/2 connection to a server answering 200, and the
+    /// connection task (abort it to kill the session's connection).
+    async fn session_pair(id: u64) -> (Arc<Session>, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(body::full("served")))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), svc)
+                .await;
+        });
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake::<_, _, Body>(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let session = Session::new(
+            id,
+            format!("agent-{id}"),
+            "127.0.0.1:1".parse().unwrap(),
+            sender,
+            10,
+        );
+        (Arc::new(session), task)
+    }
+
+    #[tokio::test]
+    async fn a_request_not_sent_on_a_dead_session_goes_to_a_live_one() {
+        let cfg: crate::config::relay::RelayConfig = crate::config::parse_with_env(
+            "tunnels:\n  t:\n    token: 0123456789abcdef0123\n",
+            "relay.yaml",
+            &|_| None,
+        )
+        .unwrap();
+        let (name, tcfg) = cfg.tunnels.into_iter().next().unwrap();
+        let tunnel = TunnelState::new(name, tcfg);
+        let (dead, dead_conn) = session_pair(1).await;
+        let (live, _live_conn) = session_pair(2).await;
+        tunnel.register(dead.clone());
+        tunnel.register(live);
+        // The dead session's connection is gone, but nobody has deregistered it yet.
+        dead_conn.abort();
+        let _ = dead_conn.await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let req = http::Request::post("http://t/x")
+            .body(body::full("payload"))
+            .unwrap();
+        let (resp, _permit) = tunnel.send(dead, req, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}
