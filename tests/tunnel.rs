@@ -355,3 +355,36 @@ fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[tokio::test]
+async fn several_agents_of_one_tunnel_share_its_requests() {
+    let certs = Certs::new();
+    let a = start_upstream(|_| async { text(StatusCode::OK, "a") }).await;
+    let b = start_upstream(|_| async { text(StatusCode::OK, "b") }).await;
+    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let mut agents = Vec::new();
+    for up in [&a, &b] {
+        let mut agent = start_agent(&agent_yaml(
+            &relay.url(true),
+            Some(&certs),
+            &format!("ingress:\n  - upstream: {}\n", up.url()),
+        ));
+        agent.connected().await;
+        agents.push(agent);
+    }
+    let client = client(Some(&certs), false);
+    for _ in 0..20 {
+        let r = send(
+            &client,
+            request("GET", &format!("{}/t/demo/", relay.url(true)), ""),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(a.hits() + b.hits(), 20);
+    assert!(a.hits() >= 5 && b.hits() >= 5, "a={} b={}", a.hits(), b.hits());
+    for agent in agents {
+        agent.stop().await;
+    }
+    relay.stop().await;
+}
