@@ -388,3 +388,42 @@ async fn several_agents_of_one_tunnel_share_its_requests() {
     }
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn request_trailers_reach_the_upstream() {
+    let certs = Certs::new();
+    let up = start_upstream(|req: Request<hyper::body::Incoming>| async move {
+        let collected = req.into_body().collect().await.unwrap();
+        let trailer = collected
+            .trailers()
+            .and_then(|t| t.get("x-digest"))
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_else(|| "none".into());
+        let mut r = http::Response::new(ponte::body::full(format!(
+            "{}|{trailer}",
+            collected.to_bytes().len()
+        )));
+        *r.status_mut() = StatusCode::OK;
+        r
+    })
+    .await;
+    let (relay, agent) = tunnel_to(&certs, &up.url(), "", "").await;
+    let frames = vec![
+        Ok::<_, ponte::BoxError>(hyper::body::Frame::data(Bytes::from_static(b"hello"))),
+        Ok(hyper::body::Frame::trailers({
+            let mut t = http::HeaderMap::new();
+            t.insert("x-digest", "sha-256=abc".parse().unwrap());
+            t
+        })),
+    ];
+    let req = Request::post(format!("{}/t/demo/", relay.url(true)))
+        .header("trailer", "x-digest")
+        .body(ponte::body::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
+        .unwrap();
+    let r = send(&client(Some(&certs), true), req).await;
+    assert_eq!(r.text(), "5|sha-256=abc");
+    agent.stop().await;
+    relay.stop().await;
+}
