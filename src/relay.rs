@@ -1,14 +1,17 @@
 //! The public side: one listener for internet requests and agent connections, a registry of live
-//! agent sessions per tunnel, and the proxy that turns each public request into a stream on one of
-//! them.
+//! agent sessions per tunnel, and the paths that turn each public request into a stream on one of
+//! them or a delivery in the durable queue.
 //!
-//! Flow: [`server`] accepts and terminates TLS → [`service`] validates and routes each request →
-//! [`connect`] upgrades agent logins into [`session`]s held in the [`registry`], or [`proxy`]
-//! forwards public requests over a session. Every error becomes an HTTP answer in [`error`].
+//! One public request: [`server`] accepts and terminates TLS → [`service`] finds the authority and
+//! routes → [`tunnel_request`] checks edge auth and the declared size, then decides once how the
+//! request is delivered: live over a session by [`proxy`], committed by [`queue`] (`202`), or live
+//! with the queue as the fallback. Streams are built and answers relayed in [`stream`]; every
+//! error becomes an HTTP answer in [`error`].
 //!
-//! Queued tunnels: [`queue`] commits requests to the store and answers 202, a [`delivery`] worker
-//! per tunnel sends them through the agent under the [`retry`] policy, and [`admin`] lets an
-//! operator list, replay and purge them.
+//! Agents: [`connect`] upgrades agent logins into [`session`]s held in the [`registry`]. Queued
+//! deliveries: a [`delivery`] worker per tunnel sends them through the agent under the [`retry`]
+//! policy, and [`admin`] lets an operator list, replay and purge them. What all of these share
+//! (configuration, registry, queues) is in [`state`].
 
 mod admin;
 mod connect;
@@ -24,6 +27,9 @@ mod routing;
 mod server;
 mod service;
 mod session;
+mod state;
+mod stream;
+mod tunnel_request;
 
 use std::sync::Arc;
 
@@ -59,11 +65,11 @@ pub async fn serve(
             let store = crate::store::open(url, options)
                 .await
                 .context("opening the queue store (`store:` in relay.yaml)")?;
-            Some(Arc::new(queue::Queues::new(store, &config)))
+            Some(Arc::new(state::Queues::new(store, &config)))
         }
         None => None,
     };
-    let state = Arc::new(service::RelayState::with_queues(config, queues));
+    let state = Arc::new(state::RelayState::with_queues(config, queues));
     let workers = delivery::start(&state, shutdown.clone());
     let result = server::run(listener, tls, state, shutdown).await;
     // Sessions are closed by now, so in-flight attempts end quickly; bound the wait anyway.

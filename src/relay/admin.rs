@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::error::ProxyError;
-use super::service::{ConnInfo, RelayState};
+use super::state::{ConnInfo, RelayState};
 use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
 use crate::protocol::admin::{ADMIN_PREFIX, ListResponse, PurgeResponse, ReplayResponse};

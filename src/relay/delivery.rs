@@ -21,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::queue::{TunnelQueue, stream_request};
 use super::registry::TunnelState;
 use super::retry::{self, AttemptResult};
-use super::service::RelayState;
 use super::session::SendError;
+use super::state::{RelayState, TunnelQueue};
+use super::stream::stream_request;
 use crate::config::relay::DeliveryMode;
 use crate::protocol::{PONTE_ATTEMPT, PONTE_DELIVERY_ID, PONTE_ERROR};
 use crate::store::{AttemptReport, ClaimRequest, Claimed, Retention, Store};

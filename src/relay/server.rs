@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::service::{self, ConnInfo, RelayState};
+use super::service;
+use super::state::{ConnInfo, RelayState};
 
 /// Concurrent streams one public HTTP/2 connection may open.
 const PUBLIC_MAX_STREAMS: u32 = 100;

@@ -1,55 +1,19 @@
 //! Per-request entry point: find the one authority, route, and hand the request to the agent
-//! login, the health check, or the tunnel proxy.
+//! login, the health check, the admin API, or [`super::tunnel_request`] for a tunnel.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use tokio_util::sync::CancellationToken;
 
 use super::error::ProxyError;
-use super::queue::Queues;
-use super::registry::Registry;
 use super::routing::{self, Route};
-use super::{admin, connect, proxy, request};
+use super::state::{ConnInfo, RelayState};
+use super::stream::Target;
+use super::{admin, connect, request, tunnel_request};
 use crate::body::{self, Body};
-use crate::config::relay::RelayConfig;
 use crate::protocol::admin::ADMIN_PREFIX;
 use crate::protocol::{CONNECT_PATH, HEALTH_PATH};
-
-/// Everything a request handler needs, shared by all connections.
-pub struct RelayState {
-    /// The configuration.
-    pub config: RelayConfig,
-    /// Tunnels and their sessions.
-    pub registry: Registry,
-    /// Cancelled once public connections have drained, to close agent sessions last.
-    pub sessions_shutdown: CancellationToken,
-    /// The durable queue, when `store:` is configured.
-    pub queues: Option<Arc<Queues>>,
-}
-
-impl RelayState {
-    /// Build the shared state, with the durable queue (if any) already opened by the caller.
-    pub fn with_queues(config: RelayConfig, queues: Option<Arc<Queues>>) -> Self {
-        RelayState {
-            registry: Registry::new(&config),
-            config,
-            sessions_shutdown: CancellationToken::new(),
-            queues,
-        }
-    }
-}
-
-/// Facts about the client connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    /// The peer's address.
-    pub peer: SocketAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-}
 
 /// Answer one request. Never fails: every error becomes a response in [`ProxyError::into_response`].
 pub async fn handle(state: Arc<RelayState>, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
@@ -91,7 +55,12 @@ async fn dispatch(
                 .tunnel(&name)
                 .cloned()
                 .ok_or_else(|| ProxyError::NotFound(format!("no tunnel named `{name}`")))?;
-            proxy::forward(state, &tunnel, conn, req, &authority, path).await
+            let target = Target {
+                conn,
+                authority,
+                path,
+            };
+            tunnel_request::handle(state, &tunnel, req, target).await
         }
         Route::NotFound => Err(ProxyError::NotFound(
             "use https://<tunnel>.<domain>/ or /t/<tunnel>/".into(),

@@ -1,0 +1,99 @@
+//! What every part of the relay shares: the configuration, the registry of agent sessions, the
+//! durable queue (when `store:` is set), and the facts about the connection a request came on.
+//! It sits below the dispatcher and every handler, so none of them imports another to reach it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::Registry;
+use crate::config::relay::{RelayConfig, TunnelName};
+use crate::store::Store;
+
+/// Everything a request handler needs, shared by all connections.
+pub struct RelayState {
+    /// The configuration.
+    pub config: RelayConfig,
+    /// Tunnels and their sessions.
+    pub registry: Registry,
+    /// Cancelled once public connections have drained, to close agent sessions last.
+    pub sessions_shutdown: CancellationToken,
+    /// The durable queue, when `store:` is configured.
+    pub queues: Option<Arc<Queues>>,
+}
+
+impl RelayState {
+    /// Build the shared state, with the durable queue (if any) already opened by the caller.
+    pub fn with_queues(config: RelayConfig, queues: Option<Arc<Queues>>) -> Self {
+        RelayState {
+            registry: Registry::new(&config),
+            config,
+            sessions_shutdown: CancellationToken::new(),
+            queues,
+        }
+    }
+}
+
+/// Facts about the client connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// The store and the per-tunnel queue state of a relay with `store:` configured.
+pub struct Queues {
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    tunnels: HashMap<TunnelName, Arc<TunnelQueue>>,
+}
+
+/// Queue state of one tunnel, shared by the request path and its delivery worker.
+#[derive(Default)]
+pub struct TunnelQueue {
+    /// Wakes the delivery worker (a request was committed).
+    pub wake: Notify,
+    /// The tunnel has pending deliveries (kept by the worker, set on every commit).
+    backlog: AtomicBool,
+}
+
+impl TunnelQueue {
+    /// Record whether deliveries are pending.
+    pub fn set_backlog(&self, pending: bool) {
+        self.backlog.store(pending, Ordering::Release);
+    }
+
+    /// Are deliveries pending? Live requests of an ordered tunnel must not overtake them.
+    pub fn has_backlog(&self) -> bool {
+        self.backlog.load(Ordering::Acquire)
+    }
+}
+
+impl Queues {
+    /// Queue state for every tunnel. `direct` tunnels get one too: a tunnel switched from
+    /// `queue` to `direct` may still have deliveries stored, and they must not be stranded.
+    pub fn new(store: Arc<dyn Store>, config: &RelayConfig) -> Self {
+        let tunnels = config
+            .tunnels
+            .keys()
+            // Assume a backlog until the worker's first claim says otherwise (after a restart).
+            .map(|name| {
+                let q = TunnelQueue::default();
+                q.set_backlog(true);
+                (name.clone(), Arc::new(q))
+            })
+            .collect();
+        Queues { store, tunnels }
+    }
+
+    /// The queue of a tunnel, if it has one.
+    pub fn tunnel(&self, name: &TunnelName) -> Option<&Arc<TunnelQueue>> {
+        self.tunnels.get(name)
+    }
+}

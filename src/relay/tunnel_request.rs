@@ -1,0 +1,157 @@
+//! One public request for a tunnel, from the dispatcher to the path that delivers it: edge auth,
+//! the size pre-check, then the one decision how it is delivered: live over an agent session
+//! ([`proxy`]), committed to the durable queue ([`queue::accept`]), or live with the queue as the
+//! fallback when the tunnel fails before any answer ([`queue::live_or_queue`]).
+
+use std::sync::Arc;
+
+use http::header;
+use http::uri::PathAndQuery;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::error::ProxyError;
+use super::registry::TunnelState;
+use super::session::Session;
+use super::state::{RelayState, TunnelQueue};
+use super::stream::Target;
+use super::{edge_auth, proxy, queue, request};
+use crate::body::Body;
+use crate::config::relay::{DeliveryMode, TunnelConfig};
+
+/// How long a request waits for an agent whose login was accepted but whose session is still
+/// being set up (a few milliseconds on a healthy link).
+const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Deliver `req` to `tunnel`.
+pub async fn handle(
+    state: &Arc<RelayState>,
+    tunnel: &Arc<TunnelState>,
+    req: Request<Incoming>,
+    mut target: Target,
+) -> Result<Response<Body>, ProxyError> {
+    if let Some(auth) = &tunnel.config.auth
+        && let Some(query) = edge_auth::check(auth, req.headers(), target.path.query())?
+    {
+        target.path = with_query(target.path.path(), &query)?;
+    }
+    let limit = live_body_limit(state, tunnel);
+    if declared_length(&req).is_some_and(|n| n > limit) {
+        return Err(ProxyError::TooLarge { limit });
+    }
+    match choose(state, tunnel, &req).await? {
+        Delivery::Live(session) if request::is_websocket_upgrade(&req) => {
+            proxy::websocket(state, tunnel, session, req, target).await
+        }
+        Delivery::Live(session) => proxy::live(state, tunnel, session, req, target, limit).await,
+        Delivery::Queue(queue) => queue::accept(state, tunnel, &queue, req, target).await,
+        Delivery::LiveOrQueue(queue, session) => {
+            queue::live_or_queue(state, tunnel, &queue, session, req, target).await
+        }
+    }
+}
+
+/// The largest body a live request of this tunnel may have.
+fn live_body_limit(state: &RelayState, tunnel: &TunnelState) -> u64 {
+    tunnel
+        .config
+        .max_body_bytes
+        .unwrap_or(state.config.limits.max_body_bytes)
+        .0
+}
+
+/// How one request is delivered, with what it needs for that.
+enum Delivery {
+    /// Proxy it live on this session.
+    Live(Arc<Session>),
+    /// Commit it and answer 202.
+    Queue(Arc<TunnelQueue>),
+    /// Try live on this session; if the tunnel fails before any answer, commit it and answer 202.
+    LiveOrQueue(Arc<TunnelQueue>, Arc<Session>),
+}
+
+/// Pick the delivery by the tunnel's mode, the request and whether an agent is up.
+async fn choose(
+    state: &RelayState,
+    tunnel: &TunnelState,
+    req: &Request<Incoming>,
+) -> Result<Delivery, ProxyError> {
+    // A queued tunnel does not wait for a login in progress: it can commit the request instead.
+    let session = tunnel.pick();
+    if let Some(queue) = state.queues.as_ref().and_then(|q| q.tunnel(&tunnel.name)) {
+        let mut decision = decide(&tunnel.config, queue, req, session.is_some());
+        let limit = queue::body_limit(state, tunnel);
+        if decision != Decision::Live && declared_length(req).is_some_and(|n| n > limit) {
+            if decision != Decision::LiveOrQueue {
+                return Err(ProxyError::TooLarge { limit });
+            }
+            // Too large to keep, but the agent is up: stream it live as `direct` would.
+            decision = Decision::Live;
+        }
+        match (decision, session.clone()) {
+            (Decision::Live, _) => {}
+            (Decision::LiveOrQueue, Some(session)) => {
+                return Ok(Delivery::LiveOrQueue(queue.clone(), session));
+            }
+            _ => return Ok(Delivery::Queue(queue.clone())),
+        }
+    }
+    let session = match session {
+        Some(s) => s,
+        None => tunnel
+            .pick_or_wait(PENDING_LOGIN_WAIT)
+            .await
+            .ok_or(ProxyError::AgentOffline)?,
+    };
+    Ok(Delivery::Live(session))
+}
+
+/// What the delivery mode says about one request of a tunnel with a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Proxy it live, as in `direct` mode.
+    Live,
+    /// Commit it and answer 202.
+    Queue,
+    /// Try live; if the tunnel fails before any answer, commit it and answer 202.
+    LiveOrQueue,
+}
+
+/// Decide by delivery mode, method, and whether an agent is up.
+fn decide<B>(config: &TunnelConfig, queue: &TunnelQueue, req: &Request<B>, agent_up: bool) -> Decision {
+    let queueable = config
+        .queue
+        .methods
+        .iter()
+        .any(|m| m.as_str().eq_ignore_ascii_case(req.method().as_str()))
+        && !request::is_websocket_upgrade(req);
+    match config.delivery {
+        DeliveryMode::Direct => Decision::Live,
+        _ if !queueable => Decision::Live,
+        DeliveryMode::Queue => Decision::Queue,
+        DeliveryMode::Fallback if !agent_up => Decision::Queue,
+        // Live requests must not overtake a backlog that has to go out in order.
+        DeliveryMode::Fallback if config.queue.ordered && queue.has_backlog() => Decision::Queue,
+        DeliveryMode::Fallback => Decision::LiveOrQueue,
+    }
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn with_query(path: &str, query: &str) -> Result<PathAndQuery, ProxyError> {
+    let text = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
+    text.parse()
+        .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded".into()))
+}
