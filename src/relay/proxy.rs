@@ -58,11 +58,12 @@ fn send_error(e: SendError, outcome: &BodyOutcome, limit: u64) -> ProxyError {
     }
 }
 
-/// A websocket: extended CONNECT on the tunnel, `101` to the sender once the agent's upstream
-/// accepted, then bytes copied both ways until either side closes.
+/// A websocket: extended CONNECT on the tunnel (through the same send path as any request, so a
+/// session found dead before the CONNECT left is replaced by another), `101` to the sender once
+/// the agent's upstream accepted, then bytes copied both ways until either side closes.
 pub async fn websocket(
     state: &Arc<RelayState>,
-    _tunnel: &Arc<TunnelState>,
+    tunnel: &Arc<TunnelState>,
     session: Arc<Session>,
     mut req: Request<Incoming>,
     target: Target,
@@ -77,8 +78,8 @@ pub async fn websocket(
     out.extensions_mut()
         .insert(hyper::ext::Protocol::from_static("websocket"));
 
-    let (mut resp, permit) = session
-        .send(out, state.config.limits.response_timeout)
+    let (mut resp, permit) = tunnel
+        .send(session, out, state.config.limits.response_timeout)
         .await
         .map_err(|e| send_error(e, &BodyOutcome::default(), 0))?;
     if resp.status() != StatusCode::OK {
@@ -111,4 +112,92 @@ pub async fn websocket(
     out.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::uri::PathAndQuery;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::super::request::Authority;
+    use super::super::session::testing::session_pair;
+    use super::super::state::ConnInfo;
+    use super::*;
+
+    fn state() -> Arc<RelayState> {
+        let cfg = crate::config::relay::RelayConfig::from_str_with_env(
+            "tunnels:\n  t:\n    token: 0123456789abcdef0123\n",
+            "relay.yaml",
+            &|_| None,
+        )
+        .unwrap();
+        Arc::new(RelayState::with_queues(cfg, None))
+    }
+
+    fn target() -> Target {
+        Target {
+            conn: ConnInfo {
+                peer: "127.0.0.1:2".parse().unwrap(),
+                tls: false,
+            },
+            authority: Authority {
+                raw: "t.example".into(),
+                canonical: "t.example".into(),
+            },
+            path: PathAndQuery::from_static("/ws"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_websocket_not_sent_on_a_dead_session_goes_to_a_live_one() {
+        let state = state();
+        let tunnel = state.registry.tunnels().next().unwrap().clone();
+        let (dead, dead_conn) = session_pair(1).await;
+        let (live, _live_conn) = session_pair(2).await;
+        tunnel.register(dead.clone());
+        tunnel.register(live);
+        // The dead session's connection is gone, but nobody has deregistered it yet.
+        dead_conn.abort();
+        let _ = dead_conn.await;
+
+        // The public side: one in-memory HTTP/1.1 connection whose requests go to `websocket`
+        // on the dead session, as if it had been picked just before it died.
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let svc_state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (state, tunnel, session) = (svc_state.clone(), tunnel.clone(), dead.clone());
+                async move {
+                    let resp = websocket(&state, &tunnel, session, req, target())
+                        .await
+                        .unwrap_or_else(|e| e.into_response());
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server_io), svc)
+                .with_upgrades()
+                .await;
+        });
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let req = Request::get("/ws")
+            .header(header::HOST, "t.example")
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(body::empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+        io.write_all(b"ping").await.unwrap();
+        let mut echoed = [0u8; 4];
+        io.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping");
+    }
 }

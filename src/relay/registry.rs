@@ -262,39 +262,9 @@ impl Registry {
 mod tests {
     use std::time::Duration;
 
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
+    use super::super::session::testing::session_pair;
     use super::*;
-    use crate::body::{self, Body};
-
-    /// The client half of an in-memory HTTP/2 connection to a server answering 200, and the
-    /// connection task (abort it to kill the session's connection).
-    async fn session_pair(id: u64) -> (Arc<Session>, tokio::task::JoinHandle<()>) {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(body::full("served")))
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(server), svc)
-                .await;
-        });
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake::<_, _, Body>(TokioExecutor::new(), TokioIo::new(client))
-                .await
-                .unwrap();
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let session = Session::new(
-            id,
-            format!("agent-{id}"),
-            "127.0.0.1:1".parse().unwrap(),
-            sender,
-            10,
-        );
-        (Arc::new(session), task)
-    }
+    use crate::body;
 
     #[tokio::test]
     async fn a_request_not_sent_on_a_dead_session_goes_to_a_live_one() {

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -82,23 +81,10 @@ impl Session {
     }
 
     /// Open one stream: wait for a stream permit, send, and wait for the response headers, all
-    /// within `timeout`. The permit is returned so the caller holds it until the response body
-    /// (or the websocket) is finished.
-    pub async fn send(
-        &self,
-        req: Request<Body>,
-        timeout: Duration,
-    ) -> Result<(Response<Incoming>, OwnedSemaphorePermit), SendError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        match self.try_send(req, deadline).await {
-            Ok(pair) => Ok(pair),
-            Err(Attempt::NotSent(_, e)) => Err(SendError::Failed(e)),
-            Err(Attempt::Failed(e)) => Err(e),
-        }
-    }
-
-    /// One attempt that hands the request back when the connection closed before any of it was
-    /// written, so the caller may safely send it elsewhere (even a POST).
+    /// before `deadline`. The permit is returned so the caller holds it until the response body
+    /// (or the websocket) is finished. The request is handed back when the connection closed
+    /// before any of it was written, so the caller may safely send it elsewhere (even a POST):
+    /// [`super::registry::TunnelState::send`] does.
     pub(super) async fn try_send(
         &self,
         req: Request<Body>,
@@ -127,4 +113,63 @@ pub(super) enum Attempt {
     NotSent(Box<Request<Body>>, hyper::Error),
     /// The request may have reached the agent.
     Failed(SendError),
+}
+
+#[cfg(test)]
+pub(super) mod testing {
+    use std::sync::Arc;
+
+    use http::{Method, Request, Response, StatusCode};
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::Session;
+    use crate::body::{self, Body};
+
+    /// The client half of an in-memory HTTP/2 connection to a fake agent, and the connection task
+    /// (abort it to kill the session's connection). The fake agent answers `200 served`, and a
+    /// websocket extended CONNECT with `200`, then echoes whatever comes through the stream.
+    pub async fn session_pair(id: u64) -> (Arc<Session>, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req| async {
+                Ok::<_, std::convert::Infallible>(fake_agent(req))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .enable_connect_protocol()
+                .serve_connection(TokioIo::new(server), svc)
+                .await;
+        });
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake::<_, _, Body>(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let session = Session::new(
+            id,
+            format!("agent-{id}"),
+            "127.0.0.1:1".parse().unwrap(),
+            sender,
+            10,
+        );
+        (Arc::new(session), task)
+    }
+
+    fn fake_agent(mut req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::CONNECT {
+            return Response::new(body::full("served"));
+        }
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+            }
+        });
+        let mut resp = Response::new(body::empty());
+        *resp.status_mut() = StatusCode::OK;
+        resp
+    }
 }
