@@ -181,6 +181,93 @@ where
     Ok(limited.collect().await?.to_bytes())
 }
 
+/// Most bytes of an unread request body read (and thrown away) after an early answer.
+pub const DRAIN_MAX_BYTES: u64 = 64 * 1024;
+/// Longest time spent reading them. Enough for a webhook of a few KB on a slow link; short
+/// enough that an early answer never keeps a stream open for long.
+pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
+
+/// An HTTP/2 request body that, if dropped before its end (the request was answered without
+/// reading it all: 404, 401, 503, an upstream that is down), is read to its end in the background,
+/// up to [`DRAIN_MAX_BYTES`] within [`DRAIN_MAX_TIME`].
+///
+/// Why: an HTTP/2 server that drops an unfinished request body resets the stream with
+/// `RST_STREAM(NO_ERROR)` once its answer is sent, and older libcurl (7.88 on Debian 12, and the PHP
+/// senders built on it) then reports "Stream error in the HTTP/2 framing layer" instead of the
+/// status. Keeping the stream open until the sender has finished its body avoids the reset.
+pub struct DrainOnDrop<B: HttpBody + Unpin + Send + 'static> {
+    inner: Option<B>,
+    /// Drain on drop (HTTP/2 only: HTTP/1.1 servers deal with an unread body themselves).
+    armed: bool,
+}
+
+impl<B: HttpBody + Unpin + Send + 'static> DrainOnDrop<B> {
+    /// Wrap `inner`; it is drained on drop only when `armed`.
+    pub fn new(inner: B, armed: bool) -> Self {
+        DrainOnDrop {
+            inner: Some(inner),
+            armed,
+        }
+    }
+}
+
+impl<B: HttpBody + Unpin + Send + 'static> HttpBody for DrainOnDrop<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            // Ended or failed: nothing left to drain.
+            this.armed = false;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map(|b| b.size_hint()).unwrap_or_default()
+    }
+}
+
+impl<B: HttpBody + Unpin + Send + 'static> Drop for DrainOnDrop<B> {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else { return };
+        if !self.armed || body.is_end_stream() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body, DRAIN_MAX_BYTES, DRAIN_MAX_TIME));
+        }
+    }
+}
+
+/// Read and discard `body` until it ends, fails, passes `max_bytes`, or `max_time` runs out.
+async fn drain<B: HttpBody + Unpin>(mut body: B, max_bytes: u64, max_time: Duration) {
+    let read = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += bytes::Buf::remaining(data) as u64;
+                if seen > max_bytes {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(max_time, read).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +297,48 @@ mod tests {
         let err = body.collect().await.unwrap_err();
         assert!(err.to_string().contains("30s"), "{err}");
         assert!(outcome.was_idle());
+    }
+
+    type Chunks = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+    /// A body fed chunk by chunk through a channel of one slot: a send completes only once the
+    /// chunk before it was read, and fails once nobody reads any more.
+    fn fed() -> (
+        Chunks,
+        impl HttpBody<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let chunks = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        (tx, StreamBody::new(chunks))
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_body_dropped_is_read_to_its_end() {
+        let (tx, body) = fed();
+        drop(DrainOnDrop::new(body, true));
+        for _ in 0..4 {
+            tx.send(Ok(Frame::data(Bytes::from(vec![0u8; 1000]))))
+                .await
+                .unwrap();
+        }
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn draining_stops_past_its_byte_limit_and_when_not_armed() {
+        let (tx, body) = fed();
+        drop(DrainOnDrop::new(body, true));
+        let chunk = Bytes::from(vec![0u8; 16 * 1024]);
+        let mut sent = 0u64;
+        while tx.send(Ok(Frame::data(chunk.clone()))).await.is_ok() {
+            sent += chunk.len() as u64;
+            assert!(
+                sent <= DRAIN_MAX_BYTES + 2 * chunk.len() as u64,
+                "still draining at {sent}"
+            );
+        }
+        let (tx, body) = fed();
+        drop(DrainOnDrop::new(body, false));
+        assert!(tx.is_closed());
     }
 }

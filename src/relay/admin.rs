@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::error::ProxyError;
+use super::request::PublicBody;
 use super::state::{ConnInfo, RelayState};
 use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
@@ -24,7 +24,7 @@ const DEFAULT_PAGE: usize = 100;
 pub async fn handle(
     state: &Arc<RelayState>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<PublicBody>,
 ) -> Result<Response<Body>, ProxyError> {
     let Some(expected) = &state.config.admin_token else {
         return Err(ProxyError::AdminDisabled(

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::error::ProxyError;
 use super::registry::TunnelState;
-use super::request::Authority;
+use super::request::{Authority, PublicBody};
 use super::session::Session;
 use super::state::{ConnInfo, RelayState};
 use crate::body::{self, Body};
@@ -21,7 +20,7 @@ use crate::protocol::{PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNE
 pub async fn accept(
     state: &Arc<RelayState>,
     conn: ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<PublicBody>,
     authority: &Authority,
 ) -> Result<Response<Body>, ProxyError> {
     if !is_ponte_upgrade(&req) {

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::error::ProxyError;
 use super::registry::TunnelState;
+use super::request::PublicBody;
 use super::session::{SendError, Session};
 use super::state::RelayState;
 use super::stream::{Target, relay_response};
@@ -23,7 +23,7 @@ pub async fn live(
     state: &Arc<RelayState>,
     tunnel: &Arc<TunnelState>,
     session: Arc<Session>,
-    req: Request<Incoming>,
+    req: Request<PublicBody>,
     target: Target,
     limit: u64,
 ) -> Result<Response<Body>, ProxyError> {
@@ -65,7 +65,7 @@ pub async fn websocket(
     state: &Arc<RelayState>,
     tunnel: &Arc<TunnelState>,
     session: Arc<Session>,
-    mut req: Request<Incoming>,
+    mut req: Request<PublicBody>,
     target: Target,
 ) -> Result<Response<Body>, ProxyError> {
     let public_upgrade = hyper::upgrade::on(&mut req);
@@ -171,6 +171,7 @@ mod tests {
             let svc = hyper::service::service_fn(move |req| {
                 let (state, tunnel, session) = (svc_state.clone(), tunnel.clone(), dead.clone());
                 async move {
+                    let req = super::super::request::public(req);
                     let resp = websocket(&state, &tunnel, session, req, target())
                         .await
                         .unwrap_or_else(|e| e.into_response());

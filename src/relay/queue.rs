@@ -13,10 +13,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::registry::TunnelState;
+use super::request::PublicBody;
 use super::session::{SendError, Session};
 use super::state::{RelayState, TunnelQueue};
 use super::stream::{Target, relay_response, stream_request};
@@ -39,7 +39,7 @@ pub async fn accept(
     state: &Arc<RelayState>,
     tunnel: &Arc<TunnelState>,
     queue: &Arc<TunnelQueue>,
-    req: Request<Incoming>,
+    req: Request<PublicBody>,
     target: Target,
 ) -> Result<Response<Body>, ProxyError> {
     let new = read_request(state, tunnel, req, target).await?;
@@ -53,7 +53,7 @@ pub async fn live_or_queue(
     tunnel: &Arc<TunnelState>,
     queue: &Arc<TunnelQueue>,
     session: Arc<Session>,
-    req: Request<Incoming>,
+    req: Request<PublicBody>,
     target: Target,
 ) -> Result<Response<Body>, ProxyError> {
     let new = read_request(state, tunnel, req, target).await?;
@@ -114,7 +114,7 @@ fn accepted(id: &str) -> Response<Body> {
 async fn read_request(
     state: &RelayState,
     tunnel: &TunnelState,
-    req: Request<Incoming>,
+    req: Request<PublicBody>,
     target: Target,
 ) -> Result<NewDelivery, ProxyError> {
     let limit = body_limit(state, tunnel);
@@ -129,7 +129,7 @@ async fn read_request(
     })
 }
 
-async fn read_body(body: Incoming, limit: u64, idle: Duration) -> Result<Bytes, ProxyError> {
+async fn read_body(body: PublicBody, limit: u64, idle: Duration) -> Result<Bytes, ProxyError> {
     let (guarded, outcome) = GuardedBody::new(body, limit, idle);
     match guarded.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

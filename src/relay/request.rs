@@ -7,6 +7,18 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Version};
 
 use super::error::ProxyError;
+use crate::body::DrainOnDrop;
+
+/// The body of a public request: an HTTP/2 body not read to its end is drained in the background
+/// after an early answer, so that senders see the status rather than a reset stream (see
+/// [`DrainOnDrop`]).
+pub type PublicBody = DrainOnDrop<hyper::body::Incoming>;
+
+/// Wrap the body of a request as it arrives from the public side.
+pub fn public(req: Request<hyper::body::Incoming>) -> Request<PublicBody> {
+    let h2 = req.version() == Version::HTTP_2;
+    req.map(|body| DrainOnDrop::new(body, h2))
+}
 
 /// The authority a request is for, as sent and in canonical form.
 #[derive(Debug, Clone)]

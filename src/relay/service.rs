@@ -19,7 +19,7 @@ use crate::protocol::{CONNECT_PATH, HEALTH_PATH};
 pub async fn handle(state: Arc<RelayState>, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    match dispatch(&state, conn, req).await {
+    match dispatch(&state, conn, request::public(req)).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(peer = %conn.peer, %method, %path, status = e.status().as_u16(), error = %e, "request refused");
@@ -31,7 +31,7 @@ pub async fn handle(state: Arc<RelayState>, conn: ConnInfo, req: Request<Incomin
 async fn dispatch(
     state: &Arc<RelayState>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<request::PublicBody>,
 ) -> Result<Response<Body>, ProxyError> {
     let authority = request::authority(&req)?;
     let path = req

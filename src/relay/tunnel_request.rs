@@ -8,10 +8,10 @@ use std::sync::Arc;
 use http::header;
 use http::uri::PathAndQuery;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::registry::TunnelState;
+use super::request::PublicBody;
 use super::session::Session;
 use super::state::{RelayState, TunnelQueue};
 use super::stream::Target;
@@ -27,7 +27,7 @@ const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2
 pub async fn handle(
     state: &Arc<RelayState>,
     tunnel: &Arc<TunnelState>,
-    req: Request<Incoming>,
+    req: Request<PublicBody>,
     mut target: Target,
 ) -> Result<Response<Body>, ProxyError> {
     if let Some(auth) = &tunnel.config.auth
@@ -74,7 +74,7 @@ enum Delivery {
 async fn choose(
     state: &RelayState,
     tunnel: &TunnelState,
-    req: &Request<Incoming>,
+    req: &Request<PublicBody>,
 ) -> Result<Delivery, ProxyError> {
     // A queued tunnel does not wait for a login in progress: it can commit the request instead.
     let session = tunnel.pick();

@@ -1,0 +1,84 @@
+//! Every sender gets a real answer: HTTP/2 senders built on libcurl see the status of an early
+//! answer instead of a transport error.
+
+mod support;
+
+use support::*;
+
+/// One POST with real curl over HTTP/2; returns curl's exit code, the status it printed and its
+/// error text.
+async fn curl_post(certs: &Certs, url: &str, body: &std::path::Path) -> (i32, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "--http2",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(&certs.ca)
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(url)
+        .output();
+    let out = within("curl", out)
+        .await
+        .expect("curl must be installed to run this test (apt-get install curl)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+/// POST `count` bodies of a few KB to `url` with curl over HTTP/2; returns one line for every
+/// POST that did not print `want`.
+async fn curl_posts_missing(certs: &Certs, url: &str, count: usize, want: &str) -> Vec<String> {
+    let body = certs.dir.path().join("body.json");
+    std::fs::write(&body, format!("{{\"data\":\"{}\"}}", "x".repeat(4000))).unwrap();
+    let mut failures = Vec::new();
+    for _ in 0..count {
+        let (code, status, err) = curl_post(certs, url, &body).await;
+        if code != 0 || status != want {
+            failures.push(format!("want {want}, got exit {code}, status {status:?}: {err}"));
+        }
+    }
+    failures
+}
+
+#[tokio::test]
+async fn curl_over_http2_sees_the_status_of_early_answers() {
+    let certs = Certs::new();
+    // A second tunnel behind edge auth, beside `demo`.
+    let guarded = "  guarded:\n    token: guarded-token-0123456789abcdef\n    auth:\n      basic: {user: ons, password: s3cret-pass}\n";
+    let relay = start_relay(&relay_yaml(Some(&certs), "", guarded)).await;
+    let url = |path: &str| format!("https://localhost:{}{path}", relay.addr.port());
+    // No agent: 503.
+    let mut failures = curl_posts_missing(&certs, &url("/t/demo/hook"), 20, "503").await;
+    // Unknown tunnel: 404.
+    failures.extend(curl_posts_missing(&certs, &url("/t/nobody/hook"), 10, "404").await);
+    // No credentials for a tunnel behind edge auth: 401.
+    failures.extend(curl_posts_missing(&certs, &url("/t/guarded/hook"), 10, "401").await);
+    // An agent whose upstream is down answers 502 without reading the body.
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut agent = start_agent_to(
+        &relay.url(true),
+        &certs,
+        &format!("http://127.0.0.1:{closed_port}"),
+    );
+    agent.connected().await;
+    failures.extend(curl_posts_missing(&certs, &url("/t/demo/hook"), 30, "502").await);
+    agent.stop().await;
+    relay.stop().await;
+    assert!(
+        failures.is_empty(),
+        "{} of 70 POSTs did not see their status:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
