@@ -65,6 +65,7 @@ impl BodyOutcome {
     const OK: u8 = 0;
     const TOO_LARGE: u8 = 1;
     const IDLE: u8 = 2;
+    const BROKEN: u8 = 3;
 
     /// What went wrong with the body, if anything.
     pub fn failure(&self) -> Option<u8> {
@@ -82,6 +83,12 @@ impl BodyOutcome {
     /// True when the body was cut because the sender went quiet.
     pub fn was_idle(&self) -> bool {
         self.0.load(Ordering::Acquire) == Self::IDLE
+    }
+
+    /// True when the body itself failed (malformed chunked framing, a reset stream): the
+    /// sender's fault, not the agent's.
+    pub fn was_broken(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::BROKEN
     }
 
     fn set(&self, err: &BodyError) {
@@ -150,7 +157,10 @@ where
                 this.idle.as_mut().reset(deadline);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.outcome.0.store(BodyOutcome::BROKEN, Ordering::Release);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 ready!(this.idle.poll(cx));
@@ -288,6 +298,15 @@ mod tests {
             GuardedBody::new(Full::new(Bytes::from(vec![0u8; 10])), 10, Duration::from_secs(5));
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
         assert_eq!(outcome.failure(), None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_is_recorded_as_broken() {
+        let stream = futures_util::stream::iter([Err::<Frame<Bytes>, BoxError>("invalid chunk size".into())]);
+        let (body, outcome) = GuardedBody::new(StreamBody::new(stream), 10, Duration::from_secs(5));
+        assert!(body.collect().await.is_err());
+        assert!(outcome.was_broken());
+        assert!(!outcome.was_too_large() && !outcome.was_idle());
     }
 
     #[tokio::test(start_paused = true)]

@@ -189,3 +189,37 @@ ingress:                              # first match wins
     // The secret never shows in debug output.
     assert!(!format!("{cfg:?}").contains("clinica-42-token"));
 }
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_the_senders_error() {
+    let certs = Certs::new();
+    let up = echo_upstream().await;
+    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let mut agent = start_agent_to(&relay.url(true), &certs, &up.url());
+    agent.connected().await;
+    let head = "POST /t/demo/hook HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let bodies = [
+        (
+            "a chunk size that is not hex",
+            "zz\r\nhello\r\n0\r\n\r\n".to_string(),
+        ),
+        (
+            "a 2^64 chunk size",
+            "10000000000000000\r\nhello\r\n0\r\n\r\n".to_string(),
+        ),
+        (
+            "a 200 KB chunk extension",
+            format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(200_000)),
+        ),
+    ];
+    for (what, body) in bodies {
+        let reply = raw_exchange(&relay, &certs, format!("{head}{body}").as_bytes(), WAIT).await;
+        assert!(status_line(&reply).contains("400"), "{what}: {reply:?}");
+        assert!(
+            reply.to_ascii_lowercase().contains("ponte-error: bad-request"),
+            "{what}: {reply:?}"
+        );
+    }
+    agent.stop().await;
+    relay.stop().await;
+}

@@ -43,13 +43,16 @@ pub async fn live(
 }
 
 /// Map a failed stream to the sender's answer, preferring what the body guard saw: a body cut
-/// for size is a 413 even if the agent saw only a reset stream.
+/// for size is a 413, and a malformed one a 400, even if the agent saw only a reset stream.
 fn send_error(e: SendError, outcome: &BodyOutcome, limit: u64) -> ProxyError {
     if outcome.was_too_large() {
         return ProxyError::TooLarge { limit };
     }
     if outcome.was_idle() {
         return ProxyError::BodyStalled;
+    }
+    if outcome.was_broken() {
+        return ProxyError::BadRequest("the request body is malformed or was cut off".into());
     }
     match e {
         SendError::Timeout => ProxyError::Timeout,
