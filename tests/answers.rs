@@ -82,3 +82,46 @@ async fn curl_over_http2_sees_the_status_of_early_answers() {
         failures.join("\n")
     );
 }
+
+#[tokio::test]
+async fn a_websocket_upgrade_the_upstream_declines_gets_the_upstreams_answer() {
+    let certs = Certs::new();
+    // An upstream that never upgrades: 200 with a body on one path, 401 on another.
+    let up = start_upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        let (status, text) = match req.uri().path() {
+            "/ok" => (http::StatusCode::OK, "hello"),
+            _ => (http::StatusCode::UNAUTHORIZED, "who are you?"),
+        };
+        let mut resp = http::Response::new(ponte::body::full(text));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert("x-upstream", http::HeaderValue::from_static("yes"));
+        resp
+    })
+    .await;
+    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let mut agent = start_agent_to(&relay.url(true), &certs, &up.url());
+    agent.connected().await;
+    let client = client(Some(&certs), false);
+    for (path, status, text) in [("/ok", 200, "hello"), ("/auth", 401, "who are you?")] {
+        let req = http::Request::get(format!("{}/t/demo{path}", relay.url(true)))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(ponte::body::empty())
+            .unwrap();
+        let r = send(&client, req).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert_eq!(r.text(), text, "{path}");
+        assert_eq!(r.header("x-upstream"), "yes", "{path}");
+        assert!(r.headers.get("ponte-error").is_none(), "{path}: {:?}", r.headers);
+        assert!(
+            r.headers.get("ponte-upstream-status").is_none(),
+            "{path}: {:?}",
+            r.headers
+        );
+    }
+    agent.stop().await;
+    relay.stop().await;
+}

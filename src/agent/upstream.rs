@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::ingress::{Origin, reply};
 use crate::body::{self, Body};
 use crate::config::agent::{AgentConfig, IngressRule, UpstreamUrl};
+use crate::protocol::PONTE_UPSTREAM_STATUS;
 use crate::protocol::headers::remove_hop_by_hop;
 
 /// How long an idle pooled upstream connection is kept.
@@ -184,7 +185,8 @@ impl HttpOrigin {
     }
 
     /// Extended CONNECT from the relay → `GET` + `Upgrade: websocket` to the upstream; on 101,
-    /// answer 200 and splice the two upgraded streams.
+    /// answer 200 and splice the two upgraded streams. Any other answer goes back whole, its
+    /// status in `Ponte-Upstream-Status` (see there why).
     async fn websocket(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let relay_side = hyper::upgrade::on(&mut req);
         let (mut parts, _) = req.into_parts();
@@ -218,6 +220,15 @@ impl HttpOrigin {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = resp.into_parts();
             remove_hop_by_hop(&mut parts.headers);
+            // A 2xx on the CONNECT would open the tunnel (and drop the body): carry the real
+            // status in a header instead, for the relay to restore.
+            parts.headers.insert(
+                PONTE_UPSTREAM_STATUS.clone(),
+                HeaderValue::from(parts.status.as_u16()),
+            );
+            if parts.status.is_success() {
+                parts.status = StatusCode::BAD_GATEWAY;
+            }
             return Response::from_parts(parts, body::boxed(body));
         }
         let upstream_side = hyper::upgrade::on(&mut resp);

@@ -22,6 +22,11 @@ pub static PONTE_TUNNEL: HeaderName = HeaderName::from_static("ponte-tunnel");
 pub static PONTE_PUBLIC_URL: HeaderName = HeaderName::from_static("ponte-public-url");
 /// On responses Ponte itself generated (not the upstream): a short machine-readable cause.
 pub static PONTE_ERROR: HeaderName = HeaderName::from_static("ponte-error");
+/// Agent → relay, on the answer to a websocket CONNECT that the upstream did not upgrade: the
+/// upstream's own status. The CONNECT's status cannot carry a 2xx, which on an HTTP/2 CONNECT
+/// means "tunnel open", so the agent answers such a status as 502 and names the real one here;
+/// the relay gives the sender the real one.
+pub static PONTE_UPSTREAM_STATUS: HeaderName = HeaderName::from_static("ponte-upstream-status");
 /// On queued requests and their deliveries: the stable delivery id.
 pub static PONTE_DELIVERY_ID: HeaderName = HeaderName::from_static("ponte-delivery-id");
 /// On deliveries: the attempt number, starting at 1.

@@ -15,6 +15,7 @@ use super::session::{SendError, Session};
 use super::state::RelayState;
 use super::stream::{Target, relay_response};
 use crate::body::{self, Body, BodyOutcome, GuardedBody};
+use crate::protocol::PONTE_UPSTREAM_STATUS;
 use crate::protocol::headers::remove_hop_by_hop;
 
 /// Proxy `req` live on `session` (or, if that session turns out dead before the request left,
@@ -86,7 +87,8 @@ pub async fn websocket(
         .await
         .map_err(|e| send_error(e, &BodyOutcome::default(), 0))?;
     if resp.status() != StatusCode::OK {
-        // The upstream refused the upgrade: pass its answer on as a normal response.
+        // The upstream answered without upgrading: pass its answer on as a normal response.
+        restore_upstream_status(&mut resp);
         return Ok(relay_response(resp, permit));
     }
     let agent_upgrade = hyper::upgrade::on(&mut resp);
@@ -115,6 +117,22 @@ pub async fn websocket(
     out.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     Ok(out)
+}
+
+/// The status the upstream gave a websocket upgrade it declined, as the agent carried it in
+/// `Ponte-Upstream-Status` (never a 1xx: only the agent's `200` means "upgraded").
+fn restore_upstream_status<B>(resp: &mut Response<B>) {
+    let Some(value) = resp.headers_mut().remove(&PONTE_UPSTREAM_STATUS) else {
+        return;
+    };
+    let status = value
+        .to_str()
+        .ok()
+        .and_then(|v| StatusCode::from_bytes(v.as_bytes()).ok())
+        .filter(|s| !s.is_informational());
+    if let Some(status) = status {
+        *resp.status_mut() = status;
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +221,27 @@ mod tests {
         let mut echoed = [0u8; 4];
         io.read_exact(&mut echoed).await.unwrap();
         assert_eq!(&echoed, b"ping");
+    }
+
+    #[test]
+    fn a_declined_upgrade_gets_the_upstreams_status_back() {
+        let carried = |status: u16, marker: Option<&str>| {
+            let mut resp = Response::new(());
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+            if let Some(m) = marker {
+                resp.headers_mut()
+                    .insert(&PONTE_UPSTREAM_STATUS, HeaderValue::from_str(m).unwrap());
+            }
+            restore_upstream_status(&mut resp);
+            assert!(resp.headers().get(&PONTE_UPSTREAM_STATUS).is_none());
+            resp.status().as_u16()
+        };
+        assert_eq!(carried(502, Some("200")), 200);
+        assert_eq!(carried(401, Some("401")), 401);
+        assert_eq!(carried(502, Some("204")), 204);
+        // The agent's own answers carry no marker; a marker that is not a final status is ignored.
+        assert_eq!(carried(504, None), 504);
+        assert_eq!(carried(502, Some("101")), 502);
+        assert_eq!(carried(502, Some("abc")), 502);
     }
 }
