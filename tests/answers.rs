@@ -125,3 +125,37 @@ async fn a_websocket_upgrade_the_upstream_declines_gets_the_upstreams_answer() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn answers_for_a_down_or_slow_upstream_do_not_name_its_address() {
+    let certs = Certs::new();
+    let slow = start_upstream(|_| async {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        text(http::StatusCode::OK, "late")
+    })
+    .await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let ingress = format!(
+        "upstream_timeout: 300ms\ningress:\n  - path: /slow/\n    upstream: {}\n  - upstream: http://{closed}\n",
+        slow.url()
+    );
+    let mut agent = start_agent(&agent_yaml(&relay.url(true), Some(&certs), &ingress));
+    agent.connected().await;
+    let client = client(Some(&certs), false);
+    let base = relay.url(true);
+    for (path, status, private) in [("/x", 502, closed), ("/slow/x", 504, slow.addr)] {
+        let r = send(&client, request("POST", &format!("{base}/t/demo{path}"), "{}")).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        let body = r.text();
+        for leak in [private.to_string(), format!(":{}", private.port())] {
+            assert!(!body.contains(&leak), "{path}: the answer names {leak}: {body}");
+        }
+        assert!(body.contains("upstream application"), "{path}: {body}");
+    }
+    agent.stop().await;
+    relay.stop().await;
+}

@@ -273,7 +273,11 @@ async fn status_codes_the_sender_sees() {
     let r = send(&client, authed("GET", "/t/demo/x", "")).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.header("ponte-error"), "upstream-unreachable");
-    assert!(r.text().contains("is your application running"), "{}", r.text());
+    assert!(
+        r.text().contains("upstream application; is it running?"),
+        "{}",
+        r.text()
+    );
     let r = send(&client, authed("GET", "/t/demo/slow/x", "")).await;
     assert_eq!(r.status, 504, "{}", r.text());
 

@@ -135,11 +135,7 @@ impl HttpOrigin {
         }
         let out = Request::from_parts(parts, body::boxed(incoming));
         match tokio::time::timeout(self.timeout, self.client.request(out)).await {
-            Err(_) => reply(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream-timeout",
-                &format!("{} did not answer within {:?}", self.upstream, self.timeout),
-            ),
+            Err(_) => self.too_slow(),
             Ok(Err(e)) => self.unreachable(&e),
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
@@ -149,6 +145,8 @@ impl HttpOrigin {
         }
     }
 
+    /// 502 for an upstream that could not be reached or broke off. The sender is told what
+    /// failed, never where the upstream is (an internal address); the agent log has both.
     fn unreachable(&self, e: &hyper_util::client::legacy::Error) -> Response<Body> {
         let mut cause = e.to_string();
         let mut source = std::error::Error::source(e);
@@ -157,19 +155,34 @@ impl HttpOrigin {
             source = s.source();
         }
         let hint = if e.is_connect() {
-            format!(
-                "cannot connect to {} ({cause}); is your application running?",
-                self.upstream
-            )
+            "the agent could not reach its upstream application; is it running?"
         } else {
-            format!("{} failed: {cause}", self.upstream)
+            "the upstream application broke off its answer to the agent"
         };
         if self.should_warn() {
             tracing::warn!(upstream = %self.upstream, error = %cause, "upstream request failed (repeats are logged at debug level for 10 s)");
         } else {
             tracing::debug!(upstream = %self.upstream, error = %cause, "upstream request failed");
         }
-        reply(StatusCode::BAD_GATEWAY, "upstream-unreachable", &hint)
+        reply(StatusCode::BAD_GATEWAY, "upstream-unreachable", hint)
+    }
+
+    /// 504 for an upstream that did not answer within `upstream_timeout`; as for 502, the
+    /// address stays in the agent log.
+    fn too_slow(&self) -> Response<Body> {
+        if self.should_warn() {
+            tracing::warn!(upstream = %self.upstream, timeout = ?self.timeout, "upstream did not answer in time (repeats are logged at debug level for 10 s)");
+        } else {
+            tracing::debug!(upstream = %self.upstream, timeout = ?self.timeout, "upstream did not answer in time");
+        }
+        reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            &format!(
+                "the upstream application did not answer within {:?}",
+                self.timeout
+            ),
+        )
     }
 
     fn should_warn(&self) -> bool {
@@ -207,13 +220,7 @@ impl HttpOrigin {
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let out = Request::from_parts(parts, body::empty());
         let mut resp = match tokio::time::timeout(self.timeout, self.client.request(out)).await {
-            Err(_) => {
-                return reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream-timeout",
-                    "the upstream did not answer the websocket upgrade",
-                );
-            }
+            Err(_) => return self.too_slow(),
             Ok(Err(e)) => return self.unreachable(&e),
             Ok(Ok(resp)) => resp,
         };
