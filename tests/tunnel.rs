@@ -114,12 +114,12 @@ async fn trailers_are_kept() {
     .await;
     let (relay, agent) = tunnel_to(&certs, &up.url(), "", "").await;
     let client = client(Some(&certs), true);
-    let resp = within(
-        "response",
-        client.request(request("GET", &format!("{}/t/demo/", relay.url(true)), "")),
-    )
-    .await
-    .unwrap();
+    // An HTTP/1.1 upstream sends trailers only to a client that asks for them.
+    let asks = Request::get(format!("{}/t/demo/", relay.url(true)))
+        .header("te", "trailers")
+        .body(ponte::body::empty())
+        .unwrap();
+    let resp = within("response", client.request(asks)).await.unwrap();
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("trailers arrived");
     assert_eq!(trailers["x-checksum"], "abc123");
@@ -428,6 +428,33 @@ async fn request_trailers_reach_the_upstream() {
         .unwrap();
     let r = send(&client(Some(&certs), true), req).await;
     assert_eq!(r.text(), "5|sha-256=abc");
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn te_trailers_reaches_the_upstream_only_when_the_sender_sent_it() {
+    let certs = Certs::new();
+    let (up, log) = recording_upstream(|_, _| StatusCode::OK).await;
+    let (relay, agent) = tunnel_to(&certs, &up.url(), "", "").await;
+    let url = format!("{}/t/demo/hook", relay.url(true));
+    for h2 in [false, true] {
+        let client = client(Some(&certs), h2);
+        send(&client, request("POST", &url, "{}")).await;
+        let mut asks = Request::post(&url).header("te", "trailers");
+        if !h2 {
+            // HTTP/1.1 names TE as a connection option (RFC 9110 §10.1.4).
+            asks = asks.header("connection", "te");
+        }
+        send(&client, asks.body(ponte::body::full("{}")).unwrap()).await;
+    }
+    let seen: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.header("te").to_string())
+        .collect();
+    assert_eq!(seen, ["", "trailers", "", "trailers"]);
     agent.stop().await;
     relay.stop().await;
 }

@@ -103,10 +103,8 @@ impl HttpOrigin {
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }
-        // The tunnel is HTTP/2 and carries trailers; let an HTTP/1.1 upstream send them.
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
+        // `TE: trailers` is kept only when the sender asked for trailers (remove_hop_by_hop
+        // keeps that one value): an HTTP/1.1 upstream then may send them.
         Ok(())
     }
 
