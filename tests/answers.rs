@@ -1,5 +1,6 @@
-//! Every sender gets a real answer: HTTP/2 senders built on libcurl see the status of an early
-//! answer instead of a transport error.
+//! Every sender gets a true answer: libcurl over HTTP/2 sees the status of an early answer instead
+//! of a transport error, a declined websocket upgrade gets the upstream's own answer, and no answer
+//! names the upstream's internal address.
 
 mod support;
 
