@@ -144,7 +144,6 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::super::request::Authority;
-    use super::super::session::testing::session_pair;
     use super::super::state::ConnInfo;
     use super::*;
 
@@ -176,13 +175,7 @@ mod tests {
     async fn a_websocket_not_sent_on_a_dead_session_goes_to_a_live_one() {
         let state = state();
         let tunnel = state.registry.tunnels().next().unwrap().clone();
-        let (dead, dead_conn) = session_pair(1).await;
-        let (live, _live_conn) = session_pair(2).await;
-        tunnel.register(dead.clone());
-        tunnel.register(live);
-        // The dead session's connection is gone, but nobody has deregistered it yet.
-        dead_conn.abort();
-        let _ = dead_conn.await;
+        let (dead, _live_conn) = tunnel.with_dead_and_live_session().await;
 
         // The public side: one in-memory HTTP/1.1 connection whose requests go to `websocket`
         // on the dead session, as if it had been picked just before it died.

@@ -259,10 +259,26 @@ impl Registry {
 }
 
 #[cfg(test)]
+impl TunnelState {
+    /// Register two fake agent sessions: one whose connection is already gone but that nobody
+    /// has deregistered yet (returned, to be sent on as if picked just before it died), and a
+    /// live one (its connection task returned: keep it).
+    pub(super) async fn with_dead_and_live_session(&self) -> (Arc<Session>, tokio::task::JoinHandle<()>) {
+        use super::session::testing::session_pair;
+        let (dead, dead_conn) = session_pair(1).await;
+        let (live, live_conn) = session_pair(2).await;
+        self.register(dead.clone());
+        self.register(live);
+        dead_conn.abort();
+        let _ = dead_conn.await;
+        (dead, live_conn)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::super::session::testing::session_pair;
     use super::*;
     use crate::body;
 
@@ -276,13 +292,7 @@ mod tests {
         .unwrap();
         let (name, tcfg) = cfg.tunnels.into_iter().next().unwrap();
         let tunnel = TunnelState::new(name, tcfg);
-        let (dead, dead_conn) = session_pair(1).await;
-        let (live, _live_conn) = session_pair(2).await;
-        tunnel.register(dead.clone());
-        tunnel.register(live);
-        // The dead session's connection is gone, but nobody has deregistered it yet.
-        dead_conn.abort();
-        let _ = dead_conn.await;
+        let (dead, _live_conn) = tunnel.with_dead_and_live_session().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         let req = http::Request::post("http://t/x")
             .body(body::full("payload"))
