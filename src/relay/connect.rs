@@ -60,16 +60,15 @@ pub async fn accept(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
 
-    if tunnel.is_full(&agent_id, state.config.limits.max_agents_per_tunnel) {
+    let Some(pending) = tunnel.try_login(&agent_id, state.config.limits.max_agents_per_tunnel) else {
         tracing::warn!(tunnel = %tunnel.name, peer = %conn.peer, "agent refused: tunnel has its maximum of agent connections");
         return Ok(refusal(
             StatusCode::TOO_MANY_REQUESTS,
             "too-many-agents",
             "this tunnel already has its maximum number of agent connections (limits.max_agents_per_tunnel)",
         ));
-    }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let pending = tunnel.login_started();
     let public_url = public_url(state, conn, authority, &tunnel);
     let state = state.clone();
     let peer = conn.peer;
