@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::error::ProxyError;
 use super::registry::TunnelState;
 use super::request::Authority;
+use super::server::ConnSlot;
 use super::service::{ConnInfo, RelayState};
 use super::session::Session;
 use crate::body::{self, Body};
@@ -69,13 +70,21 @@ pub async fn accept(
         ));
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The connection's slot moves to the session, which holds it for as long as it lives.
+    let slot = req.extensions_mut().remove::<ConnSlot>();
     let public_url = public_url(state, conn, authority, &tunnel);
     let state = state.clone();
     let peer = conn.peer;
     let session_tunnel = tunnel.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run_session(state, session_tunnel, agent_id, peer, upgraded, pending).await,
+            Ok(upgraded) => {
+                if let Some(slot) = &slot {
+                    slot.promote_to_agent();
+                }
+                run_session(state, session_tunnel, agent_id, peer, upgraded, pending).await;
+                drop(slot);
+            }
             Err(e) => tracing::warn!(%peer, error = %e, "agent upgrade failed"),
         }
     });
