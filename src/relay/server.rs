@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use self::activity::{Activity, Tracked};
+use self::activity::{Activity, Idle, Tracked};
 use self::resets::{ConnResets, ResetBudgets};
 pub use self::slots::ConnSlot;
 use self::slots::Slots;
@@ -147,6 +147,8 @@ enum End<T> {
     Abusive,
     /// Idle, and the graceful close did not finish in time: cut.
     Idle,
+    /// No complete request head in time (silent, or slowloris): cut.
+    Silent,
 }
 
 impl Conn {
@@ -241,7 +243,7 @@ impl Conn {
                         )
                         .await
                 }
-                End::Idle => cutter.close(CLOSE_GRACE).await,
+                End::Idle | End::Silent => cutter.close(CLOSE_GRACE).await,
             }
         } else {
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -290,8 +292,8 @@ async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
 
 /// Drive a hyper connection until it ends. On shutdown start its graceful close (GOAWAY, or
 /// finish the current HTTP/1.1 exchange) and keep driving it until in-flight requests are done.
-/// When it goes idle, close it gracefully within [`CLOSE_GRACE`]; when it goes over its reset
-/// budget, stop at once.
+/// When it goes idle after a request, close it gracefully within [`CLOSE_GRACE`]; when its first
+/// request head does not arrive in time, or it goes over its reset budget, stop at once.
 async fn drive<F, T>(
     mut conn: std::pin::Pin<&mut F>,
     shutdown: &CancellationToken,
@@ -311,6 +313,9 @@ where
         _ = activity.resets().exceeded() => End::Abusive,
         why = activity.idle(limits.header_read_timeout, limits.idle_timeout) => {
             tracing::debug!(?why, "closing an idle connection");
+            if why == Idle::NoRequest {
+                return End::Silent;
+            }
             graceful(conn.as_mut());
             match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
                 Ok(res) => End::Finished(res),
