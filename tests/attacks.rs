@@ -470,9 +470,14 @@ async fn paced_resets_get_the_abuser_a_goaway() {
     )
     .await;
     // One connection at a time, in batches of 5, so HTTP/2's own limit (20 streams reset before
-    // they were accepted) stays out of the way: it is the relay's budget that cuts it.
-    let one = paced_resets(&t, ATTACKER, &stop_after(Duration::from_secs(2)), 1, 5).await;
-    eprintln!("per-connection budget: {one:?}");
+    // they were accepted) stays out of the way: it is the relay's budget that cuts it. Honest
+    // requests go on meanwhile.
+    let stop = Arc::new(AtomicBool::new(false));
+    let honest = honest_load(&t, 6, Duration::from_secs(2), stop.clone());
+    let one = paced_resets(&t, ATTACKER, &stop, 1, 5).await;
+    let statuses = within("honest load", honest).await.unwrap();
+    eprintln!("per-connection budget: {one:?}; honest {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(
         one.goaways
             .iter()

@@ -93,6 +93,10 @@ impl<I: AsyncWrite + Unpin> Shared<I> {
             self.out.advance(n);
             self.complete -= n;
         }
+        if self.out.is_empty() && self.out.capacity() > OUT_HIGH_WATER {
+            // One large burst must not stay allocated for the rest of an idle connection's life.
+            self.out = BytesMut::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
