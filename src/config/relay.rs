@@ -148,7 +148,7 @@ pub struct Limits {
     /// Agent connections one tunnel may hold at once (a leaked token cannot exhaust the relay).
     pub max_agents_per_tunnel: usize,
     /// Connection slots anonymous clients can never take, so agents can log in while idle or
-    /// hostile clients hold everything else. Absent: a tenth of `max_connections`.
+    /// hostile clients hold everything else. Absent: a tenth of `max_connections` (at least 1).
     pub reserved_agent_connections: Option<usize>,
     /// Longest time a client connection may stay open with no request in progress.
     #[serde(with = "duration")]
@@ -226,10 +226,14 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Connection slots only agents may use.
+    /// Connection slots only agents may use: as configured, or a tenth of `max_connections`
+    /// (at least one, while that leaves one for the public).
     pub fn reserved_agent_connections(&self) -> usize {
-        self.reserved_agent_connections
-            .unwrap_or(self.max_connections * DEFAULT_RESERVED_AGENT_PERCENT / 100)
+        self.reserved_agent_connections.unwrap_or_else(|| {
+            (self.max_connections * DEFAULT_RESERVED_AGENT_PERCENT / 100)
+                .max(1)
+                .min(self.max_connections.saturating_sub(1))
+        })
     }
 }
 
@@ -331,5 +335,33 @@ impl RelayConfig {
         let mut cfg: RelayConfig = serde_norway::from_str("{}").expect("empty config parses");
         cfg.listen = listen;
         cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<RelayConfig, super::super::ConfigError> {
+        RelayConfig::from_str_with_env(yaml, "relay.yaml", &|_| None)
+    }
+
+    #[test]
+    fn the_agent_reserve_is_a_tenth_by_default_and_leaves_room_for_the_public() {
+        let reserve = |yaml: &str| parse(yaml).unwrap().limits.reserved_agent_connections();
+        assert_eq!(reserve("{}"), 1000);
+        assert_eq!(reserve("limits:\n  max_connections: 50\n"), 5);
+        assert_eq!(reserve("limits:\n  max_connections: 5\n"), 1);
+        assert_eq!(reserve("limits:\n  max_connections: 1\n"), 0);
+        assert_eq!(reserve("limits:\n  reserved_agent_connections: 0\n"), 0);
+        let err = parse("limits:\n  max_connections: 10\n  reserved_agent_connections: 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "limits.reserved_agent_connections (10) must be smaller than limits.max_connections (10)"
+            ),
+            "{err}"
+        );
     }
 }
