@@ -9,7 +9,7 @@
 //! | attack | test |
 //! |---|---|
 //! | rapid reset burst (CVE-2023-44487) | `rapid_reset_burst_gets_a_goaway` |
-//! | paced resets that used to take the tunnel offline | `paced_resets_do_not_take_the_tunnel_offline`, `paced_resets_get_the_abuser_a_goaway` |
+//! | paced resets that used to take the tunnel offline | `paced_resets_do_not_take_the_tunnel_offline`, `paced_resets_get_the_abuser_a_goaway` (and `honest_traffic_never_spends_the_reset_budget`) |
 //! | CONTINUATION flood (CVE-2024-27316 family) | `continuation_flood_is_cut_short` |
 //! | HPACK bomb, oversized header lists | `hpack_bomb_and_oversized_headers_are_refused` |
 //! | SETTINGS and PING floods | `settings_and_ping_floods_leave_memory_flat` |
@@ -490,6 +490,41 @@ async fn paced_resets_get_the_abuser_a_goaway() {
     assert!(many.refused > 0, "{many:?}");
     assert!(RawH2::connect(&t.certs, ATTACKER_2, t.addr).await.is_err());
     t.recovered("reset budgets").await;
+}
+
+#[tokio::test]
+async fn honest_traffic_never_spends_the_reset_budget() {
+    // Budgets of one: requests counted as cancelled by mistake would soon cut the connection or
+    // block the address, and fail the requests after them.
+    let t = Target::start(
+        "limits:\n  max_resets_per_connection: 1\n  max_resets_per_address: 1\n",
+        "",
+    )
+    .await;
+    let big = "b".repeat(1024 * 1024);
+    for h2 in [false, true] {
+        // One client each: its requests share a kept-alive connection.
+        let c = client(Some(&t.certs), h2);
+        for round in 0..10 {
+            let r = send(
+                &c,
+                request("POST", &t.url("/t/demo/echo"), format!("round {round}")),
+            )
+            .await;
+            assert_eq!((r.status, r.text()), (StatusCode::OK, format!("round {round}")));
+            let r = send(&c, request("GET", &t.url("/t/demo/empty"), "")).await;
+            assert_eq!(r.status, StatusCode::OK);
+            let r = send(&c, request("HEAD", &t.url("/t/demo/head"), "")).await;
+            assert_eq!(r.status, StatusCode::OK);
+            let r = send(&c, request("POST", &t.url("/t/demo/big"), big.clone())).await;
+            assert_eq!((r.status, r.body.len()), (StatusCode::OK, big.len()));
+            let r = send(&c, request("GET", &t.url("/t/nosuch/x"), "")).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND);
+            let r = send(&c, request("GET", &t.url("/_ponte/health"), "")).await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+    t.recovered("honest traffic under budgets of one").await;
 }
 
 #[tokio::test]
