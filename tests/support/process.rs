@@ -113,9 +113,14 @@ impl Process {
         .await
     }
 
-    /// Its process id (for /proc readings).
+    /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// Everything it logged so far.
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
     }
 
     /// How many JSON log lines so far have `message` as their message.
@@ -136,11 +141,6 @@ impl Process {
             }
         })
         .await
-    }
-
-    /// Everything it logged so far.
-    pub fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
     }
 
     /// SIGKILL this child (by its PID) and reap it.
