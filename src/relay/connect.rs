@@ -10,7 +10,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::error::ProxyError;
 use super::registry::TunnelState;
 use super::request::Authority;
-use super::server::ConnSlot;
 use super::service::{ConnInfo, RelayState};
 use super::session::Session;
 use crate::body::{self, Body};
@@ -71,7 +70,7 @@ pub async fn accept(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     // The connection's slot moves to the session, which holds it for as long as it lives.
-    let slot = req.extensions_mut().remove::<ConnSlot>();
+    let slot = req.extensions_mut().remove::<super::server::ConnSlot>();
     let public_url = public_url(state, conn, authority, &tunnel);
     let state = state.clone();
     let peer = conn.peer;

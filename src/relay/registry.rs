@@ -328,7 +328,8 @@ mod tests {
         (Arc::new(session), task)
     }
 
-    fn test_tunnel() -> TunnelState {
+    #[tokio::test]
+    async fn a_request_not_sent_on_a_dead_session_goes_to_a_live_one() {
         let cfg: crate::config::relay::RelayConfig = crate::config::parse_with_env(
             "tunnels:\n  t:\n    token: 0123456789abcdef0123\n",
             "relay.yaml",
@@ -336,28 +337,7 @@ mod tests {
         )
         .unwrap();
         let (name, tcfg) = cfg.tunnels.into_iter().next().unwrap();
-        TunnelState::new(name, tcfg)
-    }
-
-    #[tokio::test]
-    async fn pending_logins_count_against_the_cap() {
-        let tunnel = test_tunnel();
-        // A registered agent and a login still being set up fill a cap of 2.
-        let (a, _conn) = session_pair(1).await;
-        tunnel.register(a);
-        let b = tunnel.try_login("agent-2", 2).expect("room for a second agent");
-        assert!(tunnel.try_login("agent-3", 2).is_none(), "a third agent got in");
-        // An agent logging in again is not a new agent, whether registered or still pending.
-        assert!(tunnel.try_login("agent-1", 2).is_some());
-        assert!(tunnel.try_login("agent-2", 2).is_some());
-        // A login that failed frees its place.
-        drop(b);
-        assert!(tunnel.try_login("agent-3", 2).is_some());
-    }
-
-    #[tokio::test]
-    async fn a_request_not_sent_on_a_dead_session_goes_to_a_live_one() {
-        let tunnel = test_tunnel();
+        let tunnel = TunnelState::new(name, tcfg);
         let (dead, dead_conn) = session_pair(1).await;
         let (live, _live_conn) = session_pair(2).await;
         tunnel.register(dead.clone());
@@ -371,5 +351,27 @@ mod tests {
             .unwrap();
         let (resp, _permit) = tunnel.send(dead, req, Duration::from_secs(5)).await.unwrap();
         assert_eq!(resp.status(), 200);
+    }
+
+    #[test]
+    fn pending_logins_count_against_the_cap() {
+        let cfg: crate::config::relay::RelayConfig = crate::config::parse_with_env(
+            "tunnels:\n  t:\n    token: 0123456789abcdef0123\n",
+            "relay.yaml",
+            &|_| None,
+        )
+        .unwrap();
+        let (name, tcfg) = cfg.tunnels.into_iter().next().unwrap();
+        let tunnel = TunnelState::new(name, tcfg);
+        // Two logins still being set up (101 sent, no session yet) fill a cap of 2.
+        let a = tunnel.try_login("agent-1", 2).expect("room for a first agent");
+        let b = tunnel.try_login("agent-2", 2).expect("room for a second agent");
+        assert!(tunnel.try_login("agent-3", 2).is_none(), "a third agent got in");
+        // An agent logging in again is not a new agent.
+        assert!(tunnel.try_login("agent-1", 2).is_some());
+        // A login that failed frees its place.
+        drop(b);
+        assert!(tunnel.try_login("agent-3", 2).is_some());
+        drop(a);
     }
 }
