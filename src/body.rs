@@ -101,13 +101,17 @@ impl BodyOutcome {
 }
 
 pin_project_lite::pin_project! {
-    /// Wraps a body with a byte limit and an idle timeout between frames.
+    /// Wraps a body with a byte limit and an idle timeout: the time the body's producer may
+    /// keep its reader waiting for the next frame. Time the reader itself spends elsewhere (its
+    /// own peer not reading, flow control) does not count.
     pub struct GuardedBody<B> {
         #[pin]
         inner: B,
         #[pin]
         idle: Sleep,
         idle_timeout: Duration,
+        // True from the first poll after a frame until the next frame: the idle clock runs.
+        waiting: bool,
         limit: u64,
         seen: u64,
         outcome: BodyOutcome,
@@ -122,11 +126,19 @@ impl<B> GuardedBody<B> {
             inner,
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
+            waiting: false,
             limit,
             seen: 0,
             outcome: outcome.clone(),
         };
         (body, outcome)
+    }
+
+    /// Guard `inner` with the idle timeout only (response bodies, whose size is the sender's
+    /// business): a producer that stalls for `idle_timeout` ends the body with an error, which
+    /// resets its stream and frees what it held.
+    pub fn idle_only(inner: B, idle_timeout: Duration) -> Self {
+        Self::new(inner, u64::MAX, idle_timeout).0
     }
 }
 
@@ -143,8 +155,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if !*this.waiting {
+            // The reader is back for more: from now on, waiting is the producer's doing.
+            *this.waiting = true;
+            let deadline = Instant::now() + *this.idle_timeout;
+            this.idle.as_mut().reset(deadline);
+        }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                *this.waiting = false;
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
                     if *this.seen > *this.limit {
@@ -153,8 +172,6 @@ where
                         return Poll::Ready(Some(Err(err.into())));
                     }
                 }
-                let deadline = Instant::now() + *this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -307,6 +324,32 @@ mod tests {
         assert!(body.collect().await.is_err());
         assert!(outcome.was_broken());
         assert!(!outcome.was_too_large() && !outcome.was_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_reader_spends_away_is_not_idle_time() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|f| (f, rx)) });
+        let (body, outcome) = GuardedBody::new(StreamBody::new(stream), 100, Duration::from_secs(30));
+        let mut body = Box::pin(body);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"one"))))
+            .await
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        // The reader is held up (its own peer is slow) far longer than the idle timeout...
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        // ...then asks for more, and the producer answers within the timeout.
+        let later = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            later
+                .send(Ok(Frame::data(Bytes::from_static(b"two"))))
+                .await
+                .unwrap();
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "two");
+        assert_eq!(outcome.failure(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,8 +10,16 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 use super::ingress::Ingress;
+use crate::body::{self, GuardedBody};
 use crate::config::agent::AgentConfig;
 use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
+
+/// Streams the relay may reset before this agent accepted them, at one time. h2's default (20) is
+/// meant for an anonymous peer; on the tunnel, every public sender's cancellation arrives through
+/// the one authenticated relay, and tripping the limit would drop the tunnel for all senders
+/// (`ENHANCE_YOUR_CALM`). The relay bounds resets per public client (`limits.max_resets_*`), so
+/// this only has to be far above what a busy tunnel sees between two accepts.
+const RELAY_PENDING_RESETS: usize = 10_000;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -29,9 +37,15 @@ pub async fn serve(
     config: &AgentConfig,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
+    let body_idle = config.upstream_body_idle_timeout;
     let svc = service_fn(move |req| {
         let ingress = ingress.clone();
-        async move { Ok::<_, std::convert::Infallible>(ingress.serve(req).await) }
+        async move {
+            let resp = ingress.serve(req).await;
+            // An upstream that stalls mid-body must not hold one of the tunnel's streams forever.
+            let resp = resp.map(|b| body::boxed(GuardedBody::idle_only(b, body_idle)));
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -44,6 +58,11 @@ pub async fn serve(
         .max_header_list_size(MAX_HEADER_LIST)
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(MAX_SEND_BUF)
+        .max_pending_accept_reset_streams(RELAY_PENDING_RESETS)
+        // h2 counts the resets it generates itself over the whole life of a connection and
+        // never forgets them: on a tunnel that stays up for weeks, any cap is a countdown to a
+        // dropped tunnel. The peer is the authenticated relay, not an anonymous client.
+        .max_local_error_reset_streams(None)
         // Websockets arrive as extended CONNECT (RFC 8441).
         .enable_connect_protocol();
     let connection = builder.serve_connection(conn, svc);

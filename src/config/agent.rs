@@ -37,6 +37,9 @@ pub struct AgentConfig {
     /// Time an upstream may take to send response headers; then 504.
     #[serde(default = "default_upstream_timeout", with = "duration")]
     pub upstream_timeout: Duration,
+    /// Longest pause inside an upstream's response body before the stream is reset.
+    #[serde(default = "default_upstream_body_idle_timeout", with = "duration")]
+    pub upstream_body_idle_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     #[serde(default = "default_grace", with = "duration")]
     pub grace_period: Duration,
@@ -62,6 +65,13 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_upstream_timeout() -> Duration {
     DEFAULT_UPSTREAM_TIMEOUT
+}
+/// Default pause allowed inside an upstream's response body: a webhook answer that stops for a
+/// minute is broken, and its stream must not hold one of the tunnel's stream slots forever.
+pub const DEFAULT_UPSTREAM_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn default_upstream_body_idle_timeout() -> Duration {
+    DEFAULT_UPSTREAM_BODY_IDLE_TIMEOUT
 }
 fn default_grace() -> Duration {
     crate::shutdown::DEFAULT_GRACE_PERIOD

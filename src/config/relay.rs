@@ -147,6 +147,22 @@ pub struct Limits {
     pub max_failed_logins_per_minute: u32,
     /// Agent connections one tunnel may hold at once (a leaked token cannot exhaust the relay).
     pub max_agents_per_tunnel: usize,
+    /// Connection slots anonymous clients can never take, so agents can log in while idle or
+    /// hostile clients hold everything else. Absent: a tenth of `max_connections` (at least 1).
+    pub reserved_agent_connections: Option<usize>,
+    /// Longest time a client connection may stay open with no request in progress.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Longest pause inside an agent's response body before the stream is reset.
+    #[serde(with = "duration")]
+    pub response_body_idle_timeout: Duration,
+    /// Requests one connection may cancel within [`RAPID_RESET_AGE`] of sending them, per
+    /// [`RESET_WINDOW`]; past it the connection gets GOAWAY (ENHANCE_YOUR_CALM). 0: no limit.
+    pub max_resets_per_connection: u32,
+    /// The same budget for all connections of one client address (an IPv6 /64) together; past it
+    /// new connections from that address are refused until the window ends. 0: no limit. Not
+    /// applied with `trust_forwarded_headers` (every client then shares the proxy's address).
+    pub max_resets_per_address: u32,
 }
 
 /// Default largest request header block.
@@ -168,6 +184,24 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 20;
 /// Default agent connections per tunnel: room for several machines and their reconnects.
 pub const DEFAULT_MAX_AGENTS_PER_TUNNEL: usize = 32;
+/// Default share of `max_connections` kept for agent logins, in percent.
+pub const DEFAULT_RESERVED_AGENT_PERCENT: usize = 10;
+/// Default idle timeout of client connections: a minute is long enough for a sender to reuse a
+/// connection between webhooks, short enough that idle connections cannot pile up.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default pause allowed inside an agent's response body: longer than the agent's own
+/// `upstream_body_idle_timeout`, so the agent's more precise reset comes first.
+pub const DEFAULT_RESPONSE_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default rapid resets per connection and window. An honest client rarely cancels a request
+/// within a second of sending it; a rapid-reset attack does it thousands of times.
+pub const DEFAULT_MAX_RESETS_PER_CONNECTION: u32 = 50;
+/// Default rapid resets per client address and window.
+pub const DEFAULT_MAX_RESETS_PER_ADDRESS: u32 = 200;
+/// A request cancelled younger than this counts against the reset budgets; older ones (a sender
+/// giving up on a slow upstream) do not.
+pub const RAPID_RESET_AGE: Duration = Duration::from_secs(1);
+/// The window over which resets are counted.
+pub const RESET_WINDOW: Duration = Duration::from_secs(60);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -182,7 +216,24 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_failed_logins_per_minute: DEFAULT_MAX_FAILED_LOGINS,
             max_agents_per_tunnel: DEFAULT_MAX_AGENTS_PER_TUNNEL,
+            reserved_agent_connections: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            response_body_idle_timeout: DEFAULT_RESPONSE_BODY_IDLE_TIMEOUT,
+            max_resets_per_connection: DEFAULT_MAX_RESETS_PER_CONNECTION,
+            max_resets_per_address: DEFAULT_MAX_RESETS_PER_ADDRESS,
         }
+    }
+}
+
+impl Limits {
+    /// Connection slots only agents may use: as configured, or a tenth of `max_connections`
+    /// (at least one, while that leaves one for the public).
+    pub fn reserved_agent_connections(&self) -> usize {
+        self.reserved_agent_connections.unwrap_or_else(|| {
+            (self.max_connections * DEFAULT_RESERVED_AGENT_PERCENT / 100)
+                .max(1)
+                .min(self.max_connections.saturating_sub(1))
+        })
     }
 }
 
@@ -218,7 +269,30 @@ impl RelayConfig {
                 ));
             }
         }
+        self.validate_limits(origin)?;
         self.validate_store(origin)
+    }
+
+    /// Checks of the limits that depend on each other.
+    fn validate_limits(&self, origin: &str) -> Result<(), super::ConfigError> {
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(super::ConfigError::invalid(
+                origin,
+                "limits.max_connections must be at least 1",
+            ));
+        }
+        if l.reserved_agent_connections() >= l.max_connections {
+            return Err(super::ConfigError::invalid(
+                origin,
+                format!(
+                    "limits.reserved_agent_connections ({}) must be smaller than limits.max_connections ({}), or public clients get no connection at all",
+                    l.reserved_agent_connections(),
+                    l.max_connections
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks of the store settings.
@@ -261,5 +335,33 @@ impl RelayConfig {
         let mut cfg: RelayConfig = serde_norway::from_str("{}").expect("empty config parses");
         cfg.listen = listen;
         cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<RelayConfig, super::super::ConfigError> {
+        RelayConfig::from_str_with_env(yaml, "relay.yaml", &|_| None)
+    }
+
+    #[test]
+    fn the_agent_reserve_is_a_tenth_by_default_and_leaves_room_for_the_public() {
+        let reserve = |yaml: &str| parse(yaml).unwrap().limits.reserved_agent_connections();
+        assert_eq!(reserve("{}"), 1000);
+        assert_eq!(reserve("limits:\n  max_connections: 50\n"), 5);
+        assert_eq!(reserve("limits:\n  max_connections: 5\n"), 1);
+        assert_eq!(reserve("limits:\n  max_connections: 1\n"), 0);
+        assert_eq!(reserve("limits:\n  reserved_agent_connections: 0\n"), 0);
+        let err = parse("limits:\n  max_connections: 10\n  reserved_agent_connections: 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "limits.reserved_agent_connections (10) must be smaller than limits.max_connections (10)"
+            ),
+            "{err}"
+        );
     }
 }

@@ -59,23 +59,30 @@ pub async fn accept(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
 
-    if tunnel.is_full(&agent_id, state.config.limits.max_agents_per_tunnel) {
+    let Some(pending) = tunnel.try_login(&agent_id, state.config.limits.max_agents_per_tunnel) else {
         tracing::warn!(tunnel = %tunnel.name, peer = %conn.peer, "agent refused: tunnel has its maximum of agent connections");
         return Ok(refusal(
             StatusCode::TOO_MANY_REQUESTS,
             "too-many-agents",
             "this tunnel already has its maximum number of agent connections (limits.max_agents_per_tunnel)",
         ));
-    }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let pending = tunnel.login_started();
+    // The connection's slot moves to the session, which holds it for as long as it lives.
+    let slot = req.extensions_mut().remove::<super::server::ConnSlot>();
     let public_url = public_url(state, conn, authority, &tunnel);
     let state = state.clone();
     let peer = conn.peer;
     let session_tunnel = tunnel.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run_session(state, session_tunnel, agent_id, peer, upgraded, pending).await,
+            Ok(upgraded) => {
+                if let Some(slot) = &slot {
+                    slot.promote_to_agent();
+                }
+                run_session(state, session_tunnel, agent_id, peer, upgraded, pending).await;
+                drop(slot);
+            }
             Err(e) => tracing::warn!(%peer, error = %e, "agent upgrade failed"),
         }
     });

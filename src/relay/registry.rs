@@ -19,20 +19,38 @@ pub struct TunnelState {
     pub name: TunnelName,
     /// Its settings.
     pub config: TunnelConfig,
-    sessions: Mutex<Vec<Arc<Session>>>,
+    members: Arc<Mutex<Members>>,
     next: AtomicUsize,
     connected: watch::Sender<usize>,
-    /// Logins accepted whose HTTP/2 session is not registered yet.
-    pending_logins: Arc<AtomicUsize>,
+    next_login: AtomicU64,
 }
 
-/// Marks a login as in progress until dropped (registered, or failed).
-pub struct PendingLogin(Arc<AtomicUsize>);
+/// Who holds a place in a tunnel: registered sessions, and logins accepted (101 sent) whose
+/// HTTP/2 session is not registered yet. One lock over both, so a login is counted and reserved
+/// in one step.
+#[derive(Default)]
+struct Members {
+    sessions: Vec<Arc<Session>>,
+    /// (login id, agent id) of each login in progress.
+    pending: Vec<(u64, String)>,
+}
+
+/// A login's place in its tunnel, held until dropped (the session registered, or the login
+/// failed).
+pub struct PendingLogin {
+    members: Arc<Mutex<Members>>,
+    id: u64,
+}
 
 impl Drop for PendingLogin {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        lock(&self.members).pending.retain(|(id, _)| *id != self.id);
     }
+}
+
+fn lock(members: &Mutex<Members>) -> std::sync::MutexGuard<'_, Members> {
+    // A panic while holding this lock cannot leave the lists inconsistent; keep serving.
+    members.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl TunnelState {
@@ -40,21 +58,21 @@ impl TunnelState {
         TunnelState {
             name,
             config,
-            sessions: Mutex::new(Vec::new()),
+            members: Arc::default(),
             next: AtomicUsize::new(0),
             connected: watch::Sender::new(0),
-            pending_logins: Arc::new(AtomicUsize::new(0)),
+            next_login: AtomicU64::new(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Session>>> {
-        // A panic while holding this lock cannot leave the Vec inconsistent; keep serving.
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Members> {
+        lock(&self.members)
     }
 
     /// Add a session, evicting any earlier one from the same agent instance.
     pub fn register(&self, session: Arc<Session>) {
-        let mut sessions = self.lock();
+        let mut members = self.lock();
+        let sessions = &mut members.sessions;
         sessions.retain(|old| {
             let stale = old.agent_id == session.agent_id;
             if stale {
@@ -69,15 +87,15 @@ impl TunnelState {
 
     /// Remove a session that ended.
     pub fn deregister(&self, id: u64) {
-        let mut sessions = self.lock();
-        sessions.retain(|s| s.id != id);
-        self.connected.send_replace(sessions.len());
+        let mut members = self.lock();
+        members.sessions.retain(|s| s.id != id);
+        self.connected.send_replace(members.sessions.len());
     }
 
     /// A session to carry the next stream, round-robin over the usable ones.
     pub fn pick(&self) -> Option<Arc<Session>> {
-        let sessions = self.lock();
-        let usable: Vec<&Arc<Session>> = sessions.iter().filter(|s| s.is_usable()).collect();
+        let members = self.lock();
+        let usable: Vec<&Arc<Session>> = members.sessions.iter().filter(|s| s.is_usable()).collect();
         if usable.is_empty() {
             return None;
         }
@@ -85,17 +103,30 @@ impl TunnelState {
         Some(usable[i].clone())
     }
 
-    /// Would one more session from `agent_id` exceed `max`? A reconnect of an agent already
-    /// registered replaces its old session, so it never counts twice.
-    pub fn is_full(&self, agent_id: &str, max: usize) -> bool {
-        let sessions = self.lock();
-        sessions.iter().filter(|s| s.agent_id != agent_id).count() >= max
-    }
-
-    /// Note an accepted login whose session is being set up.
-    pub fn login_started(&self) -> PendingLogin {
-        self.pending_logins.fetch_add(1, Ordering::AcqRel);
-        PendingLogin(self.pending_logins.clone())
+    /// Reserve a place for a login of `agent_id`, or `None` when the tunnel already has `max`
+    /// other agents, counting both registered sessions and logins in progress: checked and
+    /// reserved under one lock, so concurrent logins cannot all pass before any registers. An
+    /// agent logging in again replaces its old session, so it never counts against itself.
+    pub fn try_login(&self, agent_id: &str, max: usize) -> Option<PendingLogin> {
+        let mut members = self.lock();
+        let mut others: Vec<&str> = members
+            .sessions
+            .iter()
+            .map(|s| s.agent_id.as_str())
+            .chain(members.pending.iter().map(|(_, a)| a.as_str()))
+            .filter(|a| *a != agent_id)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        if others.len() >= max {
+            return None;
+        }
+        let id = self.next_login.fetch_add(1, Ordering::Relaxed);
+        members.pending.push((id, agent_id.to_string()));
+        Some(PendingLogin {
+            members: self.members.clone(),
+            id,
+        })
     }
 
     /// A session for the next stream; if none is registered but a login is being set up (the
@@ -104,7 +135,7 @@ impl TunnelState {
         if let Some(s) = self.pick() {
             return Some(s);
         }
-        if self.pending_logins.load(Ordering::Acquire) == 0 {
+        if self.lock().pending.is_empty() {
             return None;
         }
         let mut rx = self.connected.subscribe();
@@ -146,6 +177,7 @@ impl TunnelState {
                     tried.push(session.id);
                     let next = self
                         .lock()
+                        .sessions
                         .iter()
                         .find(|s| s.is_usable() && !tried.contains(&s.id))
                         .cloned();
@@ -163,12 +195,12 @@ impl TunnelState {
 
     /// Number of registered sessions.
     pub fn connected_count(&self) -> usize {
-        self.lock().len()
+        self.lock().sessions.len()
     }
 
     /// Close every session (shutdown).
     pub fn close_all(&self) {
-        for s in self.lock().iter() {
+        for s in self.lock().sessions.iter() {
             s.close();
         }
     }
@@ -299,5 +331,27 @@ mod tests {
             .unwrap();
         let (resp, _permit) = tunnel.send(dead, req, Duration::from_secs(5)).await.unwrap();
         assert_eq!(resp.status(), 200);
+    }
+
+    #[test]
+    fn pending_logins_count_against_the_cap() {
+        let cfg: crate::config::relay::RelayConfig = crate::config::parse_with_env(
+            "tunnels:\n  t:\n    token: 0123456789abcdef0123\n",
+            "relay.yaml",
+            &|_| None,
+        )
+        .unwrap();
+        let (name, tcfg) = cfg.tunnels.into_iter().next().unwrap();
+        let tunnel = TunnelState::new(name, tcfg);
+        // Two logins still being set up (101 sent, no session yet) fill a cap of 2.
+        let a = tunnel.try_login("agent-1", 2).expect("room for a first agent");
+        let b = tunnel.try_login("agent-2", 2).expect("room for a second agent");
+        assert!(tunnel.try_login("agent-3", 2).is_none(), "a third agent got in");
+        // An agent logging in again is not a new agent.
+        assert!(tunnel.try_login("agent-1", 2).is_some());
+        // A login that failed frees its place.
+        drop(b);
+        assert!(tunnel.try_login("agent-3", 2).is_some());
+        drop(a);
     }
 }

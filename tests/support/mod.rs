@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod h2raw;
 pub mod process;
 
 use std::convert::Infallible;
@@ -289,6 +290,38 @@ pub async fn echo_upstream() -> Upstream {
         resp.body(ponte::body::boxed(body)).expect("response")
     })
     .await
+}
+
+/// Open TLS (ALPN http/1.1) to the relay from `from`, write `raw`, and return everything read
+/// until the server closes or `limit` elapses.
+pub async fn raw_exchange_at(
+    addr: SocketAddr,
+    from: std::net::IpAddr,
+    certs: &Certs,
+    raw: &[u8],
+    limit: Duration,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = h2raw::tcp_from(from, addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(certs.client_tls(&[b"http/1.1"])));
+    let mut s = tls
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("tls");
+    s.write_all(raw).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`raw_exchange_at`] from 127.0.0.1 to an in-process relay.
+pub async fn raw_exchange(relay: &RelayHandle, certs: &Certs, raw: &[u8], limit: Duration) -> String {
+    raw_exchange_at(relay.addr, [127, 0, 0, 1].into(), certs, raw, limit).await
+}
+
+/// The first line of a raw HTTP/1.1 reply.
+pub fn status_line(reply: &str) -> &str {
+    reply.lines().next().unwrap_or("")
 }
 
 /// A plain response helper.

@@ -113,9 +113,34 @@ impl Process {
         .await
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Everything it logged so far.
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
+    }
+
+    /// How many JSON log lines so far have `message` as their message.
+    pub fn count(&self, message: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["message"] == message))
+            .count()
+    }
+
+    /// Wait (bounded) until at least `n` log lines have `message`.
+    pub async fn wait_count(&self, message: &str, n: usize) {
+        super::within(&format!("{n} log lines `{message}`"), async {
+            while self.count(message) < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
     }
 
     /// SIGKILL this child (by its PID) and reap it.
