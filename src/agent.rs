@@ -1,11 +1,12 @@
 //! The private side: dial the relay, become the HTTP/2 server on that connection, and serve each
 //! stream from a local upstream. A [`supervisor`] owns the reconnect loop; [`dial`] makes one
-//! connection (proxy, TLS, upgrade); [`session`] serves it; [`ingress`] picks the origin for each
+//! connection (proxy, TLS, upgrade); [`session`] serves it; [`ingress`] picks the [`origin`] for each
 //! request; [`upstream`] is the HTTP origin.
 
 mod backoff;
 pub mod dial;
 mod ingress;
+pub mod origin;
 pub mod proxy_env;
 mod session;
 mod status;
