@@ -14,25 +14,7 @@ use crate::agent::{self, AgentStatus, proxy_env::ProxySettings};
 use crate::config::agent::{AgentConfig, AgentOverrides, IngressRule, UpstreamUrl};
 use crate::config::relay::RelayConfig;
 use crate::config::{ConfigError, Secret};
-
-/// Exit code for a configuration mistake (fix the file, do not restart in a loop).
-pub const EXIT_CONFIG: u8 = 2;
-/// Exit code for `check` when the relay refused.
-pub const EXIT_REFUSED: u8 = 3;
-
-/// A failure worth its own exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    /// Bad configuration.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The relay refused (`check`).
-    #[error("{0}")]
-    Refused(String),
-    /// Anything else.
-    #[error("{0:#}")]
-    Other(#[from] anyhow::Error),
-}
+pub use crate::exit::{CommandError, EXIT_CONFIG, EXIT_REFUSED};
 
 /// Print the error (if any) as one line and map it to an exit code.
 pub fn exit(result: Result<(), CommandError>) -> ExitCode {
@@ -40,11 +22,7 @@ pub fn exit(result: Result<(), CommandError>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ponte: {e}");
-            ExitCode::from(match e {
-                CommandError::Config(_) => EXIT_CONFIG,
-                CommandError::Refused(_) => EXIT_REFUSED,
-                CommandError::Other(_) => 1,
-            })
+            ExitCode::from(e.exit_code())
         }
     }
 }

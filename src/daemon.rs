@@ -1,7 +1,7 @@
 //! Running as a system service: systemd notifications on Linux, the Service Control Manager on
 //! Windows, and `ponte service install|uninstall|status` on both.
 //!
-//! The commands in [`crate::commands`] call three hooks and stay free of OS details:
+//! The command glue (`commands.rs`) calls three hooks and stay free of OS details:
 //! [`run`] wraps a long-running command (on Windows it becomes the service body when the SCM
 //! started the process, detected by asking the service dispatcher, never by reading the command
 //! line); [`watch_agent`] / [`relay_listening`] report readiness, status and liveness, and link
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::AgentStatus;
-use crate::commands::CommandError;
+use crate::exit::CommandError;
 
 pub use heartbeat::Heartbeat;
 pub use install::{Role, ServiceAction, ServiceSpec};

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::commands::CommandError;
 use crate::config::ConfigError;
+use crate::exit::CommandError;
 
 /// The example agent configuration shipped in the packages.
 pub const AGENT_EXAMPLE: &str = include_str!("../../packaging/examples/agent.yaml");
