@@ -5,6 +5,7 @@
 
 mod backoff;
 pub mod dial;
+pub mod heartbeat;
 mod ingress;
 pub mod origin;
 pub mod proxy_env;
@@ -22,20 +23,23 @@ use crate::config::agent::AgentConfig;
 
 pub use backoff::Backoff;
 pub use dial::{DialError, Handshake};
+pub use heartbeat::Heartbeat;
 pub use ingress::Ingress;
 pub use status::AgentStatus;
 
 /// Run the agent until `shutdown` is cancelled, reconnecting forever. Connection state is
-/// published on `status` (systemd `STATUS=`, readiness, tests).
+/// published on `status` (systemd `STATUS=`, readiness, tests); `heartbeat`, when given, beats
+/// while the reconnect loop runs (the systemd watchdog).
 pub async fn run(
     config: AgentConfig,
     shutdown: CancellationToken,
     status: watch::Sender<AgentStatus>,
+    heartbeat: Option<Heartbeat>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let ingress = Arc::new(Ingress::new(&config)?);
     let connector = dial::Connector::new(&config)?;
-    supervisor::Supervisor::new(config, connector, ingress, status, shutdown)
+    supervisor::Supervisor::new(config, connector, ingress, status, shutdown, heartbeat)
         .run()
         .await;
     Ok(())

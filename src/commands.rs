@@ -138,7 +138,7 @@ fn run_agent(cfg: AgentConfig) -> Result<(), CommandError> {
         let (status, rx) = watch::channel(AgentStatus::Starting);
         // Readiness, STATUS= and the watchdog for systemd; Stop for the Windows SCM.
         let heartbeat = crate::daemon::watch_agent(rx, &shutdown);
-        heartbeat.scope(agent::run(cfg, shutdown, status)).await?;
+        agent::run(cfg, shutdown, status, Some(heartbeat)).await?;
         Ok(())
     })
 }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::dial::Connector;
+use super::heartbeat::Heartbeat;
 use super::ingress::Ingress;
 use super::session::{self, SessionEnd};
 use super::status::AgentStatus;
@@ -26,6 +27,7 @@ pub struct Supervisor {
     ingress: Arc<Ingress>,
     status: watch::Sender<AgentStatus>,
     shutdown: CancellationToken,
+    heartbeat: Option<Heartbeat>,
     agent_id: String,
 }
 
@@ -37,6 +39,7 @@ impl Supervisor {
         ingress: Arc<Ingress>,
         status: watch::Sender<AgentStatus>,
         shutdown: CancellationToken,
+        heartbeat: Option<Heartbeat>,
     ) -> Self {
         Supervisor {
             config,
@@ -44,14 +47,18 @@ impl Supervisor {
             ingress,
             status,
             shutdown,
+            heartbeat,
             agent_id: uuid::Uuid::new_v4().to_string(),
         }
     }
 
     /// Run until shutdown.
-    pub async fn run(self) {
-        // Beats for the systemd watchdog while this loop runs (see daemon::heartbeat).
-        crate::daemon::heartbeat::beat_while(self.run_loop()).await
+    pub async fn run(mut self) {
+        // Beats for the systemd watchdog while this loop runs (see heartbeat.rs).
+        match self.heartbeat.take() {
+            Some(heartbeat) => heartbeat.beat_while(self.run_loop()).await,
+            None => self.run_loop().await,
+        }
     }
 
     async fn run_loop(self) {
