@@ -157,7 +157,7 @@ enum DeliveriesCommand {
         tunnel: Option<String>,
         /// Only this state.
         #[arg(long, value_enum)]
-        status: Option<ponte::store::Status>,
+        status: Option<StatusArg>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -186,7 +186,7 @@ enum DeliveriesCommand {
     Purge {
         /// Which state to delete.
         #[arg(long, value_enum)]
-        status: ponte::store::Status,
+        status: StatusArg,
         /// Only this tunnel.
         #[arg(long)]
         tunnel: Option<String>,
@@ -194,6 +194,25 @@ enum DeliveriesCommand {
         #[arg(long)]
         older_than: Option<String>,
     },
+}
+
+/// A delivery state as typed on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusArg {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl From<StatusArg> for ponte::protocol::admin::Status {
+    fn from(s: StatusArg) -> Self {
+        use ponte::protocol::admin::Status;
+        match s {
+            StatusArg::Pending => Status::Pending,
+            StatusArg::Delivered => Status::Delivered,
+            StatusArg::Failed => Status::Failed,
+        }
+    }
 }
 
 fn deliveries(flags: DeliveriesFlags) -> Result<(), commands::CommandError> {
@@ -206,7 +225,7 @@ fn deliveries(flags: DeliveriesFlags) -> Result<(), commands::CommandError> {
             before,
         } => Action::List {
             tunnel,
-            status,
+            status: status.map(Into::into),
             limit,
             before,
         },
@@ -222,7 +241,7 @@ fn deliveries(flags: DeliveriesFlags) -> Result<(), commands::CommandError> {
             tunnel,
             older_than,
         } => Action::Purge {
-            status,
+            status: status.into(),
             tunnel,
             older_than,
         },
