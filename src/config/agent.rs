@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use super::keepalive::Keepalive;
 use super::{ConfigError, EnvString, Secret, duration, parse_scalar};
-use crate::protocol::tunnel::{DEFAULT_MAX_STREAMS, Keepalive};
+use crate::protocol::tunnel::DEFAULT_MAX_STREAMS;
 
 /// The agent's configuration after file and flags are merged.
 #[derive(Debug, Clone, Deserialize)]
