@@ -8,7 +8,7 @@ pub mod dial;
 pub mod heartbeat;
 mod ingress;
 pub mod origin;
-pub mod proxy_env;
+pub mod proxy;
 mod session;
 mod status;
 mod supervisor;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::agent::AgentConfig;
 
 pub use backoff::Backoff;
-pub use dial::{DialError, Handshake};
+pub use dial::{DialError, Handshake, TlsFailure};
 pub use heartbeat::Heartbeat;
 pub use ingress::Ingress;
 pub use status::AgentStatus;
@@ -47,7 +47,7 @@ pub async fn run(
 
 /// `ponte check`: connect once, authenticate, and report what the relay said.
 pub async fn check(config: &AgentConfig) -> Result<Handshake, DialError> {
-    let connector = dial::Connector::new(config).map_err(|e| DialError::Setup(e.to_string()))?;
+    let connector = dial::Connector::new(config).map_err(DialError::Setup)?;
     let (handshake, _conn) = connector.connect(&uuid::Uuid::new_v4().to_string()).await?;
     Ok(handshake)
 }

@@ -10,8 +10,9 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, AgentStatus, proxy_env::ProxySettings};
+use crate::agent::{self, AgentStatus};
 use crate::config::agent::{AgentConfig, AgentOverrides, IngressRule, UpstreamUrl};
+use crate::config::proxy::ProxyEnv;
 use crate::config::relay::RelayConfig;
 use crate::config::{ConfigError, Secret};
 pub use crate::exit::{CommandError, EXIT_CONFIG, EXIT_REFUSED};
@@ -106,21 +107,18 @@ pub struct AgentArgs {
     pub ca_file: Option<PathBuf>,
 }
 
-fn env_proxy(relay_tls: bool) -> Result<Option<ProxySettings>, ConfigError> {
-    ProxySettings::from_env(|n| std::env::var(n).ok(), relay_tls)
-        .map_err(|m| ConfigError::invalid("environment", m))
+fn proxy_env() -> ProxyEnv {
+    ProxyEnv::from_lookup(|n| std::env::var(n).ok())
 }
 
 /// Load the file (if any) and apply flags and environment.
 pub fn agent_config(args: AgentArgs) -> Result<AgentConfig, ConfigError> {
-    // The proxy variable to read depends on the relay's scheme, known only after parsing; the
-    // HTTPS one applies to every TLS relay, which is all relays outside loopback.
     let flags = AgentOverrides {
         relay: args.relay,
         token: args.token.map(Secret::new),
         upstream: args.upstream,
         ca_file: args.ca_file,
-        env_proxy: env_proxy(true)?,
+        proxy_env: proxy_env(),
     };
     AgentConfig::load(args.config.as_deref(), flags)
 }
@@ -202,7 +200,7 @@ pub fn client_config(args: ClientArgs) -> Result<AgentConfig, ConfigError> {
             token: Some(Secret::new(token)),
             upstream: Some("http://localhost:8000".into()),
             ca_file: args.ca_file,
-            env_proxy: env_proxy(true)?,
+            proxy_env: proxy_env(),
         },
         "command line",
     )?;

@@ -337,11 +337,12 @@ async fn agent_reaches_the_relay_through_an_http_connect_proxy() {
     let proxy = ConnectProxy::start().await;
     // `localhost` so the relay certificate name matches; the proxy resolves it.
     let relay_url = format!("https://localhost:{}", relay.addr.port());
+    // Credentials percent-encoded as in a URL: `%2B` and `+` are both a plus (not a space).
     let mut agent = start_agent(&agent_yaml(
         &relay_url,
         Some(&certs),
         &format!(
-            "proxy_url: http://{}\ningress:\n  - upstream: {}\n",
+            "proxy_url: http://clinic:p%2Bss+word@{}\ningress:\n  - upstream: {}\n",
             proxy.addr,
             up.url()
         ),
@@ -350,6 +351,11 @@ async fn agent_reaches_the_relay_through_an_http_connect_proxy() {
     assert_eq!(
         proxy.targets.lock().unwrap().as_slice(),
         [format!("localhost:{}", relay.addr.port())]
+    );
+    // base64("clinic:p+ss+word")
+    assert_eq!(
+        proxy.authorizations.lock().unwrap().as_slice(),
+        ["Basic Y2xpbmljOnArc3Mrd29yZA=="]
     );
     let r = send(
         &client(Some(&certs), false),

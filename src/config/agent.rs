@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::keepalive::Keepalive;
+use super::proxy::{ProxyEnv, ProxySettings};
 use super::{ConfigError, EnvString, Secret, duration, parse_scalar};
 use crate::protocol::tunnel::DEFAULT_MAX_STREAMS;
 
@@ -50,7 +51,7 @@ pub struct AgentConfig {
     pub proxy_url: Option<EnvString>,
     /// The proxy in effect after merging file and environment.
     #[serde(skip)]
-    pub proxy: Option<crate::agent::proxy_env::ProxySettings>,
+    pub proxy: Option<ProxySettings>,
 }
 
 /// Default upstream connect timeout.
@@ -297,8 +298,8 @@ pub struct AgentOverrides {
     pub upstream: Option<String>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
-    /// The proxy from `HTTPS_PROXY`/`NO_PROXY` (used unless the file sets `proxy_url`).
-    pub env_proxy: Option<crate::agent::proxy_env::ProxySettings>,
+    /// The proxy variables of the environment (used unless the file sets `proxy_url`).
+    pub proxy_env: ProxyEnv,
 }
 
 impl AgentConfig {
@@ -329,12 +330,15 @@ impl AgentConfig {
         if let Some(c) = flags.ca_file {
             self.ca_file = Some(c);
         }
-        self.proxy = match &self.proxy_url {
-            Some(url) => Some(
-                crate::agent::proxy_env::ProxySettings::parse(url.as_str(), Vec::new())
+        self.proxy = match (&self.proxy_url, &self.relay) {
+            (Some(url), _) => Some(
+                ProxySettings::from_url(url.as_str())
                     .map_err(|m| ConfigError::invalid(origin, format!("proxy_url: {m}")))?,
             ),
-            None => flags.env_proxy,
+            // The relay's scheme picks the variable (HTTPS_PROXY for https://).
+            (None, Some(relay)) => ProxySettings::from_env(&flags.proxy_env, relay.tls)
+                .map_err(|m| ConfigError::invalid("environment", m))?,
+            (None, None) => None,
         };
         if self.relay.is_none() {
             return Err(ConfigError::invalid(
@@ -437,7 +441,7 @@ mod tests {
                     token: Some(Secret::new("t")),
                     upstream: Some("http://localhost:8000".into()),
                     ca_file: None,
-                    env_proxy: None,
+                    proxy_env: Default::default(),
                 },
                 "command line",
             )
