@@ -92,6 +92,20 @@ impl TunnelState {
         sessions.iter().filter(|s| s.agent_id != agent_id).count() >= max
     }
 
+    /// How many other agents (distinct instance ids) serve this tunnel now, not counting
+    /// `agent_id` (whose earlier session a reconnect replaces).
+    pub fn other_agents(&self, agent_id: &str) -> usize {
+        let sessions = self.lock();
+        let mut ids: Vec<&str> = sessions
+            .iter()
+            .map(|s| s.agent_id.as_str())
+            .filter(|id| *id != agent_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
     /// Note an accepted login whose session is being set up.
     pub fn login_started(&self) -> PendingLogin {
         self.pending_logins.fetch_add(1, Ordering::AcqRel);
