@@ -39,7 +39,8 @@ enum Command {
     Agent(AgentFlags),
     /// The inlets 3 command line (`client --url wss://… --upstream=… --token=…`), run as `agent`.
     Client(ClientFlags),
-    /// Test the credentials: connect, authenticate, print what the relay said.
+    /// Test the credentials: connect, authenticate, print what the relay said (exit 0 ok, 2 bad
+    /// configuration, 3 token refused, 4 relay unreachable or untrusted, 5 an upstream is down).
     Check(AgentFlags),
     /// Inspect and operate a relay's durable queue: list, show, replay, purge deliveries.
     Deliveries(DeliveriesFlags),
@@ -100,9 +101,12 @@ struct AgentFlags {
     /// Relay URL, e.g. https://relay.example.com.
     #[arg(long)]
     relay: Option<String>,
-    /// The tunnel's token.
+    /// The tunnel's token (visible in `ps`: prefer --token-from or PONTE_TOKEN).
     #[arg(long, env = "PONTE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the token from the first line of this file (wins over --token and PONTE_TOKEN).
+    #[arg(long)]
+    token_from: Option<PathBuf>,
     /// Local upstream for every request, e.g. http://localhost:8000 (replaces `ingress:`).
     #[arg(long)]
     upstream: Option<String>,
@@ -261,6 +265,7 @@ impl From<AgentFlags> for AgentArgs {
             config: f.config,
             relay: f.relay,
             token: f.token,
+            token_from: f.token_from,
             upstream: f.upstream,
             ca_file: f.ca_file,
         }

@@ -21,8 +21,8 @@ use crate::config::Secret;
 use crate::config::agent::{AgentConfig, RelayUrl};
 use crate::config::proxy::ProxyRoute;
 use crate::protocol::{
-    CONNECT_PATH, MAX_REASON_BYTES, PONTE_AGENT_ID, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_VERSION,
-    UPGRADE_TOKEN,
+    CONNECT_PATH, MAX_REASON_BYTES, PONTE_AGENT_ID, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS,
+    PONTE_VERSION, UPGRADE_TOKEN,
 };
 
 /// Time allowed for one whole dial (TCP, proxy, TLS, handshake).
@@ -35,6 +35,8 @@ pub struct Handshake {
     pub tunnel: String,
     /// Where the public reaches it.
     pub public_url: String,
+    /// Agents serving the tunnel now, this one included (requests are split between them).
+    pub agents: usize,
 }
 
 /// Why a dial failed. The supervisor's one question: is it worth retrying soon?
@@ -89,9 +91,19 @@ pub enum DialError {
 }
 
 impl DialError {
-    /// A refusal from the relay that will not change by retrying quickly.
+    /// A refusal from the relay (the token, the agent limit): retrying quickly will not change it.
     pub fn is_rejection(&self) -> bool {
         matches!(self, DialError::Rejected { .. })
+    }
+
+    /// Nothing a quick retry can change: the relay refused the login, or its certificate is not
+    /// trusted (someone must change the configuration or the certificate). Retried slowly.
+    pub fn needs_a_person(&self) -> bool {
+        match self {
+            DialError::Rejected { .. } => true,
+            DialError::Tls(tls) => tls.certificate_error().is_some(),
+            _ => false,
+        }
     }
 }
 
@@ -140,7 +152,7 @@ impl TlsFailure {
         let text = self.source.to_string();
         match self.certificate_error() {
             Some(CertificateError::UnknownIssuer) => format!(
-                "{text}: the relay's certificate is not signed by a trusted CA; if it uses a private CA, {}",
+                "{text}: the relay's certificate is not signed by a trusted CA{}",
                 self.advice
             ),
             Some(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
@@ -193,7 +205,7 @@ impl Connector {
             token,
             tls,
             proxy,
-            advice: "set ca_file".into(),
+            advice: config.trust_advice(),
         })
     }
 
@@ -302,6 +314,7 @@ impl Connector {
         let handshake = Handshake {
             tunnel: header(&PONTE_TUNNEL),
             public_url: header(&PONTE_PUBLIC_URL),
+            agents: header(&PONTE_TUNNEL_AGENTS).parse().unwrap_or(1).max(1),
         };
         let upgraded = hyper::upgrade::on(resp).await.map_err(hs_err)?;
         Ok((handshake, upgraded))

@@ -123,6 +123,24 @@ impl Ingress {
             })
             .collect()
     }
+
+    /// One line per rule, public address → origin, for the banner printed once connected (as
+    /// ngrok's "Forwarding" line): `https://relay/t/demo/hooks/ → http://localhost:9000`.
+    pub fn forwarding(&self, public_url: &str) -> Vec<String> {
+        let base = public_url.trim_end_matches('/');
+        self.rules
+            .iter()
+            .map(|r| {
+                let path = r.path.as_deref().unwrap_or("/");
+                let public = match &r.host {
+                    None => format!("{base}{path}"),
+                    Some(HostMatch::Exact(h)) => format!("requests for {h}{path}"),
+                    Some(HostMatch::Suffix(s)) => format!("requests for *{s}{path}"),
+                };
+                format!("{public} → {}", r.origin.describe())
+            })
+            .collect()
+    }
 }
 
 fn host_only(authority: &str) -> String {
@@ -164,5 +182,14 @@ mod tests {
         assert_eq!(pick("other", "/").as_deref(), Some("http://127.0.0.1:8000"));
         let strict = ingress("ingress:\n  - {path: /only/, upstream: 'http://127.0.0.1:9000'}\n");
         assert!(strict.route("x", "/else").is_none());
+        assert_eq!(
+            i.forwarding("https://relay.test/t/demo/"),
+            [
+                "https://relay.test/t/demo/hooks/ → http://127.0.0.1:9000",
+                "requests for api.example.com/ → http://127.0.0.1:9001",
+                "requests for *.dev.example.com/ → http://127.0.0.1:9002",
+                "https://relay.test/t/demo/ → http://127.0.0.1:8000",
+            ]
+        );
     }
 }

@@ -16,8 +16,8 @@ use super::session::{self, SessionEnd};
 use super::status::AgentStatus;
 use crate::config::agent::AgentConfig;
 
-/// Wait after the relay refused our token: it will not change in seconds, and hammering the relay
-/// with a bad token only trips its login throttle.
+/// Wait after the relay refused our token, or its certificate was not trusted: neither changes in
+/// seconds, and hammering the relay with a bad token only trips its login throttle.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
 /// Owner of the reconnect loop.
@@ -68,6 +68,9 @@ impl Supervisor {
         }
         let mut backoff = Backoff::new(&self.config.reconnect);
         let mut last_rejection: Option<String> = None;
+        // What the user was last told, so reconnects do not repeat it.
+        let mut announced_url: Option<String> = None;
+        let mut announced_agents = 1;
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
             let dialed = tokio::select! {
@@ -77,7 +80,21 @@ impl Supervisor {
             let (error, min_wait) = match dialed {
                 Ok((handshake, conn)) => {
                     last_rejection = None;
-                    tracing::info!(%relay, tunnel = %handshake.tunnel, public_url = %handshake.public_url, "tunnel connected");
+                    tracing::info!(%relay, tunnel = %handshake.tunnel, public_url = %handshake.public_url, agents = handshake.agents, "tunnel connected");
+                    if announced_url.as_deref() != Some(handshake.public_url.as_str()) {
+                        for line in self.ingress.forwarding(&handshake.public_url) {
+                            tracing::info!("Forwarding {line}");
+                        }
+                        announced_url = Some(handshake.public_url.clone());
+                    }
+                    if handshake.agents != announced_agents && handshake.agents > 1 {
+                        tracing::warn!(
+                            tunnel = %handshake.tunnel,
+                            "{} agents share this tunnel: requests are split between them (if they serve different upstreams, give each its own tunnel and token)",
+                            handshake.agents
+                        );
+                    }
+                    announced_agents = handshake.agents;
                     self.status.send_replace(AgentStatus::Connected {
                         relay: relay.clone(),
                         tunnel: handshake.tunnel,
@@ -94,7 +111,7 @@ impl Supervisor {
                         }
                     }
                 }
-                Err(e) if e.is_rejection() => {
+                Err(e) if e.needs_a_person() => {
                     let text = e.to_string();
                     if last_rejection.as_deref() != Some(&text) {
                         tracing::error!(%relay, "{text}");
