@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod relay;
 pub mod store;
 pub mod tunnel;
+mod urls;
 mod values;
 
 use std::cell::RefCell;
