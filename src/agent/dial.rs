@@ -320,3 +320,57 @@ impl Connector {
         Ok((handshake, upgraded))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn failure(source: io::Error) -> DialError {
+        DialError::Tls(TlsFailure {
+            relay: "https://relay.test:443".into(),
+            source,
+            advice: "; ADVICE".into(),
+        })
+    }
+
+    /// Classified by the rustls error inside the io::Error (nested or not), never by its text.
+    #[test]
+    fn tls_failures_are_classified_by_the_rustls_error() {
+        let cert = |e: CertificateError| rustls::Error::InvalidCertificate(e);
+        let unknown = failure(io::Error::new(
+            io::ErrorKind::InvalidData,
+            cert(CertificateError::UnknownIssuer),
+        ));
+        assert!(unknown.needs_a_person());
+        assert!(
+            unknown
+                .to_string()
+                .ends_with("not signed by a trusted CA; ADVICE"),
+            "{unknown}"
+        );
+        let nested = failure(io::Error::other(io::Error::new(
+            io::ErrorKind::InvalidData,
+            cert(CertificateError::NotValidForName),
+        )));
+        assert!(nested.needs_a_person());
+        assert!(
+            nested
+                .to_string()
+                .contains("does not match the relay's host name"),
+            "{nested}"
+        );
+        // A reset mid-handshake whose text merely mentions UnknownIssuer is not a trust failure.
+        let reset = failure(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "peer reset (UnknownIssuer)",
+        ));
+        assert!(!reset.needs_a_person());
+        let alert = failure(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+        ));
+        assert!(!alert.needs_a_person());
+    }
+}
