@@ -284,7 +284,7 @@ async fn start_agent(
         .merge(Default::default(), "bench agent")
         .expect("agent config");
     let (tx, mut rx) = watch::channel(AgentStatus::Starting);
-    tokio::spawn(ponte::agent::run(cfg, stop, tx));
+    tokio::spawn(ponte::agent::run(cfg, stop, tx, None));
     tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|s| s.is_connected()))
         .await
         .expect("agent connects in time")

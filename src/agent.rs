@@ -1,12 +1,14 @@
 //! The private side: dial the relay, become the HTTP/2 server on that connection, and serve each
 //! stream from a local upstream. A [`supervisor`] owns the reconnect loop; [`dial`] makes one
-//! connection (proxy, TLS, upgrade); [`session`] serves it; [`ingress`] picks the origin for each
+//! connection (proxy, TLS, upgrade); [`session`] serves it; [`ingress`] picks the [`origin`] for each
 //! request; [`upstream`] is the HTTP origin.
 
 mod backoff;
 pub mod dial;
+pub mod heartbeat;
 mod ingress;
-pub mod proxy_env;
+pub mod origin;
+pub mod proxy;
 mod session;
 mod status;
 mod supervisor;
@@ -20,21 +22,24 @@ use tokio_util::sync::CancellationToken;
 use crate::config::agent::AgentConfig;
 
 pub use backoff::Backoff;
-pub use dial::{DialError, Handshake};
+pub use dial::{DialError, Handshake, TlsFailure};
+pub use heartbeat::Heartbeat;
 pub use ingress::Ingress;
 pub use status::AgentStatus;
 
 /// Run the agent until `shutdown` is cancelled, reconnecting forever. Connection state is
-/// published on `status` (systemd `STATUS=`, readiness, tests).
+/// published on `status` (systemd `STATUS=`, readiness, tests); `heartbeat`, when given, beats
+/// while the reconnect loop runs (the systemd watchdog).
 pub async fn run(
     config: AgentConfig,
     shutdown: CancellationToken,
     status: watch::Sender<AgentStatus>,
+    heartbeat: Option<Heartbeat>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let ingress = Arc::new(Ingress::new(&config)?);
     let connector = dial::Connector::new(&config)?;
-    supervisor::Supervisor::new(config, connector, ingress, status, shutdown)
+    supervisor::Supervisor::new(config, connector, ingress, status, shutdown, heartbeat)
         .run()
         .await;
     Ok(())
@@ -42,7 +47,7 @@ pub async fn run(
 
 /// `ponte check`: connect once, authenticate, and report what the relay said.
 pub async fn check(config: &AgentConfig) -> Result<Handshake, DialError> {
-    let connector = dial::Connector::new(config).map_err(|e| DialError::Setup(e.to_string()))?;
+    let connector = dial::Connector::new(config).map_err(DialError::Setup)?;
     let (handshake, _conn) = connector.connect(&uuid::Uuid::new_v4().to_string()).await?;
     Ok(handshake)
 }

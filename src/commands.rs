@@ -10,29 +10,14 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, AgentStatus, proxy_env::ProxySettings};
-use crate::config::agent::{AgentConfig, AgentOverrides, IngressRule, UpstreamUrl};
+use crate::agent::{self, AgentStatus, DialError};
+use crate::config::agent::{
+    AgentConfig, AgentOverrides, COMMAND_LINE, Given, IngressRule, Purpose, UpstreamUrl, token_from_file,
+};
+use crate::config::proxy::ProxyEnv;
 use crate::config::relay::RelayConfig;
 use crate::config::{ConfigError, Secret};
-
-/// Exit code for a configuration mistake (fix the file, do not restart in a loop).
-pub const EXIT_CONFIG: u8 = 2;
-/// Exit code for `check` when the relay refused.
-pub const EXIT_REFUSED: u8 = 3;
-
-/// A failure worth its own exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    /// Bad configuration.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The relay refused (`check`).
-    #[error("{0}")]
-    Refused(String),
-    /// Anything else.
-    #[error("{0:#}")]
-    Other(#[from] anyhow::Error),
-}
+pub use crate::exit::CommandError;
 
 /// Print the error (if any) as one line and map it to an exit code.
 pub fn exit(result: Result<(), CommandError>) -> ExitCode {
@@ -40,11 +25,7 @@ pub fn exit(result: Result<(), CommandError>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ponte: {e}");
-            ExitCode::from(match e {
-                CommandError::Config(_) => EXIT_CONFIG,
-                CommandError::Refused(_) => EXIT_REFUSED,
-                CommandError::Other(_) => 1,
-            })
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -122,35 +103,44 @@ pub struct AgentArgs {
     pub relay: Option<String>,
     /// `--token` / `PONTE_TOKEN`.
     pub token: Option<String>,
+    /// `--token-from`: wins over `--token` and `PONTE_TOKEN`.
+    pub token_from: Option<PathBuf>,
     /// `--upstream`.
     pub upstream: Option<String>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
 }
 
-fn env_proxy(relay_tls: bool) -> Result<Option<ProxySettings>, ConfigError> {
-    ProxySettings::from_env(|n| std::env::var(n).ok(), relay_tls)
-        .map_err(|m| ConfigError::invalid("environment", m))
+fn proxy_env() -> ProxyEnv {
+    ProxyEnv::from_lookup(|n| std::env::var(n).ok())
 }
 
-/// Load the file (if any) and apply flags and environment.
-pub fn agent_config(args: AgentArgs) -> Result<AgentConfig, ConfigError> {
-    // The proxy variable to read depends on the relay's scheme, known only after parsing; the
-    // HTTPS one applies to every TLS relay, which is all relays outside loopback.
+/// `--token-from FILE`, else `--token` / `PONTE_TOKEN`.
+fn token(token: Option<String>, token_from: Option<&Path>) -> Result<Option<Secret>, ConfigError> {
+    match token_from {
+        Some(path) => Ok(Some(token_from_file(path)?)),
+        None => Ok(token.map(Secret::new)),
+    }
+}
+
+/// Load the file (if any) and apply flags and environment, checking what `purpose` needs.
+pub fn agent_config(args: AgentArgs, purpose: Purpose) -> Result<AgentConfig, ConfigError> {
     let flags = AgentOverrides {
         relay: args.relay,
-        token: args.token.map(Secret::new),
+        token: token(args.token, args.token_from.as_deref())?,
         upstream: args.upstream,
         ca_file: args.ca_file,
-        env_proxy: env_proxy(true)?,
+        proxy_env: proxy_env(),
     };
-    AgentConfig::load(args.config.as_deref(), flags)
+    AgentConfig::load_for(args.config.as_deref(), flags, purpose)
 }
 
 /// `ponte agent` (as a Windows service when the SCM started it).
 pub fn agent(args: AgentArgs) -> Result<(), CommandError> {
     let role = crate::daemon::Role::Agent { name: None };
-    crate::daemon::run(role, args.config.clone(), move || run_agent(agent_config(args)?))
+    crate::daemon::run(role, args.config.clone(), move || {
+        run_agent(agent_config(args, Purpose::Serve)?)
+    })
 }
 
 fn run_agent(cfg: AgentConfig) -> Result<(), CommandError> {
@@ -160,7 +150,7 @@ fn run_agent(cfg: AgentConfig) -> Result<(), CommandError> {
         let (status, rx) = watch::channel(AgentStatus::Starting);
         // Readiness, STATUS= and the watchdog for systemd; Stop for the Windows SCM.
         let heartbeat = crate::daemon::watch_agent(rx, &shutdown);
-        heartbeat.scope(agent::run(cfg, shutdown, status)).await?;
+        agent::run(cfg, shutdown, status, Some(heartbeat)).await?;
         Ok(())
     })
 }
@@ -204,34 +194,22 @@ pub fn inlets_upstreams(spec: &str) -> Result<Vec<IngressRule>, ConfigError> {
 
 /// Build the agent configuration of `ponte client`.
 pub fn client_config(args: ClientArgs) -> Result<AgentConfig, ConfigError> {
-    let token = match (args.token, &args.token_from) {
-        (_, Some(path)) => std::fs::read_to_string(path)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| {
-                ConfigError::invalid("command line", format!("--token-from {}: {e}", path.display()))
-            })?,
-        (Some(t), None) => t,
-        (None, None) => {
-            return Err(ConfigError::invalid(
-                "command line",
-                "no token: pass --token=KEY, --token-from FILE or set PONTE_TOKEN",
-            ));
-        }
-    };
-    let mut cfg = AgentConfig::empty().merge(
+    let mut cfg = AgentConfig::empty().merge_for(
         AgentOverrides {
             relay: Some(args.url),
-            token: Some(Secret::new(token)),
+            token: token(args.token, args.token_from.as_deref())?,
+            // Replaced below by the rules `--upstream` describes.
             upstream: Some("http://localhost:8000".into()),
             ca_file: args.ca_file,
-            env_proxy: env_proxy(true)?,
+            proxy_env: proxy_env(),
         },
-        "command line",
+        Given::Client,
+        Purpose::Serve,
     )?;
     cfg.ingress = inlets_upstreams(&args.upstream)?;
     if cfg.ingress.is_empty() {
         return Err(ConfigError::invalid(
-            "command line",
+            COMMAND_LINE,
             "--upstream is empty; pass e.g. --upstream=http://localhost:8000",
         ));
     }
@@ -244,33 +222,54 @@ pub fn client(args: ClientArgs) -> Result<(), CommandError> {
     crate::daemon::run(role, None, move || run_agent(client_config(args)?))
 }
 
-/// `ponte check`.
+/// Longest wait for one upstream to accept a TCP connection in `check`.
+const UPSTREAM_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `ponte check`: log in once and say what the relay answered; then, if upstreams are
+/// configured, whether each accepts a connection. Exit codes: see [`crate::exit`].
 pub fn check(args: AgentArgs) -> Result<(), CommandError> {
-    let cfg = agent_config(args)?;
+    let cfg = agent_config(args, Purpose::Check)?;
     runtime()?.block_on(async move {
         let relay = cfg.relay.as_ref().map(|r| r.display()).unwrap_or_default();
-        match agent::check(&cfg).await {
-            Ok(h) => {
-                println!("ok: {relay} accepted the token");
-                println!("tunnel: {}", h.tunnel);
-                println!("public URL: {}", h.public_url);
-                for rule in &cfg.ingress {
-                    let reachable = tokio::time::timeout(
-                        std::time::Duration::from_secs(3),
-                        tokio::net::TcpStream::connect(rule.upstream.authority.as_str()),
-                    )
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                    let state = if reachable {
-                        "reachable"
-                    } else {
-                        "NOT reachable (is your application running?)"
-                    };
-                    println!("upstream {}: {state}", rule.upstream);
-                }
-                Ok(())
+        let h = agent::check(&cfg).await.map_err(|e| match e {
+            DialError::Rejected { .. } => CommandError::Refused(e.into()),
+            DialError::Setup(e) => {
+                CommandError::Config(ConfigError::invalid(cfg.given.origin(), format!("{e:#}")))
             }
-            Err(e) => Err(CommandError::Refused(e.to_string())),
+            other => CommandError::Unreachable(other.into()),
+        })?;
+        println!("ok: {relay} accepted the token");
+        println!("tunnel: {}", h.tunnel);
+        println!("public URL: {}", h.public_url);
+        if h.agents > 1 {
+            println!(
+                "{} agents share this tunnel, counting this check: requests are split between them",
+                h.agents
+            );
+        }
+        if cfg.ingress.is_empty() {
+            println!("upstreams: none configured (only the credentials were tested)");
+            return Ok(());
+        }
+        let mut down = 0;
+        for rule in &cfg.ingress {
+            let reachable = tokio::time::timeout(
+                UPSTREAM_PROBE,
+                tokio::net::TcpStream::connect(rule.upstream.authority.as_str()),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            let state = if reachable {
+                "reachable"
+            } else {
+                down += 1;
+                "NOT reachable (is your application running?)"
+            };
+            println!("upstream {}: {state}", rule.upstream);
+        }
+        match down {
+            0 => Ok(()),
+            n => Err(CommandError::UpstreamDown(n)),
         }
     })
 }

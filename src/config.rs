@@ -6,9 +6,12 @@
 //! check that can run while deserialising does, so its error carries the line it came from.
 
 pub mod agent;
+pub mod keepalive;
+pub mod proxy;
 pub mod relay;
 pub mod store;
 pub mod tunnel;
+mod urls;
 mod values;
 
 use std::cell::RefCell;
@@ -86,7 +89,7 @@ pub fn parse_with_env<T: DeserializeOwned>(
     ENV_SNAPSHOT.with(|cell| *cell.borrow_mut() = Some(snapshot));
     let result = serde_norway::from_str::<T>(text);
     ENV_SNAPSHOT.with(|cell| *cell.borrow_mut() = None);
-    result.map_err(|e| yaml_error(origin, &e))
+    result.map_err(|e| yaml_error(origin, text, &e))
 }
 
 /// Parse `text` resolving `${NAME}` from the process environment.
@@ -120,8 +123,31 @@ fn referenced_vars(text: &str) -> Vec<String> {
     names
 }
 
+/// The first tab in a line's indentation, as (line, column), both from 1. YAML forbids tabs
+/// there, and the parser's own message ("found character that cannot start any token") does not
+/// say so; editors that insert tabs make this the most common first mistake.
+fn tab_in_indentation(text: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        line[..indent].find('\t').map(|col| (i + 1, col + 1))
+    })
+}
+
 /// Turn serde_norway's `key: message at line L column C` into `origin:L: key: message`.
-fn yaml_error(origin: &str, err: &serde_norway::Error) -> ConfigError {
+fn yaml_error(origin: &str, source: &str, err: &serde_norway::Error) -> ConfigError {
+    let error_line = err.location().map(|l| l.line());
+    // A tab at or before the line the parser gave up on is the likely cause.
+    if let Some((line, column)) = tab_in_indentation(source)
+        && error_line.is_none_or(|l| line <= l)
+    {
+        return ConfigError::Invalid {
+            origin: origin.to_string(),
+            line: Some(line),
+            message: format!(
+                "column {column} is a tab: YAML does not allow tabs for indentation; use spaces"
+            ),
+        };
+    }
     let text = err.to_string();
     let message = match text.rfind(" at line ") {
         Some(i) if err.location().is_some() => text[..i].to_string(),
@@ -164,6 +190,25 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("x.yaml:2: name: "), "{msg}");
         assert!(msg.contains("NOPE"), "{msg}");
+    }
+
+    #[test]
+    fn a_tab_in_the_indentation_is_named_with_its_line_and_column() {
+        let yaml = "relay: https://r.example\ningress:\n\t- upstream: http://localhost:8000\n";
+        let err = parse_with_env::<agent::AgentConfig>(yaml, "agent.yaml", &|_| None).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(
+            msg,
+            "agent.yaml:3: column 1 is a tab: YAML does not allow tabs for indentation; use spaces"
+        );
+        let yaml = "relay: https://r.example\ningress:\n  - upstream: http://localhost:8000\n  \t host: x\n";
+        let msg = parse_with_env::<agent::AgentConfig>(yaml, "a.yaml", &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("a.yaml:4: column 3 is a tab"), "{msg}");
+        // A tab after the indentation (between key and value) is ordinary YAML.
+        let ok = parse_with_env::<Sample>("name:\ta", "x.yaml", &|_| None).unwrap();
+        assert_eq!(ok.name.as_str(), "a");
     }
 
     #[test]

@@ -1,13 +1,12 @@
 //! Running as a system service: systemd notifications on Linux, the Service Control Manager on
 //! Windows, and `ponte service install|uninstall|status` on both.
 //!
-//! The commands in [`crate::commands`] call three hooks and stay free of OS details:
+//! The command glue (`commands.rs`) calls three hooks and stay free of OS details:
 //! [`run`] wraps a long-running command (on Windows it becomes the service body when the SCM
 //! started the process, detected by asking the service dispatcher, never by reading the command
 //! line); [`watch_agent`] / [`relay_listening`] report readiness, status and liveness, and link
 //! a service Stop to the command's shutdown token.
 
-pub mod heartbeat;
 pub mod install;
 pub mod logfile;
 #[cfg(unix)]
@@ -23,10 +22,9 @@ use std::path::PathBuf;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::AgentStatus;
-use crate::commands::CommandError;
+use crate::agent::{AgentStatus, Heartbeat};
+use crate::exit::CommandError;
 
-pub use heartbeat::Heartbeat;
 pub use install::{Role, ServiceAction, ServiceSpec};
 pub use logfile::LogSink;
 
@@ -56,8 +54,8 @@ where
 }
 
 /// Start reporting the agent's state to the service manager (call inside the runtime, before
-/// `agent::run`). Returns the heartbeat to put in scope around `agent::run` with
-/// [`Heartbeat::scope`], so the watchdog is petted only while the supervisor runs.
+/// `agent::run`). Returns the heartbeat to hand to `agent::run`, so the watchdog is petted only
+/// while the supervisor runs.
 pub fn watch_agent(status: watch::Receiver<AgentStatus>, shutdown: &CancellationToken) -> Heartbeat {
     let heartbeat = Heartbeat::new();
     #[cfg(unix)]

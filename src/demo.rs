@@ -61,12 +61,12 @@ pub async fn start(upstream: Option<String>, shutdown: CancellationToken) -> any
             token: Some(Secret::new(token)),
             upstream: Some(upstream.clone()),
             ca_file: None,
-            env_proxy: None,
+            proxy_env: Default::default(),
         },
         "demo",
     )?;
     let (status_tx, mut status_rx) = watch::channel(AgentStatus::Starting);
-    tokio::spawn(agent::run(agent_cfg, shutdown.clone(), status_tx));
+    tokio::spawn(agent::run(agent_cfg, shutdown.clone(), status_tx, None));
     let connected =
         tokio::time::timeout(Duration::from_secs(10), status_rx.wait_for(|s| s.is_connected())).await;
     let public_url = match connected {

@@ -39,7 +39,8 @@ enum Command {
     Agent(AgentFlags),
     /// The inlets 3 command line (`client --url wss://… --upstream=… --token=…`), run as `agent`.
     Client(ClientFlags),
-    /// Test the credentials: connect, authenticate, print what the relay said.
+    /// Test the credentials: connect, authenticate, print what the relay said (exit 0 ok, 2 bad
+    /// configuration, 3 token refused, 4 relay unreachable or untrusted, 5 an upstream is down).
     Check(AgentFlags),
     /// Inspect and operate a relay's durable queue: list, show, replay, purge deliveries.
     Deliveries(DeliveriesFlags),
@@ -100,9 +101,12 @@ struct AgentFlags {
     /// Relay URL, e.g. https://relay.example.com.
     #[arg(long)]
     relay: Option<String>,
-    /// The tunnel's token.
+    /// The tunnel's token (visible in `ps`: prefer --token-from or PONTE_TOKEN).
     #[arg(long, env = "PONTE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the token from the first line of this file (wins over --token and PONTE_TOKEN).
+    #[arg(long)]
+    token_from: Option<PathBuf>,
     /// Local upstream for every request, e.g. http://localhost:8000 (replaces `ingress:`).
     #[arg(long)]
     upstream: Option<String>,
@@ -157,7 +161,7 @@ enum DeliveriesCommand {
         tunnel: Option<String>,
         /// Only this state.
         #[arg(long, value_enum)]
-        status: Option<ponte::store::Status>,
+        status: Option<StatusArg>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -186,7 +190,7 @@ enum DeliveriesCommand {
     Purge {
         /// Which state to delete.
         #[arg(long, value_enum)]
-        status: ponte::store::Status,
+        status: StatusArg,
         /// Only this tunnel.
         #[arg(long)]
         tunnel: Option<String>,
@@ -194,6 +198,25 @@ enum DeliveriesCommand {
         #[arg(long)]
         older_than: Option<String>,
     },
+}
+
+/// A delivery state as typed on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusArg {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl From<StatusArg> for ponte::protocol::admin::Status {
+    fn from(s: StatusArg) -> Self {
+        use ponte::protocol::admin::Status;
+        match s {
+            StatusArg::Pending => Status::Pending,
+            StatusArg::Delivered => Status::Delivered,
+            StatusArg::Failed => Status::Failed,
+        }
+    }
 }
 
 fn deliveries(flags: DeliveriesFlags) -> Result<(), commands::CommandError> {
@@ -206,7 +229,7 @@ fn deliveries(flags: DeliveriesFlags) -> Result<(), commands::CommandError> {
             before,
         } => Action::List {
             tunnel,
-            status,
+            status: status.map(Into::into),
             limit,
             before,
         },
@@ -222,7 +245,7 @@ fn deliveries(flags: DeliveriesFlags) -> Result<(), commands::CommandError> {
             tunnel,
             older_than,
         } => Action::Purge {
-            status,
+            status: status.into(),
             tunnel,
             older_than,
         },
@@ -242,6 +265,7 @@ impl From<AgentFlags> for AgentArgs {
             config: f.config,
             relay: f.relay,
             token: f.token,
+            token_from: f.token_from,
             upstream: f.upstream,
             ca_file: f.ca_file,
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
-use support::process::Owned;
+use support::process::{Owned, Process};
 use support::*;
 
 const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
@@ -111,47 +111,354 @@ fn config_mistakes_are_one_clear_line_and_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token given"));
 }
 
+/// Run `ponte ARGS…` to completion off the runtime (PONTE_TOKEN and proxy variables cleared
+/// unless `env` sets them): exit code, stdout, stderr.
+async fn run_ponte(args: Vec<String>, env: Vec<(&'static str, String)>) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(PONTE);
+        cmd.args(&args);
+        for var in [
+            "PONTE_TOKEN",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The seed guides' first step: test the credentials before the application exists. Exit codes:
+/// 0 accepted, 3 refused, 5 accepted but an upstream is down.
 #[tokio::test]
-async fn check_exits_zero_only_when_the_token_is_accepted() {
+async fn check_tests_credentials_without_an_upstream_and_says_each_outcome_by_exit_code() {
     let certs = Certs::new();
     let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let up = echo_upstream().await;
     let url = format!("https://localhost:{}", relay.addr.port());
     let ca = certs.ca.display().to_string();
-    let run = |token: &'static str| {
-        let (url, ca) = (url.clone(), ca.clone());
-        tokio::task::spawn_blocking(move || {
-            Command::new(PONTE)
-                .args([
-                    "check",
-                    "--relay",
-                    &url,
-                    "--ca-file",
-                    &ca,
-                    "--upstream",
-                    "http://127.0.0.1:9",
-                ])
-                .env("PONTE_TOKEN", token)
-                .output()
-                .unwrap()
-        })
+    let check = |extra: &[&str]| {
+        let mut a = args(&["check", "--relay", &url, "--ca-file", &ca]);
+        a.extend(args(extra));
+        a
     };
-    let ok = run(TOKEN).await.unwrap();
-    let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+
+    let (code, stdout, stderr) = run_ponte(check(&[]), vec![("PONTE_TOKEN", TOKEN.into())]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
         stdout.contains("accepted the token") && stdout.contains("tunnel: demo"),
         "{stdout}"
     );
-    assert!(stdout.contains("NOT reachable"), "{stdout}");
-    let bad = run("wrong-token-wrong-token").await.unwrap();
-    assert_eq!(bad.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("does not accept this token"));
+    assert!(stdout.contains("upstreams: none configured"), "{stdout}");
+
+    let (code, stdout, stderr) = run_ponte(
+        check(&["--upstream", &up.url()]),
+        vec![("PONTE_TOKEN", TOKEN.into())],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("upstream {}: reachable", up.url())),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = run_ponte(
+        check(&["--upstream", "http://127.0.0.1:9"]),
+        vec![("PONTE_TOKEN", TOKEN.into())],
+    )
+    .await;
+    assert_eq!(code, Some(5), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("accepted the token") && stdout.contains("NOT reachable"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("did not answer"), "{stderr}");
+
+    let (code, _, stderr) = run_ponte(
+        check(&[]),
+        vec![("PONTE_TOKEN", "wrong-token-wrong-token".into())],
+    )
+    .await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("does not accept this token"), "{stderr}");
     relay.stop().await;
+}
+
+/// Exit 4 when the relay cannot be reached or trusted; a certificate error names the setting in
+/// the words the user typed: `--ca-file` with flags, `ca_file:` with a file.
+#[tokio::test]
+async fn check_exits_4_for_an_unreachable_or_untrusted_relay_naming_the_setting() {
+    let certs = Certs::new();
+    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let url = format!("https://localhost:{}", relay.addr.port());
+    let token = vec![("PONTE_TOKEN", TOKEN.to_string())];
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("https://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let (code, _, stderr) = run_ponte(args(&["check", "--relay", &closed_url]), token.clone()).await;
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("cannot reach 127.0.0.1:"), "{stderr}");
+
+    let (code, _, stderr) = run_ponte(args(&["check", "--relay", &url]), token.clone()).await;
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains("not signed by a trusted CA; if the relay uses a private CA, pass --ca-file"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "agent.yaml",
+        &format!("relay: {url}\ntoken: {TOKEN}\n"),
+    );
+    let (code, _, stderr) =
+        run_ponte(args(&["check", "--config", &file.display().to_string()]), vec![]).await;
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "if the relay uses a private CA, add `ca_file: /path/to/relay-ca.pem` to {}",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    relay.stop().await;
+}
+
+/// `ponte client` speaks of the relay as its `--url wss://…`, and an untrusted certificate is
+/// retried every minute, not with fast backoff.
+#[tokio::test]
+async fn client_names_its_url_and_retries_an_untrusted_relay_slowly() {
+    let certs = Certs::new();
+    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let wss = format!("wss://localhost:{}", relay.addr.port());
+    let mut agent = Process::spawn(&[
+        "client",
+        &format!("--url={wss}"),
+        "--upstream=http://127.0.0.1:9",
+        &format!("--token={TOKEN}"),
+    ]);
+    let line = agent.log_line("reconnecting").await.expect("a reconnecting line");
+    assert!(
+        line["delay"].as_str().unwrap_or_default().starts_with("1m"),
+        "{line}"
+    );
+    let out = agent.output();
+    assert!(
+        out.contains(&format!(
+            "if the relay in --url {wss} uses a private CA, pass --ca-file"
+        )),
+        "{out}"
+    );
+    agent.kill();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn token_from_a_file_for_agent_and_check() {
+    let certs = Certs::new();
+    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let url = format!("https://localhost:{}", relay.addr.port());
+    let ca = certs.ca.display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "token", &format!("{TOKEN}\n"));
+    let empty = write(dir.path(), "empty", "\n");
+    let check = |file: &std::path::Path| {
+        args(&[
+            "check",
+            "--relay",
+            &url,
+            "--ca-file",
+            &ca,
+            "--token-from",
+            &file.display().to_string(),
+        ])
+    };
+    // The file wins over a wrong PONTE_TOKEN.
+    let (code, stdout, stderr) = run_ponte(check(&good), vec![("PONTE_TOKEN", "wrong".into())]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (code, _, stderr) = run_ponte(check(&empty), vec![]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("the file is empty"), "{stderr}");
+    let (code, _, stderr) = run_ponte(check(&dir.path().join("missing")), vec![]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--token-from") && stderr.contains("cannot read it"),
+        "{stderr}"
+    );
+
+    let up = echo_upstream().await;
+    let mut agent = Process::spawn(&[
+        "agent",
+        "--relay",
+        &url,
+        "--ca-file",
+        &ca,
+        "--token-from",
+        &good.display().to_string(),
+        "--upstream",
+        &up.url(),
+    ]);
+    assert!(
+        agent.log_line("tunnel connected").await.is_some(),
+        "{}",
+        agent.output()
+    );
+    agent.kill();
+    relay.stop().await;
+}
+
+/// The first-hour mistakes: a tab, the example as shipped, and several settings missing at once.
+#[tokio::test]
+async fn first_hour_configuration_mistakes_say_what_to_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tabbed = write(
+        dir.path(),
+        "agent.yaml",
+        "relay: https://r.example\ntoken: t\ningress:\n\t- upstream: http://localhost:8000\n",
+    );
+    let tabbed = tabbed.display().to_string();
+    let (code, _, stderr) = run_ponte(args(&["agent", "--config", &tabbed]), vec![]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{tabbed}:4: column 1 is a tab: YAML does not allow tabs for indentation; use spaces"
+        )),
+        "{stderr}"
+    );
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/examples/agent.yaml");
+    for command in ["agent", "check"] {
+        let (code, _, stderr) = run_ponte(args(&[command, "--config", example]), vec![]).await;
+        assert_eq!(code, Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("this is still the example configuration")
+                && stderr.contains("set `relay:` in")
+                && stderr.contains("`token:` in"),
+            "{command}: {stderr}"
+        );
+    }
+    let (code, _, stderr) = run_ponte(
+        args(&[
+            "client",
+            "--url=wss://relay.example.com",
+            "--upstream=http://localhost:8000",
+            "--token=PASTE-YOUR-TOKEN-HERE",
+        ]),
+        vec![],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("set --url and --token"), "{stderr}");
+
+    let (code, _, stderr) = run_ponte(args(&["check"]), vec![]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no relay given") && stderr.contains("no token given"),
+        "{stderr}"
+    );
+}
+
+/// Once connected the agent prints where the public reaches it, once: a reconnect to the same
+/// URL does not repeat it. A second agent on the same tunnel is warned on both sides.
+#[tokio::test]
+async fn the_agent_prints_its_public_url_once_and_shared_tunnels_are_announced() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "relay.yaml", &relay_yaml(Some(&certs), "", ""));
+    let (mut relay, port) = support::process::start_relay_process(&config, 0).await;
+    let up = echo_upstream().await;
+    let url = format!("https://localhost:{port}");
+    let ca = certs.ca.display().to_string();
+    let agent_args = [
+        "agent",
+        "--relay",
+        &url,
+        "--ca-file",
+        &ca,
+        "--token",
+        TOKEN,
+        "--upstream",
+        &up.url(),
+    ];
+    let mut agent = Process::spawn(&agent_args);
+    let forwarding = |p: &Process| -> Vec<String> {
+        p.output()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["message"].as_str().map(String::from))
+            .filter(|m| m.starts_with("Forwarding "))
+            .collect()
+    };
+    let connected = |p: &Process| p.output().matches("\"tunnel connected\"").count();
+    eventually("the banner", || async {
+        (!forwarding(&agent).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        forwarding(&agent),
+        [format!("Forwarding {url}/t/demo/ → {}", up.url())]
+    );
+
+    // The relay restarts on the same port: the agent reconnects without a second banner.
+    relay.kill();
+    let (mut relay, _) = support::process::start_relay_process(&config, port).await;
+    eventually("the reconnect", || async {
+        (connected(&agent) >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(forwarding(&agent).len(), 1, "{}", agent.output());
+
+    // A second agent with the same token: it is told, and the relay says so.
+    let mut second = Process::spawn(&agent_args);
+    let shared = eventually("the shared-tunnel warning", || async {
+        second
+            .output()
+            .lines()
+            .find(|l| l.contains("2 agents share this tunnel: requests are split between them"))
+            .map(String::from)
+    })
+    .await;
+    assert!(shared.contains("\"level\":\"WARN\""), "{shared}");
+    eventually("the relay's warning", || async {
+        relay
+            .output()
+            .contains("another agent joined this tunnel")
+            .then_some(())
+    })
+    .await;
+    // `check` counts the agents too.
+    let (code, stdout, stderr) = run_ponte(
+        args(&["check", "--relay", &url, "--ca-file", &ca]),
+        vec![("PONTE_TOKEN", TOKEN.into())],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("3 agents share this tunnel, counting this check"),
+        "{stdout}"
+    );
+    second.kill();
+    agent.kill();
+    relay.kill();
 }
 
 #[tokio::test]

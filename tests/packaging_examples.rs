@@ -1,6 +1,8 @@
 //! Every example configuration shipped in `packaging/examples/` parses and validates, with the
-//! same loaders the agent and relay use. Checks that at least one file of each kind was found,
-//! so a renamed folder cannot make this test pass by parsing nothing.
+//! same loaders the agent and relay use (an agent example only once its placeholders are
+//! replaced: as shipped it must be refused with a message saying what to edit). Checks that at
+//! least one file of each kind was found, so a renamed folder cannot make this test pass by
+//! parsing nothing.
 
 use std::path::Path;
 
@@ -22,7 +24,18 @@ fn every_example_parses() {
             RelayConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
             relays += 1;
         } else {
-            AgentConfig::load(Some(&path), AgentOverrides::default()).unwrap_or_else(|e| panic!("{e}"));
+            let e = AgentConfig::load(Some(&path), AgentOverrides::default())
+                .expect_err("the example as shipped is refused");
+            assert!(e.to_string().contains("still the example"), "{e}");
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace(ponte::config::agent::EXAMPLE_TOKEN, "a-real-token")
+                .replace(ponte::config::agent::EXAMPLE_RELAY_HOST, "relay.clinic.example");
+            let edited = tempfile::tempdir().unwrap();
+            let edited_path = edited.path().join(&name);
+            std::fs::write(&edited_path, text).unwrap();
+            AgentConfig::load(Some(&edited_path), AgentOverrides::default())
+                .unwrap_or_else(|e| panic!("{e}"));
             agents += 1;
         }
     }

@@ -317,6 +317,68 @@ async fn untrusted_relay_certificate_is_refused() {
     relay.stop().await;
 }
 
+/// An untrusted certificate needs a person (a CA file, or a new certificate): the agent says
+/// which setting to change, in the words of its configuration, and retries every minute instead
+/// of hammering the relay with fast backoff.
+#[tokio::test]
+async fn an_untrusted_relay_certificate_is_retried_slowly_and_names_the_setting() {
+    let certs = Certs::new();
+    let other = Certs::new();
+    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let mut agent = start_agent(&agent_yaml(
+        &relay.url(true),
+        Some(&other),
+        "ingress:\n  - upstream: http://127.0.0.1:9\n",
+    ));
+    let error = agent.retrying().await;
+    assert!(
+        error.contains("not signed by a trusted CA")
+            && error.contains(&format!(
+                "nor by the CA in {} (`ca_file:` in agent.yaml)",
+                other.ca.display()
+            )),
+        "{error}"
+    );
+    match &*agent.status.borrow() {
+        ponte::agent::AgentStatus::Retrying { delay, .. } => {
+            assert!(*delay >= Duration::from_secs(60), "{delay:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// Every agent learns how many agents share its tunnel; a reconnect of the same instance is not
+/// counted twice.
+#[tokio::test]
+async fn agents_sharing_a_tunnel_are_told_how_many_they_are() {
+    let certs = Certs::new();
+    let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+    let connector = ponte::agent::dial::Connector::new(&agent_config(&relay.url(true), &certs)).unwrap();
+    let (first, a) = connector.connect("a").await.unwrap();
+    assert_eq!(first.agents, 1);
+    let _a = serve_nothing(a);
+    // The relay registers a session after its HTTP/2 handshake: wait until `a` counts.
+    let (second, b) = eventually("the first agent to register", || async {
+        let (h, conn) = connector.connect("b").await.unwrap();
+        if h.agents == 2 {
+            Some((h, conn))
+        } else {
+            drop(conn);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            None
+        }
+    })
+    .await;
+    assert_eq!(second.agents, 2);
+    let _b = serve_nothing(b);
+    let (again, a2) = connector.connect("a").await.unwrap();
+    assert_eq!(again.agents, 2, "a reconnect is the same agent");
+    let _a2 = serve_nothing(a2);
+    relay.stop().await;
+}
+
 #[test]
 fn plain_http_to_a_remote_relay_is_refused() {
     let yaml = "relay: http://relay.example.com\ntoken: x\ningress:\n  - upstream: http://localhost:8000\n";
@@ -338,11 +400,12 @@ async fn agent_reaches_the_relay_through_an_http_connect_proxy() {
     let proxy = ConnectProxy::start().await;
     // `localhost` so the relay certificate name matches; the proxy resolves it.
     let relay_url = format!("https://localhost:{}", relay.addr.port());
+    // Credentials percent-encoded as in a URL: `%2B` and `+` are both a plus (not a space).
     let mut agent = start_agent(&agent_yaml(
         &relay_url,
         Some(&certs),
         &format!(
-            "proxy_url: http://{}\ningress:\n  - upstream: {}\n",
+            "proxy_url: http://clinic:p%2Bss+word@{}\ningress:\n  - upstream: {}\n",
             proxy.addr,
             up.url()
         ),
@@ -351,6 +414,11 @@ async fn agent_reaches_the_relay_through_an_http_connect_proxy() {
     assert_eq!(
         proxy.targets.lock().unwrap().as_slice(),
         [format!("localhost:{}", relay.addr.port())]
+    );
+    // base64("clinic:p+ss+word")
+    assert_eq!(
+        proxy.authorizations.lock().unwrap().as_slice(),
+        ["Basic Y2xpbmljOnArc3Mrd29yZA=="]
     );
     let r = send(
         &client(Some(&certs), false),

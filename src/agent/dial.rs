@@ -5,21 +5,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use rustls::CertificateError;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::proxy_env::ProxySettings;
+use super::proxy::{self, ProxyError};
 use crate::body;
 use crate::config::Secret;
 use crate::config::agent::{AgentConfig, RelayUrl};
+use crate::config::proxy::ProxyRoute;
 use crate::protocol::{
-    CONNECT_PATH, MAX_REASON_BYTES, PONTE_AGENT_ID, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_VERSION,
-    UPGRADE_TOKEN,
+    CONNECT_PATH, MAX_REASON_BYTES, PONTE_AGENT_ID, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS,
+    PONTE_VERSION, UPGRADE_TOKEN,
 };
 
 /// Time allowed for one whole dial (TCP, proxy, TLS, handshake).
@@ -32,22 +35,27 @@ pub struct Handshake {
     pub tunnel: String,
     /// Where the public reaches it.
     pub public_url: String,
+    /// Agents serving the tunnel now, this one included (requests are split between them).
+    pub agents: usize,
 }
 
 /// Why a dial failed. The supervisor's one question: is it worth retrying soon?
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    /// Could not reach the relay (DNS, TCP, proxy).
-    #[error("cannot reach {0}")]
-    Unreachable(String),
-    /// TLS failed (certificate not trusted, wrong name, ...).
-    #[error("TLS with {relay} failed: {reason}")]
-    Tls {
-        /// The relay.
-        relay: String,
+    /// Could not open TCP to the relay (DNS, refused, unreachable).
+    #[error("cannot reach {target}: {source}")]
+    Unreachable {
+        /// `host:port` of the relay.
+        target: String,
         /// Why.
-        reason: String,
+        source: std::io::Error,
     },
+    /// The proxy in between did not open a tunnel to the relay.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// TLS failed (certificate not trusted, wrong name, ...).
+    #[error(transparent)]
+    Tls(#[from] TlsFailure),
     /// The relay answered but refused the login (401/403/426/429): retried slowly.
     #[error("the relay refused the connection ({status}): {reason}")]
     Rejected {
@@ -56,26 +64,108 @@ pub enum DialError {
         /// The relay's one-line reason, printed as is.
         reason: String,
     },
-    /// The HTTP handshake failed mid-way, or the peer is not a Ponte relay.
-    #[error("handshake with {relay} failed: {reason}")]
+    /// The HTTP exchange of the handshake failed mid-way.
+    #[error("handshake with {relay} failed: {source}")]
     Handshake {
         /// The relay.
         relay: String,
         /// Why.
-        reason: String,
+        source: hyper::Error,
+    },
+    /// The peer answered, but not as a Ponte relay does.
+    #[error(
+        "handshake with {relay} failed: expected 101 Switching Protocols, got {status}; is {relay} a Ponte relay (and does any proxy in front pass Upgrade)?"
+    )]
+    NotPonte {
+        /// The relay.
+        relay: String,
+        /// What it answered.
+        status: StatusCode,
     },
     /// The whole dial took too long.
     #[error("connecting to {0} timed out")]
     Timeout(String),
-    /// Local set-up failed (bad CA file, ...).
-    #[error("{0}")]
-    Setup(String),
+    /// Local set-up failed (bad CA file, a token that cannot be sent, ...).
+    #[error("{0:#}")]
+    Setup(anyhow::Error),
 }
 
 impl DialError {
-    /// A refusal from the relay that will not change by retrying quickly.
+    /// A refusal from the relay (the token, the agent limit): retrying quickly will not change it.
     pub fn is_rejection(&self) -> bool {
         matches!(self, DialError::Rejected { .. })
+    }
+
+    /// Nothing a quick retry can change: the relay refused the login, or its certificate is not
+    /// trusted (someone must change the configuration or the certificate). Retried slowly.
+    pub fn needs_a_person(&self) -> bool {
+        match self {
+            DialError::Rejected { .. } => true,
+            DialError::Tls(tls) => tls.certificate_error().is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// A TLS handshake with the relay that failed, with what it means for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS with {relay} failed: {}", self.explain())]
+pub struct TlsFailure {
+    /// The relay.
+    pub relay: String,
+    /// The handshake's error (rustls' error inside an `io::Error`).
+    pub source: std::io::Error,
+    /// How to trust a private CA, in the words the user configured the agent with.
+    pub advice: String,
+}
+
+impl TlsFailure {
+    /// The rustls error behind the failure, found by walking the source chain (rustls' error
+    /// travels inside the `io::Error` tokio-rustls returns).
+    pub fn rustls_error(&self) -> Option<&rustls::Error> {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&self.source);
+        while let Some(err) = next {
+            if let Some(r) = err.downcast_ref::<rustls::Error>() {
+                return Some(r);
+            }
+            // `io::Error::source` skips its own payload, so look into it explicitly.
+            next = match err.downcast_ref::<std::io::Error>() {
+                Some(io) => io
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
+                None => err.source(),
+            };
+        }
+        None
+    }
+
+    /// The relay's certificate was refused (untrusted, wrong name, expired...): nothing a quick
+    /// retry changes.
+    pub fn certificate_error(&self) -> Option<&CertificateError> {
+        match self.rustls_error() {
+            Some(rustls::Error::InvalidCertificate(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn explain(&self) -> String {
+        let text = self.source.to_string();
+        match self.certificate_error() {
+            Some(CertificateError::UnknownIssuer) => format!(
+                "{text}: the relay's certificate is not signed by a trusted CA{}",
+                self.advice
+            ),
+            Some(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
+                format!("{text}: the certificate does not match the relay's host name")
+            }
+            Some(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+                format!("{text}: the relay's certificate has expired (or this machine's clock is wrong)")
+            }
+            Some(CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }) => {
+                format!("{text}: the relay's certificate is not valid yet (or this machine's clock is wrong)")
+            }
+            _ => text,
+        }
     }
 }
 
@@ -85,7 +175,8 @@ pub struct Connector {
     relay: RelayUrl,
     token: Secret,
     tls: Option<TlsConnector>,
-    proxy: Option<ProxySettings>,
+    proxy: Option<ProxyRoute>,
+    advice: String,
 }
 
 impl Connector {
@@ -105,12 +196,16 @@ impl Connector {
         } else {
             None
         };
-        let proxy = config.proxy.clone().filter(|p| !p.bypass(&relay.host));
+        let proxy = config
+            .proxy
+            .as_ref()
+            .and_then(|p| p.route(&relay.host, relay.port, relay.tls));
         Ok(Connector {
             relay,
             token,
             tls,
             proxy,
+            advice: config.trust_advice(),
         })
     }
 
@@ -129,22 +224,25 @@ impl Connector {
     async fn connect_inner(&self, agent_id: &str) -> Result<(Handshake, Upgraded), DialError> {
         let target = self.relay.authority();
         let tcp = match &self.proxy {
-            Some(proxy) => proxy.connect(&target).await.map_err(DialError::Unreachable)?,
+            Some(route) => proxy::connect(route, &target).await?,
             // A fresh lookup on every attempt: a relay that moved is found on the next dial.
             None => TcpStream::connect(&target)
                 .await
-                .map_err(|e| DialError::Unreachable(format!("{target}: {e}")))?,
+                .map_err(|source| DialError::Unreachable { target, source })?,
         };
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             Some(tls) => {
-                let name = ServerName::try_from(self.relay.host.clone()).map_err(|e| DialError::Tls {
-                    relay: self.relay.display(),
-                    reason: format!("invalid server name: {e}"),
+                let name = ServerName::try_from(self.relay.host.clone()).map_err(|e| {
+                    DialError::Setup(anyhow!(
+                        "`{}` is not a valid TLS server name: {e}",
+                        self.relay.host
+                    ))
                 })?;
-                let stream = tls.connect(name, tcp).await.map_err(|e| DialError::Tls {
+                let stream = tls.connect(name, tcp).await.map_err(|source| TlsFailure {
                     relay: self.relay.display(),
-                    reason: tls_reason(&e),
+                    source,
+                    advice: self.advice.clone(),
                 })?;
                 self.upgrade(stream, agent_id).await
             }
@@ -158,13 +256,13 @@ impl Connector {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let relay = self.relay.display();
-        let hs_err = |reason: String| DialError::Handshake {
+        let hs_err = |source: hyper::Error| DialError::Handshake {
             relay: relay.clone(),
-            reason,
+            source,
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, body::Body>(TokioIo::new(stream))
             .await
-            .map_err(|e| hs_err(e.to_string()))?;
+            .map_err(hs_err)?;
         tokio::spawn(async move {
             // Resolves once the upgrade hands the connection over (or it fails).
             let _ = conn.with_upgrades().await;
@@ -185,15 +283,12 @@ impl Connector {
             .header(
                 header::AUTHORIZATION,
                 HeaderValue::from_str(&format!("Bearer {}", self.token.expose())).map_err(|_| {
-                    DialError::Setup("the token contains characters not allowed in a header".into())
+                    DialError::Setup(anyhow!("the token contains characters not allowed in a header"))
                 })?,
             )
             .body(body::empty())
-            .map_err(|e| hs_err(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| hs_err(e.to_string()))?;
+            .map_err(|e| DialError::Setup(anyhow!("building the connect request: {e}")))?;
+        let resp = sender.send_request(req).await.map_err(hs_err)?;
         let status = resp.status();
         if status != StatusCode::SWITCHING_PROTOCOLS {
             let is_ponte = resp.headers().contains_key(&crate::protocol::PONTE_ERROR);
@@ -206,10 +301,7 @@ impl Connector {
                     status: status.as_u16(),
                     reason,
                 },
-                _ => hs_err(format!(
-                    "expected 101 Switching Protocols, got {status}; is {} a Ponte relay (and does any proxy in front pass Upgrade)?",
-                    relay
-                )),
+                _ => DialError::NotPonte { relay, status },
             });
         }
         let header = |name: &http::HeaderName| {
@@ -222,24 +314,63 @@ impl Connector {
         let handshake = Handshake {
             tunnel: header(&PONTE_TUNNEL),
             public_url: header(&PONTE_PUBLIC_URL),
+            agents: header(&PONTE_TUNNEL_AGENTS).parse().unwrap_or(1).max(1),
         };
-        let upgraded = hyper::upgrade::on(resp)
-            .await
-            .map_err(|e| hs_err(e.to_string()))?;
+        let upgraded = hyper::upgrade::on(resp).await.map_err(hs_err)?;
         Ok((handshake, upgraded))
     }
 }
 
-/// Say what an untrusted certificate means for the user.
-fn tls_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    if text.contains("UnknownIssuer") {
-        format!(
-            "{text}: the relay's certificate is not signed by a trusted CA; if it uses a private CA, set ca_file"
-        )
-    } else if text.contains("NotValidForName") {
-        format!("{text}: the certificate does not match the relay's host name")
-    } else {
-        text
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn failure(source: io::Error) -> DialError {
+        DialError::Tls(TlsFailure {
+            relay: "https://relay.test:443".into(),
+            source,
+            advice: "; ADVICE".into(),
+        })
+    }
+
+    /// Classified by the rustls error inside the io::Error (nested or not), never by its text.
+    #[test]
+    fn tls_failures_are_classified_by_the_rustls_error() {
+        let cert = |e: CertificateError| rustls::Error::InvalidCertificate(e);
+        let unknown = failure(io::Error::new(
+            io::ErrorKind::InvalidData,
+            cert(CertificateError::UnknownIssuer),
+        ));
+        assert!(unknown.needs_a_person());
+        assert!(
+            unknown
+                .to_string()
+                .ends_with("not signed by a trusted CA; ADVICE"),
+            "{unknown}"
+        );
+        let nested = failure(io::Error::other(io::Error::new(
+            io::ErrorKind::InvalidData,
+            cert(CertificateError::NotValidForName),
+        )));
+        assert!(nested.needs_a_person());
+        assert!(
+            nested
+                .to_string()
+                .contains("does not match the relay's host name"),
+            "{nested}"
+        );
+        // A reset mid-handshake whose text merely mentions UnknownIssuer is not a trust failure.
+        let reset = failure(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "peer reset (UnknownIssuer)",
+        ));
+        assert!(!reset.needs_a_person());
+        let alert = failure(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+        ));
+        assert!(!alert.needs_a_person());
     }
 }

@@ -2,27 +2,15 @@
 //! `:authority` only selects among configured rules; it never names where the agent dials, so a
 //! compromised relay cannot reach anything on the LAN the config does not list (no SSRF).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use super::origin::{Origin, reply};
 use super::upstream::HttpOrigin;
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::config::agent::AgentConfig;
-use crate::protocol::PONTE_ERROR;
-
-/// Something that answers requests on the agent's side: an HTTP upstream, or (later) a local
-/// command runner. The stream code never knows which one it calls.
-pub trait Origin: Send + Sync + 'static {
-    /// Answer one request. Failures are answered, not returned.
-    fn serve(self: Arc<Self>, req: Request<Incoming>)
-    -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
-    /// For logs.
-    fn describe(&self) -> String;
-}
 
 enum HostMatch {
     Exact(String),
@@ -135,6 +123,24 @@ impl Ingress {
             })
             .collect()
     }
+
+    /// One line per rule, public address → origin, for the banner printed once connected (as
+    /// ngrok's "Forwarding" line): `https://relay/t/demo/hooks/ → http://localhost:9000`.
+    pub fn forwarding(&self, public_url: &str) -> Vec<String> {
+        let base = public_url.trim_end_matches('/');
+        self.rules
+            .iter()
+            .map(|r| {
+                let path = r.path.as_deref().unwrap_or("/");
+                let public = match &r.host {
+                    None => format!("{base}{path}"),
+                    Some(HostMatch::Exact(h)) => format!("requests for {h}{path}"),
+                    Some(HostMatch::Suffix(s)) => format!("requests for *{s}{path}"),
+                };
+                format!("{public} → {}", r.origin.describe())
+            })
+            .collect()
+    }
 }
 
 fn host_only(authority: &str) -> String {
@@ -147,19 +153,6 @@ fn host_only(authority: &str) -> String {
             .unwrap_or(a.clone())
     };
     host.trim_end_matches('.').to_string()
-}
-
-/// A response the agent generates itself, marked with `Ponte-Error`.
-pub fn reply(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
-    let mut resp = Response::new(body::full(format!("ponte agent: {message}\n")));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(PONTE_ERROR.clone(), HeaderValue::from_static(code));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 #[cfg(test)]
@@ -189,5 +182,14 @@ mod tests {
         assert_eq!(pick("other", "/").as_deref(), Some("http://127.0.0.1:8000"));
         let strict = ingress("ingress:\n  - {path: /only/, upstream: 'http://127.0.0.1:9000'}\n");
         assert!(strict.route("x", "/else").is_none());
+        assert_eq!(
+            i.forwarding("https://relay.test/t/demo/"),
+            [
+                "https://relay.test/t/demo/hooks/ → http://127.0.0.1:9000",
+                "requests for api.example.com/ → http://127.0.0.1:9001",
+                "requests for *.dev.example.com/ → http://127.0.0.1:9002",
+                "https://relay.test/t/demo/ → http://127.0.0.1:8000",
+            ]
+        );
     }
 }

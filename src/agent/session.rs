@@ -25,9 +25,23 @@ const RELAY_PENDING_RESETS: usize = 10_000;
 #[derive(Debug)]
 pub enum SessionEnd {
     /// The relay closed it or it failed; reconnect.
-    Lost(String),
+    Lost(SessionLost),
     /// The agent is stopping and the session drained (or the grace period ran out).
     Stopped,
+}
+
+/// Why a session with the relay ended without the agent asking.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionLost {
+    /// The relay ended the connection cleanly (it stopped, or replaced this session).
+    #[error("the relay closed the connection")]
+    Closed,
+    /// PINGs went unanswered: the network dropped silently (NAT, sleep, Wi-Fi).
+    #[error("the relay stopped answering keepalive pings")]
+    KeepaliveTimeout(#[source] hyper::Error),
+    /// The connection failed.
+    #[error("{}", describe(.0))]
+    Failed(#[source] hyper::Error),
 }
 
 /// Serve the relay's streams on `conn`.
@@ -69,8 +83,9 @@ pub async fn serve(
     tokio::pin!(connection);
     tokio::select! {
         res = connection.as_mut() => SessionEnd::Lost(match res {
-            Ok(()) => "the relay closed the connection".into(),
-            Err(e) => describe(&e),
+            Ok(()) => SessionLost::Closed,
+            Err(e) if e.is_timeout() => SessionLost::KeepaliveTimeout(e),
+            Err(e) => SessionLost::Failed(e),
         }),
         _ = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
@@ -87,9 +102,6 @@ async fn drain<F: std::future::Future>(connection: std::pin::Pin<&mut F>, grace:
 }
 
 fn describe(e: &hyper::Error) -> String {
-    if e.is_timeout() {
-        return "the relay stopped answering keepalive pings".into();
-    }
     let mut text = e.to_string();
     if let Some(src) = std::error::Error::source(e) {
         text = format!("{text}: {src}");

@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::dial::Connector;
+use super::heartbeat::Heartbeat;
 use super::ingress::Ingress;
 use super::session::{self, SessionEnd};
 use super::status::AgentStatus;
 use crate::config::agent::AgentConfig;
 
-/// Wait after the relay refused our token: it will not change in seconds, and hammering the relay
-/// with a bad token only trips its login throttle.
+/// Wait after the relay refused our token, or its certificate was not trusted: neither changes in
+/// seconds, and hammering the relay with a bad token only trips its login throttle.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
 /// Owner of the reconnect loop.
@@ -26,6 +27,7 @@ pub struct Supervisor {
     ingress: Arc<Ingress>,
     status: watch::Sender<AgentStatus>,
     shutdown: CancellationToken,
+    heartbeat: Option<Heartbeat>,
     agent_id: String,
 }
 
@@ -37,6 +39,7 @@ impl Supervisor {
         ingress: Arc<Ingress>,
         status: watch::Sender<AgentStatus>,
         shutdown: CancellationToken,
+        heartbeat: Option<Heartbeat>,
     ) -> Self {
         Supervisor {
             config,
@@ -44,14 +47,18 @@ impl Supervisor {
             ingress,
             status,
             shutdown,
+            heartbeat,
             agent_id: uuid::Uuid::new_v4().to_string(),
         }
     }
 
     /// Run until shutdown.
-    pub async fn run(self) {
-        // Beats for the systemd watchdog while this loop runs (see daemon::heartbeat).
-        crate::daemon::heartbeat::beat_while(self.run_loop()).await
+    pub async fn run(mut self) {
+        // Beats for the systemd watchdog while this loop runs (see heartbeat.rs).
+        match self.heartbeat.take() {
+            Some(heartbeat) => heartbeat.beat_while(self.run_loop()).await,
+            None => self.run_loop().await,
+        }
     }
 
     async fn run_loop(self) {
@@ -61,6 +68,9 @@ impl Supervisor {
         }
         let mut backoff = Backoff::new(&self.config.reconnect);
         let mut last_rejection: Option<String> = None;
+        // What the user was last told, so reconnects do not repeat it.
+        let mut announced_url: Option<String> = None;
+        let mut announced_agents = 1;
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
             let dialed = tokio::select! {
@@ -70,7 +80,21 @@ impl Supervisor {
             let (error, min_wait) = match dialed {
                 Ok((handshake, conn)) => {
                     last_rejection = None;
-                    tracing::info!(%relay, tunnel = %handshake.tunnel, public_url = %handshake.public_url, "tunnel connected");
+                    tracing::info!(%relay, tunnel = %handshake.tunnel, public_url = %handshake.public_url, agents = handshake.agents, "tunnel connected");
+                    if announced_url.as_deref() != Some(handshake.public_url.as_str()) {
+                        for line in self.ingress.forwarding(&handshake.public_url) {
+                            tracing::info!("Forwarding {line}");
+                        }
+                        announced_url = Some(handshake.public_url.clone());
+                    }
+                    if handshake.agents != announced_agents && handshake.agents > 1 {
+                        tracing::warn!(
+                            tunnel = %handshake.tunnel,
+                            "{} agents share this tunnel: requests are split between them (if they serve different upstreams, give each its own tunnel and token)",
+                            handshake.agents
+                        );
+                    }
+                    announced_agents = handshake.agents;
                     self.status.send_replace(AgentStatus::Connected {
                         relay: relay.clone(),
                         tunnel: handshake.tunnel,
@@ -87,7 +111,7 @@ impl Supervisor {
                         }
                     }
                 }
-                Err(e) if e.is_rejection() => {
+                Err(e) if e.needs_a_person() => {
                     let text = e.to_string();
                     if last_rejection.as_deref() != Some(&text) {
                         tracing::error!(%relay, "{text}");

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::ingress::{Origin, reply};
+use super::origin::{Origin, reply};
 use crate::body::{self, Body};
 use crate::config::agent::{AgentConfig, IngressRule, UpstreamUrl};
 use crate::protocol::PONTE_UPSTREAM_STATUS;

@@ -16,8 +16,9 @@ use serde::de::DeserializeOwned;
 use super::CommandError;
 use crate::body::{self, Body};
 use crate::config::{ConfigError, Secret};
-use crate::protocol::admin::{ADMIN_PREFIX, ListResponse, PurgeResponse, ReplayResponse};
-use crate::store::{DeliveryDetail, DeliverySummary, Status};
+use crate::protocol::admin::{
+    ADMIN_PREFIX, DeliveryDetail, DeliverySummary, ListResponse, PurgeResponse, ReplayResponse, Status,
+};
 
 /// Longest wait for one admin call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -183,13 +184,7 @@ fn print_list(page: &ListResponse) {
         };
         let mut line = format!(
             "{:<36}  {:<12}  {:<9}  {:>3}  {:<24}  {} {}",
-            d.id,
-            d.tunnel,
-            status,
-            d.attempts,
-            d.received_at.to_string(),
-            d.method,
-            d.path
+            d.id, d.tunnel, status, d.attempts, d.received_at, d.method, d.path
         );
         if let Some(e) = &d.last_error
             && d.status != Status::Delivered
@@ -213,10 +208,10 @@ fn print_detail(d: &DeliveryDetail) {
         if s.in_flight { " (attempt in flight)" } else { "" }
     );
     println!("received:  {}", s.received_at);
-    if let Some(next) = s.next_attempt_at {
+    if let Some(next) = &s.next_attempt_at {
         println!("next try:  {next}");
     }
-    if let Some(done) = s.finished_at {
+    if let Some(done) = &s.finished_at {
         println!("finished:  {done}");
     }
     println!("request:   {} {}", s.method, d.uri);

@@ -4,10 +4,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use super::{ConfigError, EnvString, Secret, duration, parse_scalar};
-use crate::protocol::tunnel::{DEFAULT_MAX_STREAMS, Keepalive};
+use super::keepalive::Keepalive;
+use super::proxy::{ProxyEnv, ProxySettings};
+pub use super::urls::{RelayUrl, UpstreamUrl, is_loopback};
+use super::urls::{opt_relay_url, upstream_url};
+use super::{ConfigError, EnvString, Secret, duration};
+use crate::protocol::tunnel::DEFAULT_MAX_STREAMS;
 
 /// The agent's configuration after file and flags are merged.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,7 +56,13 @@ pub struct AgentConfig {
     pub proxy_url: Option<EnvString>,
     /// The proxy in effect after merging file and environment.
     #[serde(skip)]
-    pub proxy: Option<crate::agent::proxy_env::ProxySettings>,
+    pub proxy: Option<ProxySettings>,
+    /// How the settings were given (for messages in the user's words).
+    #[serde(skip)]
+    pub given: Given,
+    /// `--ca-file` was passed (it overrides the file's `ca_file:`).
+    #[serde(skip)]
+    ca_from_flag: bool,
 }
 
 /// Default upstream connect timeout.
@@ -105,99 +115,6 @@ impl Default for Reconnect {
     }
 }
 
-/// Where the relay is, validated: scheme, host, port and an optional path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelayUrl {
-    /// TLS (https/wss) or plain (http/ws, loopback only).
-    pub tls: bool,
-    /// Host name or IP literal (without brackets).
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// Path prefix when the relay sits under a sub-path of a proxy; `""` normally.
-    pub base_path: String,
-}
-
-impl RelayUrl {
-    /// Parse `https://…`, `wss://…`, or (loopback only) `http://…`/`ws://…`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let url = url::Url::parse(text.trim()).map_err(|e| {
-            format!("`{text}` is not a relay URL ({e}); write it like https://relay.example.com")
-        })?;
-        let tls = match url.scheme() {
-            "https" | "wss" => true,
-            "http" | "ws" => false,
-            other => {
-                return Err(format!(
-                    "relay URL scheme `{other}` is not supported; use https:// (or wss://)"
-                ));
-            }
-        };
-        let host = match url.host() {
-            Some(url::Host::Domain(d)) => d.to_string(),
-            Some(url::Host::Ipv4(ip)) => ip.to_string(),
-            Some(url::Host::Ipv6(ip)) => ip.to_string(),
-            None => return Err(format!("`{text}` has no host")),
-        };
-        if !tls && !is_loopback(&host) {
-            return Err(format!(
-                "refusing plain `{}://` to {host}: the token and all traffic would cross the network unencrypted; use https://{host}",
-                url.scheme()
-            ));
-        }
-        let port = url.port().unwrap_or(if tls { 443 } else { 80 });
-        // inlets users pass `wss://host/tunnel` or `wss://host`; treat a trailing `/tunnel`-less
-        // path as a proxy sub-path and keep it.
-        let base_path = url.path().trim_end_matches('/').to_string();
-        Ok(RelayUrl {
-            tls,
-            host,
-            port,
-            base_path,
-        })
-    }
-
-    /// `host:port` for dialing and for `CONNECT` through a proxy (IPv6 bracketed).
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    /// The URL back as text, for logs.
-    pub fn display(&self) -> String {
-        format!(
-            "{}://{}{}",
-            if self.tls { "https" } else { "http" },
-            self.authority(),
-            self.base_path
-        )
-    }
-}
-
-/// Loopback names and addresses: the only places plain HTTP is allowed to.
-pub fn is_loopback(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn opt_relay_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RelayUrl>, D::Error> {
-    Option::<RelayUrl>::deserialize(d)
-}
-
-impl<'de> Deserialize<'de> for RelayUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parse_scalar(d, RelayUrl::parse)
-    }
-}
-
 /// One ingress rule: requests whose host and path match go to `upstream`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,80 +138,6 @@ pub struct IngressRule {
     pub danger_accept_invalid_certs: bool,
 }
 
-/// A validated upstream URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamUrl {
-    /// `http` or `https`.
-    pub https: bool,
-    /// `host:port` to dial.
-    pub authority: http::uri::Authority,
-    /// Path prefix prepended to every request path (no trailing slash), `""` normally.
-    pub base_path: String,
-}
-
-impl UpstreamUrl {
-    /// Parse `http://host[:port][/base]` or `https://…`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        // ngrok habits: `8000` means http://localhost:8000, `host:port` means http://host:port.
-        let expanded;
-        let t = if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
-            expanded = format!("http://localhost:{t}");
-            expanded.as_str()
-        } else if !t.contains("://") && t.contains(':') {
-            expanded = format!("http://{t}");
-            expanded.as_str()
-        } else {
-            t
-        };
-        let uri: http::Uri = t.parse().map_err(|e| {
-            format!("`{text}` is not an upstream URL ({e}); write it like http://localhost:8000")
-        })?;
-        let https = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => {
-                return Err(format!(
-                    "upstream `{text}` must start with http:// or https:// (e.g. http://localhost:8000)"
-                ));
-            }
-        };
-        let Some(authority) = uri.authority().cloned() else {
-            return Err(format!("upstream `{text}` has no host"));
-        };
-        if authority.as_str().contains('@') {
-            return Err(format!(
-                "upstream `{text}`: credentials in the URL are not supported"
-            ));
-        }
-        if uri.query().is_some() {
-            return Err(format!("upstream `{text}`: a query string is not supported here"));
-        }
-        let base_path = uri.path().trim_end_matches('/').to_string();
-        Ok(UpstreamUrl {
-            https,
-            authority,
-            base_path,
-        })
-    }
-}
-
-impl std::fmt::Display for UpstreamUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}://{}{}",
-            if self.https { "https" } else { "http" },
-            self.authority,
-            self.base_path
-        )
-    }
-}
-
-fn upstream_url<'de, D: Deserializer<'de>>(d: D) -> Result<UpstreamUrl, D::Error> {
-    parse_scalar(d, UpstreamUrl::parse)
-}
-
 /// Values given on the command line; each overrides the file.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOverrides {
@@ -306,8 +149,82 @@ pub struct AgentOverrides {
     pub upstream: Option<String>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
-    /// The proxy from `HTTPS_PROXY`/`NO_PROXY` (used unless the file sets `proxy_url`).
-    pub env_proxy: Option<crate::agent::proxy_env::ProxySettings>,
+    /// The proxy variables of the environment (used unless the file sets `proxy_url`).
+    pub proxy_env: ProxyEnv,
+}
+
+/// Origin named in errors about values given on the command line.
+pub const COMMAND_LINE: &str = "command line";
+
+/// The token placeholder of the shipped example (`packaging/examples/agent.yaml`).
+pub const EXAMPLE_TOKEN: &str = "PASTE-YOUR-TOKEN-HERE";
+/// The relay host of the shipped example (a reserved name: it can never be a real relay).
+pub const EXAMPLE_RELAY_HOST: &str = "relay.example.com";
+
+/// What the settings are for: serving needs an upstream, a credentials test does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `ponte agent` / `ponte client`: relay, token and at least one ingress rule.
+    Serve,
+    /// `ponte check`: relay and token; upstreams are tested only if there are any.
+    Check,
+}
+
+/// How the user gave the agent its settings, so that messages name what they typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Given {
+    /// Flags only (`ponte agent --relay … --token …`).
+    #[default]
+    Flags,
+    /// A configuration file, named as the user wrote it (flags may override some keys).
+    File(String),
+    /// `ponte client --url wss://…`, the inlets command line.
+    Client,
+}
+
+impl Given {
+    /// The origin printed at the start of a configuration error.
+    pub fn origin(&self) -> &str {
+        match self {
+            Given::File(f) => f,
+            Given::Flags | Given::Client => COMMAND_LINE,
+        }
+    }
+
+    /// Where the user sets `key`: `` `token:` in agent.yaml ``, `--token`, or `--url` for the relay
+    /// of `ponte client`.
+    fn setting(&self, key: &str) -> String {
+        match (self, key) {
+            (Given::File(f), k) => format!("`{k}:` in {f}"),
+            (Given::Client, "relay") => "--url".into(),
+            (_, k) => format!("--{}", k.replace('_', "-")),
+        }
+    }
+}
+
+/// Read a token from a file (`--token-from`): the first line, trimmed. Tokens given as flags show
+/// in `ps`; a file does not.
+pub fn token_from_file(path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::invalid(
+            COMMAND_LINE,
+            format!(
+                "--token-from {}: cannot read it ({e}); check the path and that this user may read it",
+                path.display()
+            ),
+        )
+    })?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(ConfigError::invalid(
+            COMMAND_LINE,
+            format!(
+                "--token-from {}: the file is empty; put the token on its first line",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Secret::new(token))
 }
 
 impl AgentConfig {
@@ -316,11 +233,34 @@ impl AgentConfig {
         serde_norway::from_str("{}").expect("empty config parses")
     }
 
-    /// Apply flags over the file and check that what an agent needs is there.
-    pub fn merge(mut self, flags: AgentOverrides, origin: &str) -> Result<Self, ConfigError> {
-        let flag_err = |m: String| ConfigError::invalid("command line", m);
+    /// Apply flags over the file (named `origin`, or [`COMMAND_LINE`] without one) and check that
+    /// what an agent needs to serve is there.
+    pub fn merge(self, flags: AgentOverrides, origin: &str) -> Result<Self, ConfigError> {
+        let given = if origin == COMMAND_LINE {
+            Given::Flags
+        } else {
+            Given::File(origin.to_string())
+        };
+        self.merge_for(flags, given, Purpose::Serve)
+    }
+
+    /// Apply flags over the file and check what `purpose` needs. Every missing or placeholder
+    /// setting is reported in one error, so one edit fixes them all.
+    pub fn merge_for(
+        mut self,
+        flags: AgentOverrides,
+        given: Given,
+        purpose: Purpose,
+    ) -> Result<Self, ConfigError> {
+        let origin = given.origin().to_string();
+        let flag_err = |m: String| ConfigError::invalid(COMMAND_LINE, m);
         if let Some(r) = flags.relay {
-            self.relay = Some(RelayUrl::parse(&r).map_err(|m| flag_err(format!("--relay: {m}")))?);
+            let flag = if given == Given::Client {
+                "--url"
+            } else {
+                "--relay"
+            };
+            self.relay = Some(RelayUrl::parse(&r).map_err(|m| flag_err(format!("{flag}: {m}")))?);
         }
         if let Some(t) = flags.token {
             self.token = Some(t);
@@ -335,64 +275,149 @@ impl AgentConfig {
                 danger_accept_invalid_certs: false,
             }];
         }
+        self.ca_from_flag = flags.ca_file.is_some();
         if let Some(c) = flags.ca_file {
             self.ca_file = Some(c);
         }
-        self.proxy = match &self.proxy_url {
-            Some(url) => Some(
-                crate::agent::proxy_env::ProxySettings::parse(url.as_str(), Vec::new())
-                    .map_err(|m| ConfigError::invalid(origin, format!("proxy_url: {m}")))?,
+        self.given = given;
+        self.proxy = match (&self.proxy_url, &self.relay) {
+            (Some(url), _) => Some(
+                ProxySettings::from_url(url.as_str())
+                    .map_err(|m| ConfigError::invalid(&origin, format!("proxy_url: {m}")))?,
             ),
-            None => flags.env_proxy,
+            // The relay's scheme picks the variable (HTTPS_PROXY for https://).
+            (None, Some(relay)) => ProxySettings::from_env(&flags.proxy_env, relay.tls)
+                .map_err(|m| ConfigError::invalid("environment", m))?,
+            (None, None) => None,
         };
-        if self.relay.is_none() {
-            return Err(ConfigError::invalid(
-                origin,
-                "no relay given: set `relay:` in the config or pass --relay https://relay.example.com",
+        let problems = self.problems(purpose);
+        if !problems.is_empty() {
+            return Err(ConfigError::invalid(origin, problems.join("; ")));
+        }
+        Ok(self)
+    }
+
+    /// Everything missing or still a placeholder, in the user's words.
+    fn problems(&self, purpose: Purpose) -> Vec<String> {
+        let mut problems = Vec::new();
+        let given = &self.given;
+        let token_placeholder = self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim() == EXAMPLE_TOKEN);
+        if token_placeholder {
+            let relay_too = self
+                .relay
+                .as_ref()
+                .is_some_and(|r| r.host.eq_ignore_ascii_case(EXAMPLE_RELAY_HOST));
+            let what = if relay_too {
+                format!(
+                    "set {} and {} to the relay address and token your provider gave you",
+                    given.setting("relay"),
+                    given.setting("token")
+                )
+            } else {
+                format!(
+                    "set {} to the token your provider gave you",
+                    given.setting("token")
+                )
+            };
+            problems.push(format!(
+                "this is still the example configuration ({EXAMPLE_TOKEN}): {what}"
             ));
         }
+        if self.relay.is_none() {
+            problems.push(match given {
+                Given::File(f) => format!(
+                    "no relay given: set `relay:` in {f} or pass --relay https://relay.example.com"
+                ),
+                _ => "no relay given: pass --relay https://relay.example.com or set `relay:` in a --config file"
+                    .to_string(),
+            });
+        }
         match &self.token {
-            None => {
-                return Err(ConfigError::invalid(
-                    origin,
-                    "no token given: set `token:` in the config, pass --token, or set PONTE_TOKEN",
-                ));
-            }
+            None => problems.push(match given {
+                Given::File(f) => format!(
+                    "no token given: set `token:` in {f}, pass --token-from FILE or --token, or set PONTE_TOKEN"
+                ),
+                _ => "no token given: pass --token-from FILE or --token, or set PONTE_TOKEN".to_string(),
+            }),
             Some(t) if t.expose().trim().is_empty() => {
-                return Err(ConfigError::invalid(origin, "the token is empty"));
+                problems.push(format!("the token is empty: set {}", given.setting("token")))
             }
             Some(_) => {}
         }
-        if self.ingress.is_empty() {
-            return Err(ConfigError::invalid(
-                origin,
-                "no upstream given: add an `ingress:` rule or pass --upstream http://localhost:8000",
-            ));
+        if purpose == Purpose::Serve && self.ingress.is_empty() {
+            problems.push(match given {
+                Given::File(f) => format!(
+                    "no upstream given: add an `ingress:` rule to {f} or pass --upstream http://localhost:8000"
+                ),
+                _ => "no upstream given: pass --upstream http://localhost:8000".to_string(),
+            });
         }
         for (i, rule) in self.ingress.iter().enumerate() {
             if let Some(p) = &rule.path
                 && !p.as_str().starts_with('/')
             {
-                return Err(ConfigError::invalid(
-                    origin,
-                    format!("ingress[{i}].path `{p}` must start with `/`"),
-                ));
+                problems.push(format!("ingress[{i}].path `{p}` must start with `/`"));
             }
         }
         if self.max_streams == 0 {
-            return Err(ConfigError::invalid(origin, "max_streams must be at least 1"));
+            problems.push("max_streams must be at least 1".to_string());
         }
-        Ok(self)
+        problems
     }
 
-    /// Read a file (if given), then merge flags.
+    /// What to tell a user whose relay certificate is not signed by a trusted CA, in the words
+    /// they configured the agent with (the flag, the file's key, or `ponte client`'s `--url`).
+    /// Continues "the relay's certificate is not signed by a trusted CA".
+    pub fn trust_advice(&self) -> String {
+        let setting = if self.ca_from_flag {
+            "--ca-file".to_string()
+        } else {
+            self.given.setting("ca_file")
+        };
+        if let Some(ca) = &self.ca_file {
+            return format!(
+                ", nor by the CA in {} ({setting}): check that this file holds the CA that signed the relay's certificate",
+                ca.display()
+            );
+        }
+        match (&self.given, self.ca_from_flag) {
+            (Given::File(f), false) => {
+                format!("; if the relay uses a private CA, add `ca_file: /path/to/relay-ca.pem` to {f}")
+            }
+            (Given::Client, _) => {
+                let url = self
+                    .relay
+                    .as_ref()
+                    .map(|r| format!("wss://{}{}", r.authority(), r.base_path))
+                    .unwrap_or_default();
+                format!(
+                    "; if the relay in --url {url} uses a private CA, pass --ca-file /path/to/relay-ca.pem"
+                )
+            }
+            _ => "; if the relay uses a private CA, pass --ca-file /path/to/relay-ca.pem".to_string(),
+        }
+    }
+
+    /// Read a file (if given), then merge flags, for serving.
     pub fn load(path: Option<&std::path::Path>, flags: AgentOverrides) -> Result<Self, ConfigError> {
+        Self::load_for(path, flags, Purpose::Serve)
+    }
+
+    /// Read a file (if given), then merge flags and check what `purpose` needs.
+    pub fn load_for(
+        path: Option<&std::path::Path>,
+        flags: AgentOverrides,
+        purpose: Purpose,
+    ) -> Result<Self, ConfigError> {
         match path {
             Some(p) => {
                 let cfg: AgentConfig = super::load(p)?;
-                cfg.merge(flags, &p.display().to_string())
+                cfg.merge_for(flags, Given::File(p.display().to_string()), purpose)
             }
-            None => AgentConfig::empty().merge(flags, "command line"),
+            None => AgentConfig::empty().merge_for(flags, Given::Flags, purpose),
         }
     }
 }
@@ -400,38 +425,7 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relay_urls() {
-        let u = RelayUrl::parse("wss://relay.example.com").unwrap();
-        assert!(u.tls);
-        assert_eq!(u.authority(), "relay.example.com:443");
-        assert!(RelayUrl::parse("http://127.0.0.1:8080").is_ok());
-        assert!(RelayUrl::parse("ws://localhost:8080").is_ok());
-        assert!(RelayUrl::parse("http://[::1]:8080").is_ok());
-        let e = RelayUrl::parse("http://relay.example.com").unwrap_err();
-        assert!(e.contains("unencrypted"), "{e}");
-        assert!(RelayUrl::parse("ftp://x").is_err());
-        assert_eq!(RelayUrl::parse("https://h/ponte/").unwrap().base_path, "/ponte");
-    }
-
-    #[test]
-    fn upstream_urls() {
-        let u = UpstreamUrl::parse("http://localhost:8000").unwrap();
-        assert_eq!(u.authority.as_str(), "localhost:8000");
-        assert_eq!(u.base_path, "");
-        assert_eq!(UpstreamUrl::parse("https://h/api/").unwrap().base_path, "/api");
-        assert_eq!(
-            UpstreamUrl::parse("8000").unwrap().to_string(),
-            "http://localhost:8000"
-        );
-        assert_eq!(
-            UpstreamUrl::parse("127.0.0.1:9000").unwrap().to_string(),
-            "http://127.0.0.1:9000"
-        );
-        assert!(UpstreamUrl::parse("localhost").is_err());
-        assert!(UpstreamUrl::parse("tcp://x").is_err());
-    }
+    use crate::config::parse_with_env;
 
     #[test]
     fn flags_override_and_requirements() {
@@ -446,11 +440,144 @@ mod tests {
                     token: Some(Secret::new("t")),
                     upstream: Some("http://localhost:8000".into()),
                     ca_file: None,
-                    env_proxy: None,
+                    proxy_env: Default::default(),
                 },
                 "command line",
             )
             .unwrap();
         assert_eq!(cfg.ingress.len(), 1);
+    }
+
+    fn flags(relay: Option<&str>, token: Option<&str>) -> AgentOverrides {
+        AgentOverrides {
+            relay: relay.map(String::from),
+            token: token.map(Secret::new),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_missing_setting_is_named_in_one_error() {
+        let e = AgentConfig::empty()
+            .merge(AgentOverrides::default(), COMMAND_LINE)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("command line: no relay given"), "{e}");
+        assert!(e.contains("; no token given: pass --token-from FILE"), "{e}");
+        assert!(e.contains("; no upstream given: pass --upstream"), "{e}");
+        let e = parse_with_env::<AgentConfig>("ingress:\n  - upstream: 8000\n", "a.yaml", &|_| None)
+            .unwrap()
+            .merge(AgentOverrides::default(), "a.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("set `relay:` in a.yaml") && e.contains("set `token:` in a.yaml"),
+            "{e}"
+        );
+        assert!(!e.contains("upstream"), "{e}");
+    }
+
+    #[test]
+    fn a_credentials_check_needs_no_upstream() {
+        let cfg = AgentConfig::empty()
+            .merge_for(
+                flags(Some("https://r.example"), Some("t")),
+                Given::Flags,
+                Purpose::Check,
+            )
+            .unwrap();
+        assert!(cfg.ingress.is_empty());
+        let e = AgentConfig::empty()
+            .merge_for(flags(None, None), Given::Flags, Purpose::Check)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no relay given") && e.contains("no token given"),
+            "{e}"
+        );
+        assert!(!e.contains("upstream"), "{e}");
+    }
+
+    #[test]
+    fn the_example_placeholders_are_recognised_in_the_users_words() {
+        let example = include_str!("../../packaging/examples/agent.yaml");
+        let cfg: AgentConfig = parse_with_env(example, "/etc/ponte/agent.yaml", &|_| None).unwrap();
+        let e = cfg
+            .clone()
+            .merge(AgentOverrides::default(), "/etc/ponte/agent.yaml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/etc/ponte/agent.yaml: this is still the example configuration (PASTE-YOUR-TOKEN-HERE): set `relay:` in /etc/ponte/agent.yaml and `token:` in /etc/ponte/agent.yaml to the relay address and token your provider gave you"
+        );
+        // A real relay on the command line: only the token is left to fix.
+        let e = cfg
+            .merge(flags(Some("https://relay.clinic.example"), None), "agent.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("set `token:` in agent.yaml to the token"), "{e}");
+        let e = AgentConfig::empty()
+            .merge_for(
+                AgentOverrides {
+                    upstream: Some("8000".into()),
+                    ..flags(Some("wss://relay.example.com"), Some(EXAMPLE_TOKEN))
+                },
+                Given::Client,
+                Purpose::Serve,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("set --url and --token to the relay address"), "{e}");
+    }
+
+    #[test]
+    fn trust_advice_names_the_flag_or_key_the_user_typed() {
+        let serve = |given: Given, ca_flag: Option<&str>, file_ca: bool| {
+            let mut cfg = AgentConfig::empty();
+            if file_ca {
+                cfg.ca_file = Some(PathBuf::from("/etc/ponte/relay-ca.pem"));
+            }
+            cfg.merge_for(
+                AgentOverrides {
+                    ca_file: ca_flag.map(PathBuf::from),
+                    upstream: Some("8000".into()),
+                    ..flags(Some("https://relay.clinic.example:8443"), Some("t"))
+                },
+                given,
+                Purpose::Serve,
+            )
+            .unwrap()
+            .trust_advice()
+        };
+        let file = Given::File("agent.yaml".into());
+        assert!(
+            serve(file.clone(), None, false).contains("add `ca_file: /path/to/relay-ca.pem` to agent.yaml")
+        );
+        assert!(serve(Given::Flags, None, false).contains("pass --ca-file"));
+        assert!(serve(Given::Client, None, false).contains(
+            "the relay in --url wss://relay.clinic.example:8443 uses a private CA, pass --ca-file"
+        ));
+        let set_in_file = serve(file.clone(), None, true);
+        assert!(
+            set_in_file.contains("nor by the CA in /etc/ponte/relay-ca.pem (`ca_file:` in agent.yaml)"),
+            "{set_in_file}"
+        );
+        assert!(serve(file, Some("/tmp/ca.pem"), false).contains("nor by the CA in /tmp/ca.pem (--ca-file)"));
+    }
+
+    #[test]
+    fn token_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  s3cret \nsecond line\n").unwrap();
+        assert_eq!(token_from_file(&path).unwrap().expose(), "s3cret");
+        std::fs::write(&path, "\n").unwrap();
+        let e = token_from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("the file is empty"), "{e}");
+        let e = token_from_file(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--token-from") && e.contains("cannot read it"), "{e}");
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use super::keepalive::Keepalive;
 use super::{ByteSize, EnvString, Secret, duration, parse_scalar};
-use crate::protocol::tunnel::{DEFAULT_MAX_STREAMS, Keepalive};
+use crate::protocol::tunnel::DEFAULT_MAX_STREAMS;
 
 pub use super::store::{MIN_STORE_MAX_SIZE, RetentionConfig, StoreUrl};
 pub use super::tunnel::*;

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::commands::CommandError;
 use crate::config::ConfigError;
+use crate::exit::CommandError;
 
 /// The example agent configuration shipped in the packages.
 pub const AGENT_EXAMPLE: &str = include_str!("../../packaging/examples/agent.yaml");
@@ -291,10 +291,22 @@ mod tests {
 
     #[test]
     fn examples_are_valid_configurations() {
-        for role in [Role::Agent { name: None }, Role::Relay] {
-            role.check_config(role.example(), "example", &|_| None)
-                .unwrap_or_else(|e| panic!("{role:?}: {e}"));
-        }
+        let relay = Role::Relay;
+        relay
+            .check_config(relay.example(), "example", &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The agent example is refused only for its placeholders.
+        let agent = Role::Agent { name: None };
+        let e = agent
+            .check_config(agent.example(), "example", &|_| None)
+            .unwrap_err();
+        assert!(e.to_string().contains("still the example"), "{e}");
+        let edited = AGENT_EXAMPLE
+            .replace("PASTE-YOUR-TOKEN-HERE", "abc")
+            .replace("relay.example.com", "relay.clinic.example");
+        agent
+            .check_config(&edited, "example", &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 
 use super::install::{Role, ServiceAction, ServiceSpec, write_example_if_missing};
-use crate::commands::CommandError;
 use crate::config::ConfigError;
+use crate::exit::CommandError;
 
 /// Where the configuration files live (systemd `ConfigurationDirectory=ponte`).
 pub const CONFIG_DIR: &str = "/etc/ponte";

@@ -13,8 +13,8 @@ use sd_notify::NotifyState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::heartbeat::Heartbeat;
 use crate::agent::AgentStatus;
+use crate::agent::Heartbeat;
 
 /// Longest time the agent waits for its first session before telling systemd it is ready anyway.
 /// Boot must not hang while the network or the relay is down; STATUS= says what is going on.

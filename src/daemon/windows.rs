@@ -25,7 +25,7 @@ use windows_service::service_dispatcher;
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 
 use super::install::{self, Role, ServiceSpec, write_example_if_missing};
-use crate::commands::{CommandError, EXIT_CONFIG};
+use crate::exit::{CommandError, EXIT_CONFIG};
 
 /// The dispatcher's answer when the process was not started by the SCM.
 const ERROR_FAILED_SERVICE_CONTROLLER_CONNECT: i32 = 1063;

@@ -1,20 +1,182 @@
-//! The admin API (`/_ponte/admin/`) that `ponte deliveries` talks to: its paths and the JSON
-//! answers beyond the store's own types. Authentication is `Authorization: Bearer <admin_token>`.
+//! The admin API (`/_ponte/admin/`) that `ponte deliveries` talks to: its paths and its JSON.
+//! These are wire types of their own, not the store's structs, so the store can change its
+//! records without changing what operators' scripts read. Authentication is
+//! `Authorization: Bearer <admin_token>`.
 //!
 //! | method and path | answer |
 //! |---|---|
 //! | `GET deliveries?tunnel=&status=&limit=&before=` | [`ListResponse`] |
-//! | `GET deliveries/{id}` | [`crate::store::DeliveryDetail`] |
-//! | `POST deliveries/{id}/replay` | [`crate::store::DeliverySummary`] |
+//! | `GET deliveries/{id}` | [`DeliveryDetail`] |
+//! | `POST deliveries/{id}/replay` | [`DeliverySummary`] |
 //! | `POST replay?status=failed&tunnel=` | [`ReplayResponse`] |
 //! | `POST purge?status=&tunnel=&older_than=` | [`PurgeResponse`] |
+//!
+//! Instants are RFC 3339 text in UTC with milliseconds (`2026-05-01T12:00:00.123Z`).
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-
-use crate::store::DeliverySummary;
 
 /// Prefix of every admin path on the relay's own host.
 pub const ADMIN_PREFIX: &str = "/_ponte/admin/";
+
+/// The state of a delivery (`status=` in queries, `status` in answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting for (another) attempt, or in flight.
+    Pending,
+    /// An upstream answered 2xx.
+    Delivered,
+    /// Given up: a permanent 4xx, or the retry window ended.
+    Failed,
+}
+
+impl Status {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Parse a name from the wire.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Status::Pending),
+            "delivered" => Some(Status::Delivered),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of `ponte deliveries list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliverySummary {
+    /// The delivery id.
+    pub id: String,
+    /// Arrival order within the store (also the list cursor).
+    pub seq: i64,
+    /// The tunnel.
+    pub tunnel: String,
+    /// Request method.
+    pub method: String,
+    /// Path and query as the upstream sees them.
+    pub path: String,
+    /// Current state.
+    pub status: Status,
+    /// An attempt is running right now.
+    pub in_flight: bool,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Body size in bytes.
+    pub body_bytes: u64,
+    /// When the relay accepted the request.
+    pub received_at: String,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<String>,
+    /// When it was delivered or failed.
+    pub finished_at: Option<String>,
+    /// The last attempt's upstream status, if any.
+    pub last_status: Option<u16>,
+    /// The last attempt's error, if any.
+    pub last_error: Option<String>,
+}
+
+/// One request header as shown to operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderEntry {
+    /// Lowercase name.
+    pub name: String,
+    /// The value, lossily as text.
+    pub value: String,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    /// 2xx.
+    Delivered,
+    /// Will be retried.
+    Retry,
+    /// Cut by the tunnel or a relay stop; will be retried.
+    Interrupted,
+    /// Gave up.
+    Failed,
+}
+
+impl AttemptOutcome {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Interrupted => "interrupted",
+            AttemptOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Attempt number (the `Ponte-Attempt` it carried).
+    pub number: u32,
+    /// When it was claimed.
+    pub started_at: String,
+    /// When its result was recorded.
+    pub finished_at: String,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// The upstream's status, if it answered.
+    pub status: Option<u16>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// Everything known about one delivery (`ponte deliveries show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryDetail {
+    /// The summary fields.
+    #[serde(flatten)]
+    pub summary: DeliverySummary,
+    /// The tunnel stream URI.
+    pub uri: String,
+    /// Request headers as they are sent on the tunnel.
+    pub headers: Vec<HeaderEntry>,
+    /// The body, base64 (standard alphabet).
+    #[serde(with = "base64_bytes")]
+    pub body: Bytes,
+    /// Every recorded attempt, oldest first (the most recent ones when there were very many).
+    pub attempts_log: Vec<AttemptRecord>,
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(b))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// A page of deliveries.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -20,6 +20,10 @@ pub static PONTE_AGENT_ID: HeaderName = HeaderName::from_static("ponte-agent-id"
 pub static PONTE_TUNNEL: HeaderName = HeaderName::from_static("ponte-tunnel");
 /// Relay → agent (in the 101): where the public can reach the tunnel.
 pub static PONTE_PUBLIC_URL: HeaderName = HeaderName::from_static("ponte-public-url");
+/// Relay → agent (in the 101): how many agents (distinct instance ids, this one included) now
+/// serve the tunnel. More than one splits requests between them, which is a mistake when they
+/// were meant to serve different upstreams. Absent from older relays: read it as 1.
+pub static PONTE_TUNNEL_AGENTS: HeaderName = HeaderName::from_static("ponte-tunnel-agents");
 /// On responses Ponte itself generated (not the upstream): a short machine-readable cause.
 pub static PONTE_ERROR: HeaderName = HeaderName::from_static("ponte-error");
 /// Agent → relay, on the answer to a websocket CONNECT that the upstream did not upgrade: the

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 /// How often an idle tunnel is probed with an HTTP/2 PING.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a PING may stay unanswered before the connection is declared dead. Interval plus
@@ -23,31 +21,3 @@ pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 pub const DEFAULT_MAX_STREAMS: u32 = 100;
 /// Bytes buffered for sending per stream before back-pressure applies.
 pub const MAX_SEND_BUF: usize = 256 * 1024;
-
-/// PING keepalive of the tunnel, set on both ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Keepalive {
-    /// Time between PINGs on a quiet connection.
-    #[serde(with = "crate::config::duration", default = "default_interval")]
-    pub interval: Duration,
-    /// Time to wait for the PONG.
-    #[serde(with = "crate::config::duration", default = "default_timeout")]
-    pub timeout: Duration,
-}
-
-fn default_interval() -> Duration {
-    DEFAULT_PING_INTERVAL
-}
-fn default_timeout() -> Duration {
-    DEFAULT_PING_TIMEOUT
-}
-
-impl Default for Keepalive {
-    fn default() -> Self {
-        Keepalive {
-            interval: DEFAULT_PING_INTERVAL,
-            timeout: DEFAULT_PING_TIMEOUT,
-        }
-    }
-}

@@ -14,8 +14,8 @@ use super::request::PublicBody;
 use super::state::{ConnInfo, RelayState};
 use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
-use crate::protocol::admin::{ADMIN_PREFIX, ListResponse, PurgeResponse, ReplayResponse};
-use crate::store::{ListFilter, MAX_LIST, PurgeFilter, Status};
+use crate::protocol::admin::{self as wire, ADMIN_PREFIX, ListResponse, PurgeResponse, ReplayResponse};
+use crate::store::{self, ListFilter, MAX_LIST, PurgeFilter, Status};
 
 /// Page size when the caller gives none.
 const DEFAULT_PAGE: usize = 100;
@@ -60,20 +60,20 @@ pub async fn handle(
                 .then(|| deliveries.last().map(|d| d.seq))
                 .flatten();
             json(&ListResponse {
-                deliveries,
+                deliveries: deliveries.into_iter().map(Into::into).collect(),
                 next_before,
             })
         }
         (&Method::GET, ["deliveries", id]) => {
             query.only(&[])?;
-            json(&store.show(id.to_string()).await?)
+            json(&wire::DeliveryDetail::from(store.show(id.to_string()).await?))
         }
         (&Method::POST, ["deliveries", id, "replay"]) => {
             query.only(&[])?;
             let summary = store.replay(id.to_string()).await?;
             wake(state, &summary.tunnel);
             tracing::info!(id = %summary.id, peer = %conn.peer, "delivery replayed by an operator");
-            json(&summary)
+            json(&wire::DeliverySummary::from(summary))
         }
         (&Method::POST, ["replay"]) => {
             query.only(&["status", "tunnel"])?;
@@ -224,5 +224,135 @@ impl Query {
                 })
             })
             .transpose()
+    }
+}
+
+// === conversion to the wire types ===
+
+impl From<Status> for wire::Status {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Pending => wire::Status::Pending,
+            Status::Delivered => wire::Status::Delivered,
+            Status::Failed => wire::Status::Failed,
+        }
+    }
+}
+
+impl From<store::AttemptOutcome> for wire::AttemptOutcome {
+    fn from(o: store::AttemptOutcome) -> Self {
+        match o {
+            store::AttemptOutcome::Delivered => wire::AttemptOutcome::Delivered,
+            store::AttemptOutcome::Retry => wire::AttemptOutcome::Retry,
+            store::AttemptOutcome::Interrupted => wire::AttemptOutcome::Interrupted,
+            store::AttemptOutcome::Failed => wire::AttemptOutcome::Failed,
+        }
+    }
+}
+
+impl From<store::DeliverySummary> for wire::DeliverySummary {
+    fn from(s: store::DeliverySummary) -> Self {
+        wire::DeliverySummary {
+            id: s.id,
+            seq: s.seq,
+            tunnel: s.tunnel,
+            method: s.method,
+            path: s.path,
+            status: s.status.into(),
+            in_flight: s.in_flight,
+            attempts: s.attempts,
+            body_bytes: s.body_bytes,
+            received_at: s.received_at.to_string(),
+            next_attempt_at: s.next_attempt_at.map(|t| t.to_string()),
+            finished_at: s.finished_at.map(|t| t.to_string()),
+            last_status: s.last_status,
+            last_error: s.last_error,
+        }
+    }
+}
+
+impl From<store::DeliveryDetail> for wire::DeliveryDetail {
+    fn from(d: store::DeliveryDetail) -> Self {
+        wire::DeliveryDetail {
+            summary: d.summary.into(),
+            uri: d.uri,
+            headers: d
+                .headers
+                .into_iter()
+                .map(|h| wire::HeaderEntry {
+                    name: h.name,
+                    value: h.value,
+                })
+                .collect(),
+            body: d.body,
+            attempts_log: d
+                .attempts_log
+                .into_iter()
+                .map(|a| wire::AttemptRecord {
+                    number: a.number,
+                    started_at: a.started_at.to_string(),
+                    finished_at: a.finished_at.to_string(),
+                    outcome: a.outcome.into(),
+                    status: a.status,
+                    error: a.error,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Timestamp;
+
+    /// The JSON operators' scripts read: field names, RFC 3339 instants, lowercase states and a
+    /// base64 body, flattened summary fields.
+    #[test]
+    fn a_stored_delivery_becomes_the_documented_json() {
+        let summary = store::DeliverySummary {
+            id: "d1".into(),
+            seq: 7,
+            tunnel: "demo".into(),
+            method: "POST".into(),
+            path: "/hook?a=1".into(),
+            status: Status::Failed,
+            in_flight: false,
+            attempts: 1,
+            body_bytes: 2,
+            received_at: Timestamp(1_700_000_000_123),
+            next_attempt_at: None,
+            finished_at: Some(Timestamp(1_700_000_001_000)),
+            last_status: Some(410),
+            last_error: Some("HTTP 410".into()),
+        };
+        let detail = store::DeliveryDetail {
+            summary,
+            uri: "https://demo.example/hook?a=1".into(),
+            headers: vec![store::HeaderEntry {
+                name: "content-type".into(),
+                value: "text/plain".into(),
+            }],
+            body: bytes::Bytes::from_static(b"hi"),
+            attempts_log: vec![store::AttemptRecord {
+                number: 1,
+                started_at: Timestamp(1_700_000_000_500),
+                finished_at: Timestamp(1_700_000_001_000),
+                outcome: store::AttemptOutcome::Failed,
+                status: Some(410),
+                error: Some("HTTP 410".into()),
+            }],
+        };
+        let json = serde_json::to_value(wire::DeliveryDetail::from(detail)).unwrap();
+        assert_eq!(json["id"], "d1");
+        assert_eq!(json["status"], "failed");
+        assert_eq!(json["received_at"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(json["next_attempt_at"], serde_json::Value::Null);
+        assert_eq!(json["body"], "aGk=");
+        assert_eq!(json["headers"][0]["name"], "content-type");
+        assert_eq!(json["attempts_log"][0]["outcome"], "failed");
+        let back: wire::DeliveryDetail = serde_json::from_value(json).unwrap();
+        assert_eq!(&back.body[..], b"hi");
+        assert_eq!(back.summary.status, wire::Status::Failed);
     }
 }

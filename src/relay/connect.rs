@@ -14,7 +14,9 @@ use super::state::{ConnInfo, RelayState};
 use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
 use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
-use crate::protocol::{PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNEL, UPGRADE_TOKEN};
+use crate::protocol::{
+    PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS, UPGRADE_TOKEN,
+};
 
 /// Handle `GET /_ponte/v1/connect`.
 pub async fn accept(
@@ -67,6 +69,12 @@ pub async fn accept(
             "this tunnel already has its maximum number of agent connections (limits.max_agents_per_tunnel)",
         ));
     };
+    // One token, several agents: requests are split between them. Right for redundancy, a
+    // silent mistake when each was meant to serve its own upstream, so say it on both sides.
+    let agents = pending.agents();
+    if agents > 1 {
+        tracing::warn!(tunnel = %tunnel.name, peer = %conn.peer, agent = %agent_id, agents, "another agent joined this tunnel: its requests are now split between {agents} agents (give each its own tunnel if they serve different upstreams)");
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     // The connection's slot moves to the session, which holds it for as long as it lives.
     let slot = req.extensions_mut().remove::<super::server::ConnSlot>();
@@ -98,6 +106,7 @@ pub async fn accept(
     if let Ok(v) = HeaderValue::from_str(&public_url) {
         h.insert(PONTE_PUBLIC_URL.clone(), v);
     }
+    h.insert(PONTE_TUNNEL_AGENTS.clone(), HeaderValue::from(agents));
     Ok(resp)
 }
 

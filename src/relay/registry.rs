@@ -40,6 +40,15 @@ struct Members {
 pub struct PendingLogin {
     members: Arc<Mutex<Members>>,
     id: u64,
+    agents: usize,
+}
+
+impl PendingLogin {
+    /// How many agents (distinct instance ids, this one included) serve the tunnel once this login
+    /// is registered, counting logins in progress: seen under the same lock as the reservation.
+    pub fn agents(&self) -> usize {
+        self.agents
+    }
 }
 
 impl Drop for PendingLogin {
@@ -122,10 +131,12 @@ impl TunnelState {
             return None;
         }
         let id = self.next_login.fetch_add(1, Ordering::Relaxed);
+        let agents = others.len() + 1;
         members.pending.push((id, agent_id.to_string()));
         Some(PendingLogin {
             members: self.members.clone(),
             id,
+            agents,
         })
     }
 

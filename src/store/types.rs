@@ -1,14 +1,13 @@
-//! The values that cross the [`Store`](super::Store) boundary. The read-side types double as the
-//! JSON of the admin API (`/_ponte/admin/`), so they derive serde.
+//! The values that cross the [`Store`](super::Store) boundary. The admin API has wire types of its
+//! own (`protocol::admin`); the relay converts these into them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A wall-clock instant of the store's clock, in milliseconds since the Unix epoch. Shown as
-/// RFC 3339 in JSON.
+/// RFC 3339.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub i64);
 
@@ -22,24 +21,6 @@ impl Timestamp {
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         humantime::format_rfc3339_millis(self.to_system_time()).fmt(f)
-    }
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let t = humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)?;
-        let ms = t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        Ok(Timestamp(ms))
     }
 }
 
@@ -153,8 +134,7 @@ pub enum AttemptReport {
 }
 
 /// The state of a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
     /// Waiting for (another) attempt, or in flight.
     Pending,
@@ -192,7 +172,7 @@ impl std::fmt::Display for Status {
 }
 
 /// One line of `ponte deliveries list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliverySummary {
     /// The delivery id.
     pub id: String,
@@ -225,7 +205,7 @@ pub struct DeliverySummary {
 }
 
 /// One request header as shown to operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderEntry {
     /// Lowercase name.
     pub name: String,
@@ -234,8 +214,7 @@ pub struct HeaderEntry {
 }
 
 /// How one attempt ended, as recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
     /// 2xx.
     Delivered,
@@ -271,7 +250,7 @@ impl AttemptOutcome {
 }
 
 /// One recorded attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
     /// Attempt number (the `Ponte-Attempt` it carried).
     pub number: u32,
@@ -288,38 +267,18 @@ pub struct AttemptRecord {
 }
 
 /// Everything known about one delivery (`ponte deliveries show`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryDetail {
     /// The summary fields.
-    #[serde(flatten)]
     pub summary: DeliverySummary,
     /// The tunnel stream URI.
     pub uri: String,
     /// Request headers as they are sent on the tunnel.
     pub headers: Vec<HeaderEntry>,
-    /// The body, base64 (standard alphabet).
-    #[serde(with = "base64_bytes")]
+    /// The body as received.
     pub body: Bytes,
     /// Every recorded attempt, oldest first (the most recent ones when there were very many).
     pub attempts_log: Vec<AttemptRecord>,
-}
-
-mod base64_bytes {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(b))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        let text = String::deserialize(d)?;
-        STANDARD
-            .decode(text.as_bytes())
-            .map(Bytes::from)
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 /// Which deliveries to list.

@@ -90,10 +90,12 @@ async fn pump(
     }
 }
 
-/// A minimal HTTP CONNECT proxy that records the targets it was asked for.
+/// A minimal HTTP CONNECT proxy that records the targets it was asked for, and the
+/// `Proxy-Authorization` of each CONNECT (empty when none was sent).
 pub struct ConnectProxy {
     pub addr: SocketAddr,
     pub targets: Arc<Mutex<Vec<String>>>,
+    pub authorizations: Arc<Mutex<Vec<String>>>,
 }
 
 impl ConnectProxy {
@@ -101,10 +103,11 @@ impl ConnectProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let targets: Arc<Mutex<Vec<String>>> = Arc::default();
-        let t = targets.clone();
+        let authorizations: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (t, a) = (targets.clone(), authorizations.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                let t = t.clone();
+                let (t, a) = (t.clone(), a.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut byte = [0u8; 1];
@@ -123,6 +126,15 @@ impl ConnectProxy {
                         return;
                     };
                     t.lock().unwrap().push(target.to_string());
+                    let auth = text
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("proxy-authorization")
+                                .then(|| value.trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    a.lock().unwrap().push(auth);
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         let _ = inbound.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
                         return;
@@ -134,6 +146,10 @@ impl ConnectProxy {
                 });
             }
         });
-        ConnectProxy { addr, targets }
+        ConnectProxy {
+            addr,
+            targets,
+            authorizations,
+        }
     }
 }

@@ -207,7 +207,7 @@ pub fn start_agent(yaml: &str) -> AgentHandle {
         .expect("agent config complete");
     let (tx, rx) = watch::channel(AgentStatus::Starting);
     let shutdown = CancellationToken::new();
-    let join = tokio::spawn(ponte::agent::run(cfg, shutdown.clone(), tx));
+    let join = tokio::spawn(ponte::agent::run(cfg, shutdown.clone(), tx, None));
     AgentHandle {
         status: rx,
         shutdown,

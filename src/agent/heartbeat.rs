@@ -1,10 +1,10 @@
-//! The agent supervisor's heartbeat: proof, for the systemd watchdog, that the reconnect loop is
-//! still being run. The watchdog is petted only while beats are fresh, so a supervisor stuck in a
-//! blocking call (or a wedged runtime) stops the petting and systemd restarts the process.
+//! The supervisor's heartbeat: proof, for a service manager's watchdog, that the reconnect loop
+//! is still being run. The systemd glue pets the watchdog only while beats are fresh, so a
+//! supervisor stuck in a blocking call (or a wedged runtime) stops the petting and systemd
+//! restarts the process.
 //!
-//! The handle travels in a task-local, so the supervisor can beat without its constructor or
-//! `agent::run` taking one more argument; where no heartbeat is in scope (tests, `demo`),
-//! [`beat_while`] is a plain `await`.
+//! Whoever wants the proof makes a [`Heartbeat`] and hands it to `agent::run`; without one (tests,
+//! `demo`) the supervisor simply runs.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,10 +19,6 @@ pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 /// A beat older than this means the supervisor is not running: three missed beats, so one slow
 /// poll under load is not mistaken for a hang.
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
-
-tokio::task_local! {
-    static CURRENT: Heartbeat;
-}
 
 /// A shared "last seen alive" clock. Cloning shares it. Time is tokio's, so tests can pause it.
 #[derive(Debug, Clone)]
@@ -63,26 +59,18 @@ impl Heartbeat {
         self.age() <= STALE_AFTER
     }
 
-    /// Run `fut` with this heartbeat in scope for [`beat_while`].
-    pub async fn scope<F: Future>(self, fut: F) -> F::Output {
-        CURRENT.scope(self, fut).await
-    }
-}
-
-/// Await `fut`, beating the heartbeat in scope (if any) every [`BEAT_EVERY`] while `fut` is
-/// still pending. The beats come from the same task as `fut`, so they stop when it blocks.
-pub async fn beat_while<F: Future>(fut: F) -> F::Output {
-    let Ok(heartbeat) = CURRENT.try_with(Heartbeat::clone) else {
-        return fut.await;
-    };
-    let mut tick = tokio::time::interval(BEAT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    tokio::pin!(fut);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut fut => return out,
-            _ = tick.tick() => heartbeat.beat(),
+    /// Await `fut`, beating every [`BEAT_EVERY`] while it is still pending. The beats come from
+    /// the same task as `fut`, so they stop when it blocks.
+    pub async fn beat_while<F: Future>(&self, fut: F) -> F::Output {
+        let mut tick = tokio::time::interval(BEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut fut => return out,
+                _ = tick.tick() => self.beat(),
+            }
         }
     }
 }
@@ -94,17 +82,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn beats_only_while_the_future_runs() {
         let hb = Heartbeat::new();
-        let inner = hb.clone();
-        hb.clone()
-            .scope(beat_while(tokio::time::sleep(Duration::from_secs(10))))
+        let out = hb
+            .beat_while(async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                7
+            })
             .await;
-        assert!(inner.is_fresh(), "beats during the future: {:?}", inner.age());
+        assert_eq!(out, 7);
+        assert!(hb.is_fresh(), "beats during the future: {:?}", hb.age());
         tokio::time::sleep(STALE_AFTER + Duration::from_secs(1)).await;
-        assert!(!inner.is_fresh(), "no beats once it finished");
-    }
-
-    #[tokio::test]
-    async fn without_a_scope_it_is_a_plain_await() {
-        assert_eq!(beat_while(async { 7 }).await, 7);
+        assert!(!hb.is_fresh(), "no beats once it finished");
     }
 }
