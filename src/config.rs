@@ -121,7 +121,7 @@ fn referenced_vars(text: &str) -> Vec<String> {
 }
 
 /// Turn serde_norway's `key: message at line L column C` into `origin:L: key: message`.
-fn yaml_error(origin: &str, err: &serde_norway::Error) -> ConfigError {
+pub(crate) fn yaml_error(origin: &str, err: &serde_norway::Error) -> ConfigError {
     let text = err.to_string();
     let message = match text.rfind(" at line ") {
         Some(i) if err.location().is_some() => text[..i].to_string(),

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod hooks;
 pub mod logging;
 pub mod protocol;
 pub mod relay;
