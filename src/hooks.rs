@@ -7,6 +7,8 @@
 //! streaming body and the sender's address, and returns a response.
 
 pub mod definition;
+pub mod exec;
+pub mod handler;
 pub mod request;
 pub mod rules;
 pub mod template;
