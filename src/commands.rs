@@ -292,3 +292,21 @@ pub fn bench(opts: crate::bench::BenchOptions) -> Result<(), CommandError> {
         Ok(())
     })
 }
+
+/// `ponte webhook`: adnanh/webhook's command line, served locally without a relay.
+pub fn webhook(flags: crate::hooks::cli::WebhookFlags) -> Result<(), CommandError> {
+    if flags.version {
+        println!(
+            "webhook version {} (ponte webhook, compatible with adnanh/webhook 2.8)",
+            crate::VERSION
+        );
+        return Ok(());
+    }
+    let opts = crate::hooks::server::Options::from_flags(&flags)?;
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        crate::shutdown::cancel_on_signals(shutdown.clone());
+        crate::hooks::server::run(opts, shutdown).await?;
+        Ok(())
+    })
+}

@@ -6,11 +6,13 @@
 //! Nothing here depends on the agent: [`handler::HookService`] takes an `http::Request` with a
 //! streaming body and the sender's address, and returns a response.
 
+pub mod cli;
 pub mod definition;
 pub mod exec;
 pub mod handler;
 pub mod request;
 pub mod rules;
+pub mod server;
 pub mod template;
 pub mod value;
 
