@@ -67,7 +67,7 @@ enum Command {
     },
     /// Serve an adnanh/webhook hooks file locally (a drop-in for webhook.exe; its flags as Go writes them).
     #[command(disable_version_flag = true)]
-    Webhook(ponte::hooks::cli::WebhookFlags),
+    Webhook(Box<ponte::hooks::cli::WebhookFlags>),
     /// Run the agent (or relay) as a system service: a systemd unit or a Windows service.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -313,7 +313,7 @@ fn main() -> ExitCode {
             ..Default::default()
         }),
         Command::Service(command) => service(command),
-        Command::Webhook(flags) => commands::webhook(flags),
+        Command::Webhook(flags) => commands::webhook(*flags),
     };
     commands::exit(result)
 }
