@@ -5,6 +5,7 @@
 
 mod backoff;
 pub mod dial;
+mod hooks_origin;
 mod ingress;
 pub mod proxy_env;
 mod session;

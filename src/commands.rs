@@ -126,6 +126,8 @@ pub struct AgentArgs {
     pub upstream: Option<String>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
+    /// `--hooks`.
+    pub hooks: Option<PathBuf>,
 }
 
 fn env_proxy(relay_tls: bool) -> Result<Option<ProxySettings>, ConfigError> {
@@ -142,6 +144,7 @@ pub fn agent_config(args: AgentArgs) -> Result<AgentConfig, ConfigError> {
         token: args.token.map(Secret::new),
         upstream: args.upstream,
         ca_file: args.ca_file,
+        hooks: args.hooks,
         env_proxy: env_proxy(true)?,
     };
     AgentConfig::load(args.config.as_deref(), flags)
@@ -191,13 +194,9 @@ pub fn inlets_upstreams(spec: &str) -> Result<Vec<IngressRule>, ConfigError> {
                 Some((h, u)) if !h.contains("://") => (Some(h.trim()), u.trim()),
                 _ => (None, item),
             };
-            Ok(IngressRule {
-                host: host.map(crate::config::EnvString::from_static),
-                path: None,
-                upstream: UpstreamUrl::parse(url).map_err(bad)?,
-                host_header: None,
-                danger_accept_invalid_certs: false,
-            })
+            let mut rule = IngressRule::catch_all(UpstreamUrl::parse(url).map_err(bad)?);
+            rule.host = host.map(crate::config::EnvString::from_static);
+            Ok(rule)
         })
         .collect()
 }
@@ -224,6 +223,7 @@ pub fn client_config(args: ClientArgs) -> Result<AgentConfig, ConfigError> {
             token: Some(Secret::new(token)),
             upstream: Some("http://localhost:8000".into()),
             ca_file: args.ca_file,
+            hooks: None,
             env_proxy: env_proxy(true)?,
         },
         "command line",
@@ -247,6 +247,18 @@ pub fn client(args: ClientArgs) -> Result<(), CommandError> {
 /// `ponte check`.
 pub fn check(args: AgentArgs) -> Result<(), CommandError> {
     let cfg = agent_config(args)?;
+    // Hooks files are checked before the relay: a mistake there is the user's to fix first.
+    for rule in &cfg.ingress {
+        if let Some(file) = &rule.hooks {
+            let (hooks, warnings) =
+                crate::hooks::load_file(std::path::Path::new(file.as_str()), rule.hooks_template)?;
+            for w in warnings {
+                println!("warning: {w}");
+            }
+            let ids: Vec<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
+            println!("hooks {file}: {} hook(s): {}", hooks.len(), ids.join(", "));
+        }
+    }
     runtime()?.block_on(async move {
         let relay = cfg.relay.as_ref().map(|r| r.display()).unwrap_or_default();
         match agent::check(&cfg).await {
@@ -255,9 +267,12 @@ pub fn check(args: AgentArgs) -> Result<(), CommandError> {
                 println!("tunnel: {}", h.tunnel);
                 println!("public URL: {}", h.public_url);
                 for rule in &cfg.ingress {
+                    let Some(upstream) = &rule.upstream else {
+                        continue;
+                    };
                     let reachable = tokio::time::timeout(
                         std::time::Duration::from_secs(3),
-                        tokio::net::TcpStream::connect(rule.upstream.authority.as_str()),
+                        tokio::net::TcpStream::connect(upstream.authority.as_str()),
                     )
                     .await
                     .is_ok_and(|r| r.is_ok());
@@ -266,7 +281,7 @@ pub fn check(args: AgentArgs) -> Result<(), CommandError> {
                     } else {
                         "NOT reachable (is your application running?)"
                     };
-                    println!("upstream {}: {state}", rule.upstream);
+                    println!("upstream {upstream}: {state}");
                 }
                 Ok(())
             }
@@ -303,10 +318,16 @@ pub fn webhook(flags: crate::hooks::cli::WebhookFlags) -> Result<(), CommandErro
         return Ok(());
     }
     let opts = crate::hooks::server::Options::from_flags(&flags)?;
+    tracing::info!(
+        "version {} starting (ponte webhook, adnanh/webhook 2.8 compatible)",
+        crate::VERSION
+    );
+    // Loaded before the runtime starts so a mistake in a hooks file is a configuration error.
+    let loaded = crate::hooks::server::Reloader::load(&opts.files, opts.template)?;
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());
-        crate::hooks::server::run(opts, shutdown).await?;
+        crate::hooks::server::run(opts, loaded, shutdown).await?;
         Ok(())
     })
 }

@@ -28,6 +28,11 @@ pub struct HookSet {
 }
 
 impl HookSet {
+    /// A set from hooks already checked for unique ids.
+    pub fn from_hooks(hooks: Vec<Hook>) -> Self {
+        HookSet { hooks }
+    }
+
     /// The hook with this id.
     pub fn find(&self, id: &str) -> Option<&Hook> {
         self.hooks.iter().find(|h| h.id == id)

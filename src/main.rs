@@ -113,6 +113,9 @@ struct AgentFlags {
     /// Extra CA certificate (PEM) to trust for the relay.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// An adnanh/webhook hooks file served at /hooks/<id>, in front of the other rules.
+    #[arg(long)]
+    hooks: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -248,6 +251,7 @@ impl From<AgentFlags> for AgentArgs {
             token: f.token,
             upstream: f.upstream,
             ca_file: f.ca_file,
+            hooks: f.hooks,
         }
     }
 }

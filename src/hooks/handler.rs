@@ -115,12 +115,13 @@ impl HookService {
     {
         let rid = self.request_id(req.headers());
         let path = req.uri().path().to_string();
+        // `/` is answered before the hook route, as adnanh registers it first.
+        if self.settings.serve_root && path == "/" {
+            let mut headers = HeaderMap::new();
+            self.add_global_headers(&mut headers);
+            return respond(StatusCode::OK, headers, Bytes::from_static(b"OK"));
+        }
         let Some(id) = self.hook_id(&path) else {
-            if self.settings.serve_root && path == "/" {
-                let mut headers = HeaderMap::new();
-                self.add_global_headers(&mut headers);
-                return respond(StatusCode::OK, headers, Bytes::from_static(b"OK"));
-            }
             let mut headers = HeaderMap::new();
             headers.insert(
                 header::CONTENT_TYPE,

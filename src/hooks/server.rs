@@ -398,13 +398,13 @@ impl Drop for PidFile {
     }
 }
 
-/// Run `ponte webhook` with these options until `shutdown`: load, bind, log the URL, serve.
-pub async fn run(opts: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tracing::info!(
-        "version {} starting (ponte webhook, adnanh/webhook 2.8 compatible)",
-        crate::VERSION
-    );
-    let (reloader, set) = Reloader::load(&opts.files, opts.template)?;
+/// Run `ponte webhook` until `shutdown`: bind, log the URL, serve the hooks `Reloader::load`
+/// read.
+pub async fn run(
+    opts: Options,
+    (reloader, set): (Reloader, HookSet),
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     if set.is_empty() && !opts.allow_empty {
         anyhow::bail!(
             "couldn't load any hooks from file! aborting webhook execution since the -verbose flag is set to false. If, for some reason, you want webhook to start without the hooks, either use -verbose flag, or -nopanic"

@@ -113,6 +113,11 @@ impl Process {
         .await
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Everything it logged so far.
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")

@@ -1,0 +1,1079 @@
+//! Command hooks end to end, each case run two ways: through the real `ponte webhook` binary (the
+//! webhook.exe drop-in) and through a real relay and agent (`hooks:` ingress rule). The answers
+//! must be adnanh/webhook 2.8's: status codes, texts, arguments as literal argv entries.
+#![cfg(unix)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::process::Process;
+use support::*;
+
+/// Scripts the hooks run. Each prints what it received in a form the tests can compare exactly.
+const SCRIPTS: &[(&str, &str)] = &[
+    (
+        "args.sh",
+        "#!/bin/sh\nfor a in \"$@\"; do printf '[%s]\\n' \"$a\"; done\n",
+    ),
+    (
+        "env.sh",
+        "#!/bin/sh\nprintf 'who=[%s] token=[%s]\\n' \"$HOOK_who\" \"$TOKEN\"\n",
+    ),
+    ("fail.sh", "#!/bin/sh\necho failing output\nexit 3\n"),
+    (
+        "files.sh",
+        "#!/bin/sh\nprintf 'doc=[%s] b64=[%s]\\n' \"$(cat \"$DOC_FILE\")\" \"$(cat \"$HOOK_BIN\")\"\necho \"$DOC_FILE\" > \"$PONTE_FILES_LOG\"\n",
+    ),
+    ("marker.sh", "#!/bin/sh\nprintf '%s' \"$1\" > \"$2\"\n"),
+    // The background sleep is a grandchild: the timeout must kill it too.
+    ("sleep.sh", "#!/bin/sh\nsleep 30 &\necho $! > \"$1\"\nsleep 30\n"),
+    ("big.sh", "#!/bin/sh\nhead -c 10485760 /dev/zero | tr '\\0' x\n"),
+    ("slow.sh", "#!/bin/sh\n: > \"$1\"\nsleep 2\necho done\n"),
+];
+
+/// A directory with the scripts and a hooks file using them.
+struct Fixture {
+    dir: tempfile::TempDir,
+    hooks: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in SCRIPTS {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("script");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let d = dir.path().display().to_string();
+        let hooks = dir.path().join("hooks.yaml");
+        std::fs::write(&hooks, hooks_yaml(&d)).expect("hooks file");
+        Fixture { dir, hooks }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn hooks_yaml(d: &str) -> String {
+    format!(
+        r#"
+- id: args
+  execute-command: ./args.sh
+  command-working-directory: {d}
+  include-command-output-in-response: true
+  pass-arguments-to-command:
+    - {{source: payload, name: a.b}}
+    - {{source: payload, name: list.1}}
+    - {{source: header, name: x-token}}
+    - {{source: url, name: q}}
+    - {{source: query, name: q}}
+    - {{source: request, name: method}}
+    - {{source: string, name: static arg}}
+    - {{source: payload, name: missing}}
+    - {{source: payload, name: num}}
+- id: payload
+  execute-command: {d}/args.sh
+  include-command-output-in-response: true
+  pass-arguments-to-command:
+    - {{source: entire-payload}}
+- id: raw
+  execute-command: {d}/args.sh
+  include-command-output-in-response: true
+  pass-arguments-to-command:
+    - {{source: raw-request-body}}
+    - {{source: entire-query}}
+- id: remote
+  execute-command: {d}/args.sh
+  include-command-output-in-response: true
+  pass-arguments-to-command:
+    - {{source: request, name: remote-addr}}
+- id: value
+  execute-command: /bin/true
+  response-message: ok
+  trigger-rule:
+    match: {{type: value, value: secret, parameter: {{source: header, name: X-Token}}}}
+- id: regex
+  execute-command: /bin/true
+  response-message: ok
+  trigger-rule-mismatch-http-response-code: 403
+  trigger-rule:
+    match: {{type: regex, regex: '^refs/heads/(main|master)$', parameter: {{source: payload, name: ref}}}}
+- id: hmac
+  execute-command: {d}/args.sh
+  include-command-output-in-response: true
+  pass-arguments-to-command:
+    - {{source: raw-request-body}}
+  trigger-rule:
+    match: {{type: payload-hmac-sha256, secret: s3cret, parameter: {{source: header, name: X-Hub-Signature-256}}}}
+- id: soft
+  execute-command: /bin/true
+  response-message: ok
+  trigger-signature-soft-failures: true
+  trigger-rule:
+    or:
+      - match: {{type: payload-hmac-sha1, secret: s3cret, parameter: {{source: header, name: X-Hub-Signature}}}}
+      - match: {{type: value, value: yes, parameter: {{source: url, name: token}}}}
+- id: ip
+  execute-command: /bin/true
+  response-message: ok
+  trigger-rule:
+    match: {{type: ip-whitelist, ip-range: "127.0.0.1/32 ::1"}}
+- id: ip-deny
+  execute-command: /bin/true
+  trigger-rule:
+    match: {{type: ip-whitelist, ip-range: 10.0.0.0/8}}
+- id: not
+  execute-command: /bin/true
+  response-message: ok
+  trigger-rule:
+    and:
+      - not: {{match: {{type: value, value: blocked, parameter: {{source: payload, name: user}}}}}}
+      - match: {{type: value, value: push, parameter: {{source: header, name: X-Event}}}}
+- id: post-only
+  execute-command: /bin/true
+  response-message: ok
+  http-methods: [post]
+- id: fail
+  execute-command: {d}/fail.sh
+  include-command-output-in-response: true
+- id: fail-output
+  execute-command: {d}/fail.sh
+  include-command-output-in-response: true
+  include-command-output-in-response-on-error: true
+- id: missing
+  execute-command: ./does-not-exist
+  command-working-directory: {d}
+  include-command-output-in-response: true
+- id: missing-async
+  execute-command: /nonexistent/program
+- id: created
+  execute-command: /bin/true
+  response-message: created
+  success-http-response-code: 201
+  response-headers:
+    - {{name: X-Hook, value: "yes"}}
+    - {{name: Content-Type, value: application/json}}
+- id: async
+  execute-command: {d}/marker.sh
+  response-message: started
+  pass-arguments-to-command:
+    - {{source: payload, name: text}}
+    - {{source: payload, name: path}}
+- id: env
+  execute-command: {d}/env.sh
+  include-command-output-in-response: true
+  pass-environment-to-command:
+    - {{source: payload, name: who}}
+    - {{source: header, name: X-Token, envname: TOKEN}}
+- id: files
+  execute-command: {d}/files.sh
+  command-working-directory: {d}
+  include-command-output-in-response: true
+  pass-environment-to-command:
+    - {{source: string, name: ignored, envname: PONTE_FILES_LOG}}
+  pass-file-to-command:
+    - {{source: payload, name: doc, envname: DOC_FILE}}
+    - {{source: payload, name: bin, base64decode: true}}
+- id: json-param
+  execute-command: {d}/args.sh
+  include-command-output-in-response: true
+  parse-parameters-as-json:
+    - {{source: url, name: data}}
+  pass-arguments-to-command:
+    - {{source: url, name: data.inner.0}}
+- id: forced-json
+  execute-command: {d}/args.sh
+  incoming-payload-content-type: application/json
+  include-command-output-in-response: true
+  pass-arguments-to-command:
+    - {{source: payload, name: k}}
+- id: sleep
+  execute-command: {d}/sleep.sh
+  command-timeout: 1s
+  include-command-output-in-response: true
+  pass-arguments-to-command:
+    - {{source: payload, name: pidfile}}
+- id: slow
+  execute-command: {d}/slow.sh
+  include-command-output-in-response: true
+  pass-arguments-to-command:
+    - {{source: url, name: started}}
+- id: big
+  execute-command: {d}/big.sh
+  include-command-output-in-response: true
+- id: meta
+  execute-command: {d}/args.sh
+  include-command-output-in-response: true
+  pass-arguments-to-command:
+    - {{source: payload, name: p}}
+    - {{source: header, name: X-Meta}}
+    - {{source: url, name: q}}
+  pass-environment-to-command:
+    - {{source: payload, name: p, envname: META}}
+"#
+    )
+}
+
+/// Where requests go: the `ponte webhook` binary or a relay in front of an agent.
+enum Target {
+    Webhook {
+        process: Process,
+        base: String,
+    },
+    Tunnel {
+        relay: RelayHandle,
+        agent: AgentHandle,
+        certs: Certs,
+    },
+}
+
+impl Target {
+    async fn webhook(hooks: &Path, extra: &[&str]) -> Target {
+        let file = hooks.to_str().unwrap();
+        let mut args = vec![
+            "webhook",
+            "-ip",
+            "127.0.0.1",
+            "-port",
+            "0",
+            "-hooks",
+            file,
+            "-verbose",
+        ];
+        args.extend_from_slice(extra);
+        let process = Process::spawn(&args);
+        let addr = serving_address(&process).await;
+        Target::Webhook {
+            process,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    async fn tunnel(hooks: &Path) -> Target {
+        let certs = Certs::new();
+        let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
+        let mut agent = start_agent(&agent_yaml(
+            &relay.url(true),
+            Some(&certs),
+            &format!("ingress:\n  - path: /hooks/\n    hooks: {}\n", hooks.display()),
+        ));
+        agent.connected().await;
+        Target::Tunnel { relay, agent, certs }
+    }
+
+    fn url(&self, path: &str) -> String {
+        match self {
+            Target::Webhook { base, .. } => format!("{base}{path}"),
+            Target::Tunnel { relay, .. } => format!("{}/t/demo{path}", relay.url(true)),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(ponte::body::boxed(Full::new(body.into())))
+            .expect("request");
+        let c = match self {
+            Target::Webhook { .. } => client(None, false),
+            Target::Tunnel { certs, .. } => client(Some(certs), false),
+        };
+        send(&c, req).await
+    }
+
+    async fn post_json(&self, path: &str, json: &str) -> Reply {
+        self.send(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            json.to_string(),
+        )
+        .await
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Target::Webhook { process, .. } => Some(process.pid()),
+            Target::Tunnel { .. } => None,
+        }
+    }
+
+    async fn stop(self) {
+        if let Target::Tunnel { relay, agent, .. } = self {
+            agent.stop().await;
+            relay.stop().await;
+        }
+    }
+}
+
+/// The address `ponte webhook` logged in "serving hooks on …".
+async fn serving_address(process: &Process) -> String {
+    eventually("the serving hooks line", || async {
+        process.output().lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["message"]
+                .as_str()?
+                .starts_with("serving hooks on")
+                .then(|| v["address"].as_str().map(str::to_string))?
+        })
+    })
+    .await
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Webhook,
+    Tunnel,
+}
+
+async fn target(mode: Mode, f: &Fixture) -> Target {
+    match mode {
+        Mode::Webhook => Target::webhook(&f.hooks, &[]).await,
+        Mode::Tunnel => Target::tunnel(&f.hooks).await,
+    }
+}
+
+/// One test per case and way of running it.
+macro_rules! both_ways {
+    ($case:ident) => {
+        mod $case {
+            use super::*;
+            #[tokio::test]
+            async fn through_ponte_webhook() {
+                let f = Fixture::new();
+                let t = target(Mode::Webhook, &f).await;
+                super::$case(&t, &f).await;
+                t.stop().await;
+            }
+            #[tokio::test]
+            async fn through_relay_and_agent() {
+                let f = Fixture::new();
+                let t = target(Mode::Tunnel, &f).await;
+                super::$case(&t, &f).await;
+                t.stop().await;
+            }
+        }
+    };
+}
+
+fn lines(r: &Reply) -> Vec<String> {
+    r.text().lines().map(str::to_string).collect()
+}
+
+// === Cases ===
+
+async fn sources_reach_the_program(t: &Target, _f: &Fixture) {
+    let r = t
+        .send(
+            "POST",
+            "/hooks/args?q=query%20value",
+            &[("content-type", "application/json"), ("x-token", "tok")],
+            r#"{"a": {"b": "nested"}, "list": ["zero", {"one": 1}], "num": 10.50}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        lines(&r),
+        [
+            "[nested]",
+            r#"[{"one":1}]"#,
+            "[tok]",
+            "[query value]",
+            "[query value]",
+            "[POST]",
+            "[static arg]",
+            "[]",
+            "[10.50]"
+        ]
+    );
+}
+both_ways!(sources_reach_the_program);
+
+async fn payload_by_content_type(t: &Target, _f: &Fixture) {
+    let json = t
+        .post_json("/hooks/payload", r#"{"z": [1, 2.0], "a": "<&>"}"#)
+        .await;
+    assert_eq!(lines(&json), [r#"[{"a":"\u003c\u0026\u003e","z":[1,2.0]}]"#]);
+    let array = t.post_json("/hooks/payload", "[1, 2]").await;
+    assert_eq!(lines(&array), [r#"[{"root":[1,2]}]"#]);
+    let form = t
+        .send(
+            "POST",
+            "/hooks/payload",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "name=Jo%C3%A3o+Silva&x=1&x=2",
+        )
+        .await;
+    assert_eq!(lines(&form), [r#"[{"name":"João Silva","x":"1"}]"#]);
+    let xml = t
+        .send(
+            "POST",
+            "/hooks/payload",
+            &[("content-type", "application/xml")],
+            r#"<consulta id="7"><paciente>Ana</paciente><paciente>Rui</paciente></consulta>"#,
+        )
+        .await;
+    assert_eq!(
+        lines(&xml),
+        [r#"[{"consulta":{"-id":"7","paciente":["Ana","Rui"]}}]"#]
+    );
+    let multipart = t
+        .send(
+            "POST",
+            "/hooks/payload",
+            &[("content-type", "multipart/form-data; boundary=XyZ")],
+            "--XyZ\r\nContent-Disposition: form-data; name=\"field\"\r\n\r\nvalue\r\n--XyZ\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"d.json\"\r\nContent-Type: application/json\r\n\r\n{\"k\": true}\r\n--XyZ--\r\n",
+        )
+        .await;
+    assert_eq!(lines(&multipart), [r#"[{"doc":{"k":true},"field":"value"}]"#]);
+    let none = t
+        .send("POST", "/hooks/payload", &[("content-type", "text/plain")], "x")
+        .await;
+    assert_eq!(lines(&none), ["[null]"]);
+    let broken = t.post_json("/hooks/payload", "{not json").await;
+    assert_eq!(lines(&broken), ["[null]"]);
+    let bad_multipart = t
+        .send(
+            "POST",
+            "/hooks/payload",
+            &[("content-type", "multipart/form-data; boundary=Q")],
+            "garbage",
+        )
+        .await;
+    assert_eq!(bad_multipart.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        bad_multipart.text(),
+        "Error occurred while parsing multipart form."
+    );
+    let raw = t
+        .send(
+            "PUT",
+            "/hooks/raw?b=2&a=1",
+            &[("content-type", "text/plain")],
+            "raw body\nline 2",
+        )
+        .await;
+    assert_eq!(
+        r#"[raw body
+line 2]
+[{"a":"1","b":"2"}]
+"#,
+        raw.text()
+    );
+    let forced = t
+        .send(
+            "POST",
+            "/hooks/forced-json",
+            &[("content-type", "text/plain")],
+            r#"{"k": "v"}"#,
+        )
+        .await;
+    assert_eq!(lines(&forced), ["[v]"]);
+    let json_param = t
+        .send(
+            "GET",
+            "/hooks/json-param?data=%7B%22inner%22%3A%5B%22first%22%5D%7D",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(lines(&json_param), ["[first]"]);
+}
+both_ways!(payload_by_content_type);
+
+async fn value_and_regex_rules(t: &Target, _f: &Fixture) {
+    let ok = t.send("POST", "/hooks/value", &[("x-token", "secret")], "").await;
+    assert_eq!((ok.status, ok.text().as_str()), (StatusCode::OK, "ok"));
+    let wrong = t.send("POST", "/hooks/value", &[("x-token", "nope")], "").await;
+    assert_eq!(
+        (wrong.status, wrong.text().as_str()),
+        (StatusCode::OK, "Hook rules were not satisfied.")
+    );
+    // A missing parameter is a plain mismatch, not an error.
+    let missing = t.send("POST", "/hooks/value", &[], "").await;
+    assert_eq!(
+        (missing.status, missing.text().as_str()),
+        (StatusCode::OK, "Hook rules were not satisfied.")
+    );
+    let main = t.post_json("/hooks/regex", r#"{"ref": "refs/heads/main"}"#).await;
+    assert_eq!((main.status, main.text().as_str()), (StatusCode::OK, "ok"));
+    let other = t.post_json("/hooks/regex", r#"{"ref": "refs/heads/dev"}"#).await;
+    assert_eq!(
+        (other.status, other.text().as_str()),
+        (StatusCode::FORBIDDEN, "Hook rules were not satisfied.")
+    );
+    let not_ok = t
+        .send(
+            "POST",
+            "/hooks/not",
+            &[("content-type", "application/json"), ("x-event", "push")],
+            r#"{"user": "ana"}"#,
+        )
+        .await;
+    assert_eq!(not_ok.text(), "ok");
+    let blocked = t
+        .send(
+            "POST",
+            "/hooks/not",
+            &[("content-type", "application/json"), ("x-event", "push")],
+            r#"{"user": "blocked"}"#,
+        )
+        .await;
+    assert_eq!(blocked.text(), "Hook rules were not satisfied.");
+}
+both_ways!(value_and_regex_rules);
+
+fn hmac_sha256(secret: &str, body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(body.as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+async fn hmac_signatures(t: &Target, _f: &Fixture) {
+    let body = r#"{"action": "opened"}"#;
+    let good = hmac_sha256("s3cret", body);
+    for sig in [
+        format!("sha256={good}"),
+        good.clone(),
+        format!("sha256=0000,sha256={good}"),
+    ] {
+        let r = t
+            .send("POST", "/hooks/hmac", &[("x-hub-signature-256", &sig)], body)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{sig}: {}", r.text());
+        assert_eq!(r.text(), format!("[{body}]\n"));
+    }
+    // A bad signature is an evaluation error: 500, as adnanh answers.
+    for sig in ["sha256=0000", "", &format!("sha1={good}")] {
+        let r = t
+            .send("POST", "/hooks/hmac", &[("x-hub-signature-256", sig)], body)
+            .await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{sig:?}");
+        assert_eq!(r.text(), "Error occurred while evaluating hook rules.");
+    }
+    // The body signed is the body sent: one changed byte fails.
+    let r = t
+        .send(
+            "POST",
+            "/hooks/hmac",
+            &[("x-hub-signature-256", &format!("sha256={good}"))],
+            body.replace("opened", "closed"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let r = t.send("POST", "/hooks/hmac", &[], body).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "Hook rules were not satisfied.")
+    );
+    // Soft failures inside `or`: a bad signature only makes its branch false.
+    let r = t
+        .send(
+            "POST",
+            "/hooks/soft?token=yes",
+            &[("x-hub-signature", "sha1=00")],
+            "x",
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
+    let r = t
+        .send(
+            "POST",
+            "/hooks/soft?token=no",
+            &[("x-hub-signature", "sha1=00")],
+            "x",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "Hook rules were not satisfied.")
+    );
+}
+both_ways!(hmac_signatures);
+
+async fn sender_address_and_ip_whitelist(t: &Target, _f: &Fixture) {
+    let r = t.send("GET", "/hooks/remote", &[], "").await;
+    let text = r.text();
+    assert!(text.starts_with("[127.0.0.1:"), "{text}");
+    let r = t.send("GET", "/hooks/ip", &[], "").await;
+    assert_eq!(r.text(), "ok");
+    let r = t.send("GET", "/hooks/ip-deny", &[], "").await;
+    assert_eq!(r.text(), "Hook rules were not satisfied.");
+}
+both_ways!(sender_address_and_ip_whitelist);
+
+async fn routing_methods_and_status_codes(t: &Target, _f: &Fixture) {
+    let r = t.send("POST", "/hooks/nope", &[], "").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::NOT_FOUND, "Hook not found.")
+    );
+    let r = t.send("GET", "/hooks/post-only", &[], "").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "")
+    );
+    let r = t.send("POST", "/hooks/post-only", &[], "").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
+    let r = t.send("POST", "/hooks/created", &[], "").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.text(), "created");
+    assert_eq!(r.header("x-hook"), "yes");
+    assert_eq!(r.header("content-type"), "application/json");
+    let r = t.send("POST", "/hooks/value", &[("x-token", "secret")], "").await;
+    assert_eq!(r.header("content-type"), "text/plain; charset=utf-8");
+}
+both_ways!(routing_methods_and_status_codes);
+
+async fn command_failures(t: &Target, _f: &Fixture) {
+    let r = t.send("POST", "/hooks/fail", &[], "").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        r.text(),
+        "Error occurred while executing the hook's command. Please check your logs for more details."
+    );
+    let r = t.send("POST", "/hooks/fail-output", &[], "").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "failing output\n")
+    );
+    for id in ["missing", "missing-async"] {
+        let r = t.send("POST", &format!("/hooks/{id}"), &[], "").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{id}");
+        assert_eq!(
+            r.text(),
+            "Error occurred while executing the hook's command. Please check your logs for more details."
+        );
+    }
+}
+both_ways!(command_failures);
+
+async fn async_hooks_answer_at_once_and_run(t: &Target, f: &Fixture) {
+    let marker = f.path("marker.txt");
+    let r = t
+        .post_json(
+            "/hooks/async",
+            &format!(r#"{{"text": "ran; $(touch x)", "path": "{}"}}"#, marker.display()),
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "started"));
+    let written = eventually("the async command", || async {
+        std::fs::read_to_string(&marker).ok().filter(|t| !t.is_empty())
+    })
+    .await;
+    assert_eq!(written, "ran; $(touch x)");
+}
+both_ways!(async_hooks_answer_at_once_and_run);
+
+async fn environment_and_files(t: &Target, f: &Fixture) {
+    let r = t
+        .send(
+            "POST",
+            "/hooks/env",
+            &[("content-type", "application/json"), ("x-token", "t0k")],
+            r#"{"who": "Ana Maria"}"#,
+        )
+        .await;
+    assert_eq!(r.text(), "who=[Ana Maria] token=[t0k]\n");
+    let r = t
+        .post_json(
+            "/hooks/files",
+            r#"{"doc": "line 1\nline 2", "bin": "aGVsbG8gd29ybGQ="}"#,
+        )
+        .await;
+    assert_eq!(r.text(), "doc=[line 1\nline 2] b64=[hello world]\n");
+    // The script logged where its file was: in the working directory, named after the
+    // variable, and removed once the command ended.
+    let written = std::fs::read_to_string(f.path("ignored")).expect("files.sh log");
+    let path = PathBuf::from(written.trim());
+    assert!(path.starts_with(f.dir.path()), "{}", path.display());
+    assert!(
+        path.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("DOC_FILE")
+    );
+    assert!(!path.exists(), "{} was left behind", path.display());
+    let leftovers: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("DOC_FILE") || n.starts_with("HOOK_BIN"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+both_ways!(environment_and_files);
+
+/// Shell metacharacters in every source reach the program as literal bytes and run nothing.
+async fn shell_metacharacters_stay_literal(t: &Target, f: &Fixture) {
+    let canary = f.path("pwned");
+    let c = canary.display();
+    let evil = [
+        format!("$(touch {c})"),
+        format!("`touch {c}`"),
+        format!("; touch {c}"),
+        format!("| touch {c}"),
+        format!("&& touch {c}"),
+        format!("\ntouch {c}\n"),
+        format!("'\"; touch {c}; echo \"'"),
+        "%PATH% ^& >out <in * ?".to_string(),
+    ];
+    for e in &evil {
+        let body = serde_json::json!({ "p": e }).to_string();
+        let q: String = url::form_urlencoded::byte_serialize(e.as_bytes()).collect();
+        // HTTP trims a header value's outer spaces.
+        let header = e.replace('\n', " ").trim().to_string();
+        let r = t
+            .send(
+                "POST",
+                &format!("/hooks/meta?q={q}"),
+                &[("content-type", "application/json"), ("x-meta", &header)],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.text(), format!("[{e}]\n[{header}]\n[{e}]\n"));
+    }
+    assert!(!canary.exists(), "a metacharacter was interpreted");
+}
+both_ways!(shell_metacharacters_stay_literal);
+
+/// A command past its timeout is killed with its children; other hooks answer meanwhile.
+async fn timeout_kills_the_process_tree(t: &Target, f: &Fixture) {
+    let pidfile = f.path("grandchild.pid");
+    let body = serde_json::json!({ "pidfile": pidfile.display().to_string() }).to_string();
+    let slow = t.post_json("/hooks/sleep", &body);
+    let other = async {
+        // While the sleeper runs, another hook answers at once.
+        let started = std::time::Instant::now();
+        let r = t.send("POST", "/hooks/value", &[("x-token", "secret")], "").await;
+        assert_eq!(r.text(), "ok");
+        started.elapsed()
+    };
+    let started = std::time::Instant::now();
+    let (r, other_took) = tokio::join!(slow, other);
+    assert!(other_took < Duration::from_secs(1), "{other_took:?}");
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    eventually("the grandchild to be gone", || async {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        (!alive).then_some(())
+    })
+    .await;
+}
+both_ways!(timeout_kills_the_process_tree);
+
+/// 10 MiB of output: the answer is cut at 1 MiB and the server's memory stays bounded.
+async fn output_is_capped(t: &Target, _f: &Fixture) {
+    let r = t.send("POST", "/hooks/big", &[], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 1 << 20);
+    assert!(r.body.iter().all(|b| *b == b'x'));
+    if let Some(pid) = t.pid() {
+        let peak = peak_rss_kib(pid);
+        assert!(peak < 48 * 1024, "ponte webhook peaked at {peak} KiB");
+    }
+}
+both_ways!(output_is_capped);
+
+// === `ponte webhook` only ===
+
+#[tokio::test]
+async fn concurrency_limit_answers_503() {
+    let f = Fixture::new();
+    let t = Target::webhook(&f.hooks, &["-max-concurrent-hooks", "1"]).await;
+    let started = f.path("slow.started");
+    let first_path = format!("/hooks/slow?started={}", started.display());
+    let first = t.send("POST", &first_path, &[], "");
+    let second = async {
+        // Sent once the first command is known to be running.
+        eventually("the first command to start", || async {
+            started.exists().then_some(())
+        })
+        .await;
+        t.send("POST", "/hooks/slow?started=/dev/null", &[], "").await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!((first.status, first.text().as_str()), (StatusCode::OK, "done\n"));
+    assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second.header("retry-after"), "1");
+    // Once the slot is free, hooks run again.
+    let again = t.send("POST", "/hooks/fail-output", &[], "").await;
+    assert_eq!(again.text(), "failing output\n");
+}
+
+#[tokio::test]
+async fn root_prefix_global_headers_and_methods() {
+    let f = Fixture::new();
+    let t = Target::webhook(
+        &f.hooks,
+        &[
+            "-urlprefix",
+            "",
+            "-header",
+            "Access-Control-Allow-Origin=*",
+            "-http-methods",
+            "put , Patch",
+        ],
+    )
+    .await;
+    let r = t.send("PUT", "/value", &[("x-token", "secret")], "").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(r.header("access-control-allow-origin"), "*");
+    let r = t.send("POST", "/value", &[("x-token", "secret")], "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    // A hook's own list wins over the global one.
+    let r = t.send("POST", "/post-only", &[], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = t.send("GET", "/", &[], "").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "OK"));
+}
+
+#[tokio::test]
+async fn hot_reload_under_load_drops_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks.json");
+    let version =
+        |v: &str| format!(r#"[{{"id": "v", "execute-command": "/bin/true", "response-message": "{v}"}}]"#);
+    std::fs::write(&hooks, version("v0")).unwrap();
+    let t = Target::webhook(&hooks, &["-hotreload"]).await;
+    let load = async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let r = t.send("POST", "/hooks/v", &[], "").await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            seen.insert(r.text());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen
+    };
+    let writer = async {
+        for (i, v) in ["v1", "broken", "v2", "v3"].iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let text = if *v == "broken" {
+                "[{\"id\": ".to_string()
+            } else {
+                version(v)
+            };
+            if i % 2 == 0 {
+                std::fs::write(&hooks, text).unwrap();
+            } else {
+                // Editors often write a new file and rename it over the old one.
+                let tmp = dir.path().join("hooks.json.tmp");
+                std::fs::write(&tmp, text).unwrap();
+                std::fs::rename(&tmp, &hooks).unwrap();
+            }
+        }
+    };
+    let (seen, ()) = tokio::join!(load, writer);
+    let seen: Vec<_> = seen.into_iter().collect();
+    assert!(
+        seen.iter()
+            .all(|s| ["v0", "v1", "v2", "v3"].contains(&s.as_str())),
+        "{seen:?}"
+    );
+    eventually("v3 to be served", || async {
+        (t.send("POST", "/hooks/v", &[], "").await.text() == "v3").then_some(())
+    })
+    .await;
+    if let Target::Webhook { process, .. } = &t {
+        assert!(
+            process.output().contains("couldn't load hooks from file"),
+            "the broken file was not reported"
+        );
+    }
+}
+
+#[tokio::test]
+async fn seed_rute_ai_steps_work_with_ponte_alone() {
+    // The guide's program echoes the payload it gets as its argument.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config/hooks.yaml"),
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/packaging/examples/hooks.yaml"
+        ))
+        .unwrap()
+        .replace("./webhook_client.exe", "./webhook_client.sh")
+        .replace(
+            "command-working-directory: .",
+            &format!("command-working-directory: {}", dir.path().display()),
+        ),
+    )
+    .unwrap();
+    let script = dir.path().join("webhook_client.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf '{\"status\": \"OK\", \"dados_recebidos_pelo_webhook\": %s}' \"$1\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hooks = dir.path().join("config/hooks.yaml");
+    let t = Target::webhook(&hooks, &[]).await;
+    let r = t
+        .post_json("/hooks/rute-webhook", r#"{"key1":"value1", "key2":"value2"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json answer");
+    assert_eq!(
+        v,
+        serde_json::json!({"status": "OK", "dados_recebidos_pelo_webhook": {"key1": "value1", "key2": "value2"}})
+    );
+}
+
+#[tokio::test]
+async fn command_line_errors_are_clear() {
+    let f = Fixture::new();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ponte"))
+            .args(args)
+            .output()
+            .expect("run ponte")
+    };
+    let out = run(&["webhook", "-socket", "/tmp/x.sock"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-socket is not supported"));
+    let out = run(&["webhook", "-bogus"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+    let out = run(&["webhook", "-h"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--hooks",
+        "--port",
+        "--urlprefix",
+        "--hotreload",
+        "--template",
+        "--http-methods",
+        "--header",
+        "--nopanic",
+        "--x-request-id",
+        "--secure",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from help");
+    }
+    let out = run(&["webhook", "-version"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("webhook version"));
+    // A broken hooks file stops the start with file:line.
+    let bad = f.path("bad.yaml");
+    std::fs::write(
+        &bad,
+        "- id: x\n  execute-command: /bin/true\n  trigger-rule:\n    match: {type: nope}\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "webhook",
+        "-hooks",
+        bad.to_str().unwrap(),
+        "-port",
+        "0",
+        "-ip",
+        "127.0.0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:4", bad.display())) && err.contains("unknown match type `nope`"),
+        "{err}"
+    );
+    // No hooks and no -verbose/-nopanic: refuse, as adnanh does.
+    let empty = f.path("empty.json");
+    std::fs::write(&empty, "[]").unwrap();
+    let out = run(&[
+        "webhook",
+        "-hooks",
+        empty.to_str().unwrap(),
+        "-port",
+        "0",
+        "-ip",
+        "127.0.0.1",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("couldn't load any hooks"));
+}
+
+#[tokio::test]
+async fn template_mode_renders_getenv_and_cat() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "s3cret \"quoted\"\n").unwrap();
+    let hooks = dir.path().join("hooks.json");
+    std::fs::write(
+        &hooks,
+        format!(
+            r#"[{{"id": "t", "execute-command": "/bin/true", "response-message": "{{{{ cat "{}" | js }}}}|{{{{ getenv "HOME" }}}}|{{{{ getenv "PONTE_SURELY_UNSET_VAR" }}}}"}}]"#,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let t = Target::webhook(&hooks, &["-template"]).await;
+    let r = t.send("POST", "/hooks/t", &[], "").await;
+    let home = std::env::var("HOME").unwrap_or_default();
+    assert_eq!(
+        (r.status, r.text()),
+        (StatusCode::OK, format!("s3cret \"quoted\"|{home}|"))
+    );
+}
+
+#[tokio::test]
+async fn check_validates_the_hooks_file() {
+    let f = Fixture::new();
+    let run = |hooks: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ponte"))
+            .args([
+                "check",
+                "--relay",
+                "https://127.0.0.1:9",
+                "--token",
+                TOKEN,
+                "--hooks",
+            ])
+            .arg(hooks)
+            .env_remove("HTTPS_PROXY")
+            .output()
+            .expect("run ponte check")
+    };
+    let bad = f.path("bad.yaml");
+    std::fs::write(&bad, "- id: x\n  execute-command: /bin/true\n  pass-arguments-to-command:\n    - {source: headers, name: a}\n").unwrap();
+    let out = run(&bad);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:4", bad.display())) && err.contains("unknown source `headers`"),
+        "{err}"
+    );
+    // A good file is reported, then the (unreachable) relay is tried.
+    let out = run(&f.hooks);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("hook(s): args, payload"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
