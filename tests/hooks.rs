@@ -1077,3 +1077,57 @@ async fn check_validates_the_hooks_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A hook that answers 5xx through a queued tunnel is retried by the relay like any delivery:
+/// the webhook sent while the agent was offline runs once the program succeeds.
+#[tokio::test]
+async fn queued_tunnel_retries_a_failing_hook() {
+    let f = Fixture::new();
+    let d = f.dir.path().display();
+    // Fails on its first run, succeeds on the second; each run is logged.
+    let script = f.path("flaky.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$1\" >> {d}/runs.log\nif [ ! -e {d}/seen ]; then : > {d}/seen; echo not yet; exit 1; fi\necho ok\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hooks = f.path("queued.yaml");
+    std::fs::write(
+        &hooks,
+        format!("- id: flaky\n  execute-command: {}\n  include-command-output-in-response: true\n  pass-arguments-to-command:\n    - {{source: payload, name: n}}\n", script.display()),
+    )
+    .unwrap();
+    let certs = Certs::new();
+    let db = f.path("relay.db");
+    let relay = start_relay(&queue_yaml(&certs, &db, "queue", "", "")).await;
+    let c = client(Some(&certs), false);
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("{}/t/demo/hooks/flaky", relay.url(true)))
+        .header("content-type", "application/json")
+        .body(ponte::body::full(r#"{"n": 42}"#))
+        .unwrap();
+    let r = send(&c, req).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let id = r.header("ponte-delivery-id").to_string();
+    let mut agent = start_agent(&agent_yaml(
+        &relay.url(true),
+        Some(&certs),
+        &format!("ingress:\n  - path: /hooks/\n    hooks: {}\n", hooks.display()),
+    ));
+    agent.connected().await;
+    let detail = eventually("the delivery to succeed", || async {
+        let d = admin_json(&c, &relay.url(true), "GET", &format!("deliveries/{id}")).await;
+        (d["status"] == "delivered").then_some(d)
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(f.path("runs.log")).unwrap(), "42\n42\n");
+    assert!(
+        detail.to_string().contains("500"),
+        "the failed attempt is recorded: {detail}"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}
