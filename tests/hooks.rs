@@ -904,44 +904,50 @@ async fn hot_reload_under_load_drops_no_request() {
     }
 }
 
+/// The guide's steps with the shipped example pair (packaging/examples/hooks.yaml and
+/// webhook_client.py): `webhook -port … -hooks config/hooks.yaml -verbose`, then the curl line.
 #[tokio::test]
 async fn seed_rute_ai_steps_work_with_ponte_alone() {
-    // The guide's program echoes the payload it gets as its argument.
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/examples");
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("config")).unwrap();
-    std::fs::write(
-        dir.path().join("config/hooks.yaml"),
-        std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/packaging/examples/hooks.yaml"
-        ))
-        .unwrap()
-        .replace("./webhook_client.exe", "./webhook_client.sh")
-        .replace(
-            "command-working-directory: .",
-            &format!("command-working-directory: {}", dir.path().display()),
-        ),
-    )
-    .unwrap();
-    let script = dir.path().join("webhook_client.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nprintf '{\"status\": \"OK\", \"dados_recebidos_pelo_webhook\": %s}' \"$1\"\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let hooks = dir.path().join("config/hooks.yaml");
+    std::fs::write(
+        &hooks,
+        std::fs::read_to_string(examples.join("hooks.yaml"))
+            .unwrap()
+            .replace(
+                "command-working-directory: .",
+                &format!("command-working-directory: {}", dir.path().display()),
+            ),
+    )
+    .unwrap();
+    std::fs::copy(
+        examples.join("webhook_client.py"),
+        dir.path().join("webhook_client.py"),
+    )
+    .unwrap();
     let t = Target::webhook(&hooks, &[]).await;
     let r = t
         .post_json("/hooks/rute-webhook", r#"{"key1":"value1", "key2":"value2"}"#)
         .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json answer");
     assert_eq!(
         v,
         serde_json::json!({"status": "OK", "dados_recebidos_pelo_webhook": {"key1": "value1", "key2": "value2"}})
     );
+    // GET is not a webhook here (http-methods: [POST]).
+    let r = t.send("GET", "/hooks/rute-webhook", &[], "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[tokio::test]
