@@ -120,7 +120,7 @@ fn hooks_yaml(d: &str) -> String {
   trigger-rule:
     or:
       - match: {{type: payload-hmac-sha1, secret: s3cret, parameter: {{source: header, name: X-Hub-Signature}}}}
-      - match: {{type: value, value: yes, parameter: {{source: url, name: token}}}}
+      - match: {{type: value, value: "yes", parameter: {{source: url, name: token}}}}
 - id: ip
   execute-command: /bin/true
   response-message: ok
@@ -1136,4 +1136,221 @@ async fn queued_tunnel_retries_a_failing_hook() {
     );
     agent.stop().await;
     relay.stop().await;
+}
+
+/// The same requests to adnanh/webhook (when a `webhook` binary is installed, e.g. Debian's
+/// package) and to `ponte webhook`, with the same hooks file: the same status, body and content
+/// type. Cases where Ponte differs on purpose (README, "Command hooks") are left out.
+#[tokio::test]
+async fn same_answers_as_adnanh_webhook() {
+    let Some(webhook) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("webhook"))
+            .find(|p| p.is_file())
+    }) else {
+        eprintln!("skipped: no adnanh/webhook binary on PATH (apt install webhook)");
+        return;
+    };
+    let f = Fixture::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _adnanh = support::process::Owned(
+        std::process::Command::new(&webhook)
+            .args(["-ip", "127.0.0.1", "-port", &port.to_string(), "-hooks"])
+            .arg(&f.hooks)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start adnanh/webhook"),
+    );
+    let adnanh_base = format!("http://127.0.0.1:{port}");
+    eventually("adnanh/webhook to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let ponte = Target::webhook(&f.hooks, &[]).await;
+    let adnanh = Target::Webhook {
+        process: Process::spawn(&["--version"]),
+        base: adnanh_base,
+    };
+    let body = r#"{"action": "opened"}"#;
+    let good = hmac_sha256("s3cret", body);
+    let json = ("content-type", "application/json");
+    let cases: Vec<(&str, String, Vec<(&str, String)>, String)> = vec![
+        (
+            "POST",
+            "/hooks/args?q=x%20y".into(),
+            vec![(json.0, json.1.into()), ("x-token", "tok".into())],
+            r#"{"a": {"b": "n"}, "list": [0, {"one": 1.50}], "num": 7}"#.into(),
+        ),
+        (
+            "POST",
+            "/hooks/payload".into(),
+            vec![(json.0, json.1.into())],
+            r#"{"z": [1, 2.0, null, true], "a": "<&>", "u": "é\u2028"}"#.into(),
+        ),
+        (
+            "POST",
+            "/hooks/payload".into(),
+            vec![(json.0, json.1.into())],
+            "[1, {\"a\": []}]".into(),
+        ),
+        (
+            "POST",
+            "/hooks/payload".into(),
+            vec![("content-type", "application/x-www-form-urlencoded".into())],
+            "name=Jo%C3%A3o+Silva&x=1&x=2".into(),
+        ),
+        (
+            "POST",
+            "/hooks/payload".into(),
+            vec![("content-type", "text/xml".into())],
+            r#"<a id="1"><b>x</b><b>y</b><c k="v">t</c></a>"#.into(),
+        ),
+        (
+            "POST",
+            "/hooks/payload".into(),
+            vec![("content-type", "text/plain".into())],
+            "x".into(),
+        ),
+        (
+            "POST",
+            "/hooks/payload".into(),
+            vec![(json.0, json.1.into())],
+            "{broken".into(),
+        ),
+        ("PUT", "/hooks/raw?b=2&a=1".into(), vec![], "raw\nbody".into()),
+        (
+            "POST",
+            "/hooks/value".into(),
+            vec![("x-token", "secret".into())],
+            String::new(),
+        ),
+        (
+            "POST",
+            "/hooks/value".into(),
+            vec![("x-token", "nope".into())],
+            String::new(),
+        ),
+        ("POST", "/hooks/value".into(), vec![], String::new()),
+        (
+            "POST",
+            "/hooks/regex".into(),
+            vec![(json.0, json.1.into())],
+            r#"{"ref": "refs/heads/main"}"#.into(),
+        ),
+        (
+            "POST",
+            "/hooks/regex".into(),
+            vec![(json.0, json.1.into())],
+            r#"{"ref": "refs/heads/dev"}"#.into(),
+        ),
+        (
+            "POST",
+            "/hooks/hmac".into(),
+            vec![("x-hub-signature-256", format!("sha256={good}"))],
+            body.into(),
+        ),
+        (
+            "POST",
+            "/hooks/hmac".into(),
+            vec![("x-hub-signature-256", format!("sha256=00,sha256={good}"))],
+            body.into(),
+        ),
+        (
+            "POST",
+            "/hooks/hmac".into(),
+            vec![("x-hub-signature-256", "sha256=00".into())],
+            body.into(),
+        ),
+        ("POST", "/hooks/hmac".into(), vec![], body.into()),
+        (
+            "POST",
+            "/hooks/soft?token=yes".into(),
+            vec![("x-hub-signature", "sha1=00".into())],
+            "x".into(),
+        ),
+        (
+            "POST",
+            "/hooks/soft?token=no".into(),
+            vec![("x-hub-signature", "sha1=00".into())],
+            "x".into(),
+        ),
+        ("GET", "/hooks/ip".into(), vec![], String::new()),
+        ("GET", "/hooks/ip-deny".into(), vec![], String::new()),
+        (
+            "POST",
+            "/hooks/not".into(),
+            vec![(json.0, json.1.into()), ("x-event", "push".into())],
+            r#"{"user": "ana"}"#.into(),
+        ),
+        (
+            "POST",
+            "/hooks/not".into(),
+            vec![(json.0, json.1.into()), ("x-event", "push".into())],
+            r#"{"user": "blocked"}"#.into(),
+        ),
+        ("GET", "/hooks/post-only".into(), vec![], String::new()),
+        ("post", "/hooks/post-only".into(), vec![], String::new()),
+        ("POST", "/hooks/".into(), vec![], String::new()),
+        ("POST", "/hooks/a/b".into(), vec![], String::new()),
+        ("POST", "/hooks/not".into(), vec![("x-event", "push".into())], String::new()),
+        ("POST", "/hooks/payload".into(), vec![("content-type", "multipart/form-data; boundary=XyZ".into())], "--XyZ\r\nContent-Disposition: form-data; name=\"field\"\r\n\r\nvalue\r\n--XyZ\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"d.json\"\r\nContent-Type: application/json\r\n\r\n{\"k\": true}\r\n--XyZ\r\nContent-Disposition: form-data; name=\"bin\"; filename=\"b.bin\"\r\n\r\nxx\r\n--XyZ--\r\n".into()),
+        ("POST", "/hooks/payload".into(), vec![("content-type", "multipart/form-data; boundary=Q".into())], "garbage".into()),
+        ("POST", "/hooks/raw".into(), vec![("content-type", "multipart/form-data; boundary=Q".into())], "--Q\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nv\r\n--Q--\r\n".into()),
+        ("POST", "/hooks/post-only".into(), vec![], String::new()),
+        ("POST", "/hooks/nope".into(), vec![], String::new()),
+        ("GET", "/".into(), vec![], String::new()),
+        ("GET", "/other".into(), vec![], String::new()),
+        ("POST", "/hooks/fail".into(), vec![], String::new()),
+        ("POST", "/hooks/fail-output".into(), vec![], String::new()),
+        ("POST", "/hooks/missing".into(), vec![], String::new()),
+        ("POST", "/hooks/created".into(), vec![], String::new()),
+        (
+            "POST",
+            "/hooks/env".into(),
+            vec![(json.0, json.1.into()), ("x-token", "t".into())],
+            r#"{"who": "Ana"}"#.into(),
+        ),
+        (
+            "POST",
+            "/hooks/files".into(),
+            vec![(json.0, json.1.into())],
+            r#"{"doc": "d", "bin": "aGk="}"#.into(),
+        ),
+        (
+            "GET",
+            "/hooks/json-param?data=%7B%22inner%22%3A%5B%22first%22%5D%7D".into(),
+            vec![],
+            String::new(),
+        ),
+        (
+            "POST",
+            "/hooks/forced-json".into(),
+            vec![("content-type", "text/plain".into())],
+            r#"{"k": 1}"#.into(),
+        ),
+        (
+            "POST",
+            "/hooks/meta?q=%24(id)%3B%7C".into(),
+            vec![(json.0, json.1.into()), ("x-meta", "`id` && 'x'".into())],
+            r#"{"p": "$(id); \"quoted\"\nline"}"#.into(),
+        ),
+    ];
+    for (method, path, headers, body) in &cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let theirs = adnanh.send(method, path, &h, body.clone()).await;
+        let ours = ponte.send(method, path, &h, body.clone()).await;
+        assert_eq!(
+            (ours.status, ours.text(), ours.header("content-type")),
+            (theirs.status, theirs.text(), theirs.header("content-type")),
+            "{method} {path} {body}"
+        );
+    }
 }
