@@ -1182,7 +1182,9 @@ async fn same_answers_as_adnanh_webhook() {
     let body = r#"{"action": "opened"}"#;
     let good = hmac_sha256("s3cret", body);
     let json = ("content-type", "application/json");
-    let cases: Vec<(&str, String, Vec<(&str, String)>, String)> = vec![
+    // (method, path, headers, body)
+    type Case = (&'static str, String, Vec<(&'static str, String)>, String);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/hooks/args?q=x%20y".into(),
