@@ -16,7 +16,7 @@ pub mod server;
 pub mod template;
 pub mod value;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::ConfigError;
 pub use definition::Hook;
@@ -28,11 +28,6 @@ pub struct HookSet {
 }
 
 impl HookSet {
-    /// A set from hooks already checked for unique ids.
-    pub fn from_hooks(hooks: Vec<Hook>) -> Self {
-        HookSet { hooks }
-    }
-
     /// The hook with this id.
     pub fn find(&self, id: &str) -> Option<&Hook> {
         self.hooks.iter().find(|h| h.id == id)
@@ -52,24 +47,6 @@ impl HookSet {
     pub fn iter(&self) -> impl Iterator<Item = &Hook> {
         self.hooks.iter()
     }
-}
-
-/// How to read hooks files.
-#[derive(Debug, Clone, Default)]
-pub struct Source {
-    /// The files, in order (`-hooks` may repeat).
-    pub files: Vec<PathBuf>,
-    /// Render each file as a Go template first (`-template`).
-    pub template: bool,
-}
-
-/// A loaded set and the warnings to log about it.
-#[derive(Debug)]
-pub struct Loaded {
-    /// The hooks.
-    pub hooks: HookSet,
-    /// Unknown keys, deprecated rule types.
-    pub warnings: Vec<String>,
 }
 
 /// Parse one file's text (named `origin` in errors).
@@ -96,32 +73,4 @@ pub fn load_file(path: &Path, template: bool) -> Result<(Vec<Hook>, Vec<String>)
         source,
     })?;
     parse_text(&text, &path.display().to_string(), template)
-}
-
-impl Source {
-    /// Read every file; an id defined in two files is an error.
-    pub fn load(&self) -> Result<Loaded, ConfigError> {
-        let mut all: Vec<Hook> = Vec::new();
-        let mut warnings = Vec::new();
-        for path in &self.files {
-            let (hooks, w) = load_file(path, self.template)?;
-            warnings.extend(w);
-            for h in hooks {
-                if all.iter().any(|a| a.id == h.id) {
-                    return Err(ConfigError::invalid(
-                        path.display().to_string(),
-                        format!(
-                            "hook `{}` is already defined in an earlier hooks file; ids must be unique",
-                            h.id
-                        ),
-                    ));
-                }
-                all.push(h);
-            }
-        }
-        Ok(Loaded {
-            hooks: HookSet { hooks: all },
-            warnings,
-        })
-    }
 }

@@ -1356,3 +1356,26 @@ async fn same_answers_as_adnanh_webhook() {
         );
     }
 }
+
+/// The agent watches its hooks file: an edit is served without a restart, and a broken edit
+/// keeps the previous hooks.
+#[tokio::test]
+async fn agent_reloads_its_hooks_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks.yaml");
+    let version = |v: &str| format!("- id: v\n  execute-command: /bin/true\n  response-message: {v}\n");
+    std::fs::write(&hooks, version("first")).unwrap();
+    let t = Target::tunnel(&hooks).await;
+    assert_eq!(t.send("POST", "/hooks/v", &[], "").await.text(), "first");
+    std::fs::write(&hooks, "- id: v\n  execute-command: [broken\n").unwrap();
+    std::fs::write(&hooks, version("second")).unwrap();
+    eventually("the edited hook to be served", || async {
+        (t.send("POST", "/hooks/v", &[], "").await.text() == "second").then_some(())
+    })
+    .await;
+    std::fs::write(&hooks, "- id: v\n  execute-command: [broken\n").unwrap();
+    // Two polls later the broken file has been seen and refused.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(t.send("POST", "/hooks/v", &[], "").await.text(), "second");
+    t.stop().await;
+}

@@ -1,6 +1,7 @@
 //! The glue between the agent's [`Origin`] and the hooks engine (`crate::hooks`), kept in one
 //! file so the engine never depends on the agent. The sender's address comes from the last
-//! `X-Forwarded-For` entry, which the relay (the only peer on this connection) appends.
+//! `X-Forwarded-For` entry, which the relay (the only peer on this connection) appends. The file
+//! is watched as `ponte webhook -hotreload` does, so an edit needs no restart.
 
 use std::future::Future;
 use std::path::Path;
@@ -10,41 +11,51 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use tokio_util::sync::{CancellationToken, DropGuard};
+
 use super::ingress::Origin;
 use crate::body::Body;
 use crate::config::agent::IngressRule;
 use crate::hooks::handler::{HookService, Settings};
+use crate::hooks::server::{Reloader, watch};
 
 /// Serves one hooks file.
 pub struct HooksOrigin {
-    service: HookService,
+    service: Arc<HookService>,
     file: String,
+    /// Stops the file watcher when the ingress table is dropped.
+    _watching: Option<DropGuard>,
 }
 
 impl HooksOrigin {
     /// Load the rule's hooks file; hooks are served under the rule's path (`/hooks/` without
     /// one).
     pub fn new(rule: &IngressRule, file: &str) -> anyhow::Result<Self> {
-        let (hooks, warnings) = crate::hooks::load_file(Path::new(file), rule.hooks_template)?;
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
+        let (reloader, set) = Reloader::load(&[Path::new(file).to_path_buf()], rule.hooks_template)?;
         let prefix = rule
             .path
             .as_ref()
             .map(|p| p.as_str().trim_matches('/').to_string())
             .unwrap_or_else(|| "hooks".to_string());
-        tracing::info!(file, hooks = hooks.len(), "hooks loaded");
-        let set = crate::hooks::HookSet::from_hooks(hooks);
+        tracing::info!(file, hooks = set.len(), "hooks loaded");
+        let service = Arc::new(HookService::new(
+            Settings {
+                prefix,
+                ..Settings::default()
+            },
+            set,
+        ));
+        // Watch only inside a runtime (the agent always has one; a table built in a plain
+        // unit test does not).
+        let watching = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let stop = CancellationToken::new();
+            rt.spawn(watch(reloader, service.clone(), true, stop.clone()));
+            stop.drop_guard()
+        });
         Ok(HooksOrigin {
-            service: HookService::new(
-                Settings {
-                    prefix,
-                    ..Settings::default()
-                },
-                set,
-            ),
+            service,
             file: file.to_string(),
+            _watching: watching,
         })
     }
 }

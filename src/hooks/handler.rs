@@ -135,6 +135,14 @@ impl HookService {
             );
         };
         tracing::info!("[{rid}] incoming HTTP {} request from {remote}", req.method());
+        // `-debug`: the request head, as adnanh's request dumper shows it.
+        tracing::debug!(
+            "[{rid}] {} {} {:?} {:?}",
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers()
+        );
         let hooks = self.hooks();
         let Some(hook) = hooks.find(&id) else {
             return respond(
