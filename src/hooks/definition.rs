@@ -374,37 +374,11 @@ impl<'de> Deserialize<'de> for RawHook {
                             h.capture_output_on_error = m.next_value::<Flag>()?.0
                         }
                         "pass-environment-to-command" => {
-                            h.pass_environment = m
-                                .next_value::<List<RawArgument>>()?
-                                .0
-                                .into_iter()
-                                .map(|a| a.0)
-                                .collect()
+                            h.pass_environment = m.next_value::<ArgumentList>()?.0
                         }
-                        "pass-arguments-to-command" => {
-                            h.pass_arguments = m
-                                .next_value::<List<RawArgument>>()?
-                                .0
-                                .into_iter()
-                                .map(|a| a.0)
-                                .collect()
-                        }
-                        "pass-file-to-command" => {
-                            h.pass_file = m
-                                .next_value::<List<RawArgument>>()?
-                                .0
-                                .into_iter()
-                                .map(|a| a.0)
-                                .collect()
-                        }
-                        "parse-parameters-as-json" => {
-                            h.json_parameters = m
-                                .next_value::<List<RawArgument>>()?
-                                .0
-                                .into_iter()
-                                .map(|a| a.0)
-                                .collect()
-                        }
+                        "pass-arguments-to-command" => h.pass_arguments = m.next_value::<ArgumentList>()?.0,
+                        "pass-file-to-command" => h.pass_file = m.next_value::<ArgumentList>()?.0,
+                        "parse-parameters-as-json" => h.json_parameters = m.next_value::<ArgumentList>()?.0,
                         "trigger-rule" => h.trigger_rule = m.next_value::<Option<RawRule>>()?.map(|r| r.0),
                         "trigger-rule-mismatch-http-response-code" => {
                             h.mismatch_status = m.next_value::<Int>()?.0
@@ -484,6 +458,16 @@ impl<'de> Deserialize<'de> for ResponseHeader {
 }
 
 struct RawArgument(Argument);
+
+/// A list of value references; `null` is empty.
+struct ArgumentList(Vec<Argument>);
+
+impl<'de> Deserialize<'de> for ArgumentList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = List::<RawArgument>::deserialize(d)?;
+        Ok(ArgumentList(raw.0.into_iter().map(|a| a.0).collect()))
+    }
+}
 
 /// Go's `textproto.CanonicalMIMEHeaderKey`: `x-hub-signature` → `X-Hub-Signature`. Keys with
 /// characters outside a token are left as they are, as Go does.

@@ -7,33 +7,6 @@ use bytes::Bytes;
 use super::definition::{Argument, Hook, Source, canonical_header};
 use super::value::{self, Lookup, Object, Value};
 
-/// Why an argument has no value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ArgError {
-    /// The path is not in the request (adnanh's `ParameterNodeError`, tolerated inside `or`).
-    NotFound(String),
-    /// Anything else (walking into a `null`, an unusable payload).
-    Other(String),
-}
-
-impl std::fmt::Display for ArgError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ArgError::NotFound(key) => write!(f, "parameter node not found: {key}"),
-            ArgError::Other(m) => f.write_str(m),
-        }
-    }
-}
-
-impl From<Lookup> for ArgError {
-    fn from(l: Lookup) -> Self {
-        match l {
-            Lookup::NotFound(k) => ArgError::NotFound(k),
-            Lookup::NoParameters => ArgError::Other(l.to_string()),
-        }
-    }
-}
-
 /// A request, parsed for one hook.
 #[derive(Debug, Clone, Default)]
 pub struct HookRequest {
@@ -262,15 +235,15 @@ pub async fn parse_multipart_payload(content_type: &str, body: Bytes, hook: &Hoo
 
 impl HookRequest {
     /// The value of one argument, as text.
-    pub fn get(&self, arg: &Argument) -> Result<String, ArgError> {
+    pub fn get(&self, arg: &Argument) -> Result<String, Lookup> {
         let lookup =
-            |map: &Object| -> Result<String, ArgError> { Ok(value::get_in_object(&arg.name, map)?.to_arg()) };
+            |map: &Object| -> Result<String, Lookup> { Ok(value::get_in_object(&arg.name, map)?.to_arg()) };
         match arg.source {
             Source::Header => lookup(&self.headers),
             Source::Query => lookup(&self.query),
             Source::Payload => match &self.payload {
                 Some(p) => lookup(p),
-                None => Err(ArgError::NotFound(arg.name.clone())),
+                None => Err(Lookup::NotFound(arg.name.clone())),
             },
             Source::Literal => Ok(arg.name.clone()),
             Source::RawBody => Ok(String::from_utf8_lossy(&self.body).into_owned()),
@@ -409,7 +382,7 @@ mod tests {
         };
         assert_eq!(
             req.get(&arg(Source::Header, "Host")),
-            Err(ArgError::NotFound("Host".into()))
+            Err(Lookup::NotFound("Host".into()))
         );
         assert_eq!(req.get(&arg(Source::Method, "method")).unwrap(), "POST");
         assert_eq!(req.get(&arg(Source::RawBody, "")).unwrap(), "raw");

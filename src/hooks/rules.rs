@@ -9,33 +9,28 @@ use hmac::{KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
 use super::definition::{HmacAlgorithm, MatchRule, Rule};
-use super::request::{ArgError, HookRequest};
+use super::request::HookRequest;
+use super::value::Lookup;
 
 /// Why a rule could not be decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
     /// A referenced value is not in the request.
+    #[error("parameter node not found: {0}")]
     NotFound(String),
     /// A signature did not match.
+    #[error("{0}")]
     Signature(String),
     /// Anything else (empty secret, bad address, unusable date).
+    #[error("{0}")]
     Other(String),
 }
 
-impl std::fmt::Display for RuleError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RuleError::NotFound(k) => write!(f, "parameter node not found: {k}"),
-            RuleError::Signature(m) | RuleError::Other(m) => f.write_str(m),
-        }
-    }
-}
-
-impl From<ArgError> for RuleError {
-    fn from(e: ArgError) -> Self {
+impl From<Lookup> for RuleError {
+    fn from(e: Lookup) -> Self {
         match e {
-            ArgError::NotFound(k) => RuleError::NotFound(k),
-            ArgError::Other(m) => RuleError::Other(m),
+            Lookup::NotFound(k) => RuleError::NotFound(k),
+            Lookup::NoParameters => RuleError::Other(e.to_string()),
         }
     }
 }

@@ -32,21 +32,14 @@ pub type Object = BTreeMap<String, Value>;
 
 /// Why a lookup found nothing. adnanh tells the two apart: a missing node is tolerated inside an
 /// `or` rule, "no parameters" (walking into a `null`) is not.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Lookup {
-    /// `parameter node not found: NAME`.
+    /// The path is not in the request.
+    #[error("parameter node not found: {0}")]
     NotFound(String),
     /// The path runs into a `null`.
+    #[error("no parameters")]
     NoParameters,
-}
-
-impl std::fmt::Display for Lookup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Lookup::NotFound(key) => write!(f, "parameter node not found: {key}"),
-            Lookup::NoParameters => f.write_str("no parameters"),
-        }
-    }
 }
 
 /// Deepest nesting accepted; deeper documents are refused rather than risking the stack.
