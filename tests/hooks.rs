@@ -1379,3 +1379,31 @@ async fn agent_reloads_its_hooks_file() {
     assert_eq!(t.send("POST", "/hooks/v", &[], "").await.text(), "second");
     t.stop().await;
 }
+
+/// A sender that hangs up does not free the command's slot while the command still runs: the
+/// limit counts running programs, not open requests.
+#[tokio::test]
+async fn a_hung_up_sender_keeps_its_command_slot() {
+    let f = Fixture::new();
+    let t = Target::webhook(&f.hooks, &["-max-concurrent-hooks", "1"]).await;
+    let started = f.path("slow.started");
+    let path = format!("/hooks/slow?started={}", started.display());
+    // The first sender gives up as soon as its command is running.
+    let gave_up = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            _ = t.send("POST", &path, &[], "") => panic!("the slow hook answered early"),
+            () = async {
+                eventually("the first command to start", || async { started.exists().then_some(()) }).await;
+            } => {}
+        }
+    })
+    .await;
+    assert!(gave_up.is_ok());
+    let r = t.send("POST", "/hooks/fail-output", &[], "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    // Once the abandoned command ends, the slot is free again.
+    eventually("the slot to free up", || async {
+        (t.send("POST", "/hooks/fail-output", &[], "").await.text() == "failing output\n").then_some(())
+    })
+    .await;
+}

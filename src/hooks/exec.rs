@@ -272,20 +272,9 @@ fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-/// Run one command to its end (or its timeout). Runs in a task of its own, so a caller that
-/// stops waiting (the sender hung up) does not stop the command, as with adnanh.
+/// Run one command to its end (or its timeout). Callers run this in a task of its own, so a
+/// sender that hangs up does not stop the command, as with adnanh.
 pub async fn run(inv: Invocation) -> Outcome {
-    match tokio::spawn(run_inner(inv)).await {
-        Ok(outcome) => outcome,
-        Err(e) => Outcome {
-            output: Vec::new(),
-            truncated: false,
-            result: Err(ExecError::Spawn(format!("the command task failed: {e}"))),
-        },
-    }
-}
-
-async fn run_inner(inv: Invocation) -> Outcome {
     let fail = |e: String| Outcome {
         output: Vec::new(),
         truncated: false,

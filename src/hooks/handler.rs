@@ -333,23 +333,29 @@ impl HookService {
             );
         };
         let success = configured_status(hook.success_status, &rid, &hook.id);
-        if hook.capture_output {
-            let outcome = run_logged(invocation, &hook.id).await;
+        // The command runs in a task of its own holding the slot, so a sender that hangs up
+        // stops neither the command nor the count of running ones.
+        let hook_id = hook.id.clone();
+        let running = tokio::spawn(async move {
+            let outcome = run_logged(invocation, &hook_id).await;
             drop(permit);
-            match outcome.result {
+            outcome
+        });
+        if !hook.capture_output {
+            return (success, Bytes::from(hook.response_message.clone()));
+        }
+        match running.await {
+            Ok(outcome) => match outcome.result {
                 Ok(()) => (success, Bytes::from(outcome.output)),
                 Err(_) if hook.capture_output_on_error && !outcome.output.is_empty() => {
                     (StatusCode::INTERNAL_SERVER_ERROR, Bytes::from(outcome.output))
                 }
                 Err(_) => plain_error(headers),
+            },
+            Err(e) => {
+                tracing::error!("[{rid}] hook {}: the command task failed: {e}", hook.id);
+                plain_error(headers)
             }
-        } else {
-            let hook_id = hook.id.clone();
-            tokio::spawn(async move {
-                run_logged(invocation, &hook_id).await;
-                drop(permit);
-            });
-            (success, Bytes::from(hook.response_message.clone()))
         }
     }
 
