@@ -102,11 +102,6 @@ impl HookService {
         *self.hooks.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hooks);
     }
 
-    /// The settings.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Answer one request from `remote` (`ip:port`).
     pub async fn serve<B>(&self, req: Request<B>, remote: String) -> Response<Body>
     where
