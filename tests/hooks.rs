@@ -1407,3 +1407,67 @@ async fn a_hung_up_sender_keeps_its_command_slot() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn secure_pidfile_and_logfile() {
+    let f = Fixture::new();
+    let certs = Certs::new();
+    let pidfile = f.path("run/webhook.pid");
+    let logfile = f.path("webhook.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let process = Process::spawn(&[
+        "webhook",
+        "-secure",
+        "-cert",
+        certs.cert.to_str().unwrap(),
+        "-key",
+        certs.key.to_str().unwrap(),
+        "-ip",
+        "127.0.0.1",
+        "-port",
+        &port.to_string(),
+        "-hooks",
+        f.hooks.to_str().unwrap(),
+        "-pidfile",
+        pidfile.to_str().unwrap(),
+        "-logfile",
+        logfile.to_str().unwrap(),
+    ]);
+    let pid = eventually("the pid file", || async {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .filter(|t| t.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(pid.trim(), process.pid().to_string());
+    let c = client(Some(&certs), false);
+    let r = send(
+        &c,
+        Request::builder()
+            .method("POST")
+            .uri(format!("https://127.0.0.1:{port}/hooks/value"))
+            .header("x-token", "secret")
+            .body(ponte::body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
+    let log = std::fs::read_to_string(&logfile).unwrap();
+    assert!(
+        log.contains(&format!("serving hooks on https://127.0.0.1:{port}/hooks/{{id}}")),
+        "{log}"
+    );
+    assert!(log.contains("value hook triggered successfully"), "{log}");
+    drop(process);
+    // An unsafe TLS floor is refused with the reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args(["webhook", "-secure", "-tls-min-version", "1.0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-tls-min-version 1.0"));
+}
