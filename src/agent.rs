@@ -6,6 +6,7 @@
 mod backoff;
 pub mod dial;
 pub mod heartbeat;
+mod hooks_origin;
 mod ingress;
 pub mod origin;
 pub mod proxy;

@@ -5,6 +5,7 @@
 //!
 //! Targets live here, not in timed tests: the report prints each figure with its target.
 
+mod hooks;
 mod load;
 mod procs;
 
@@ -68,6 +69,8 @@ pub struct BenchReport {
     pub relay_idle_anon_kib: u64,
     /// Relay RSS growth per extra idle agent connection (bytes).
     pub relay_bytes_per_idle_agent: u64,
+    /// Command hooks: `ponte webhook` beside adnanh/webhook.
+    pub hooks: hooks::HooksReport,
 }
 
 /// Run the whole benchmark.
@@ -112,6 +115,7 @@ async fn measure(
     let direct_mib_s = load::mib_per_second(direct, "", opts.duration).await?;
     let tunnel_mib_s = load::mib_per_second(tunnel, tunnel_prefix, opts.duration).await?;
     let relay_bytes_per_idle_agent = setup.relay_bytes_per_idle_agent(opts.idle_agents).await?;
+    let hooks = hooks::run(opts.duration).await?;
     Ok(BenchReport {
         tunnel_rps,
         direct_rps,
@@ -124,6 +128,7 @@ async fn measure(
         agent_idle_anon_kib,
         relay_idle_anon_kib,
         relay_bytes_per_idle_agent,
+        hooks,
     })
 }
 
@@ -181,4 +186,28 @@ fn print(opts: &BenchOptions, r: &BenchReport) {
         format!("relay bytes per idle agent ({})", opts.idle_agents),
         r.relay_bytes_per_idle_agent
     );
+    println!();
+    println!(
+        "{:<34} {:>12} {:>12}",
+        "hooks (/bin/true, output awaited)", "ponte", "adnanh"
+    );
+    let adnanh = |f: fn(&hooks::HookFigures) -> f64, digits: usize| match &r.hooks.adnanh {
+        Some(a) => format!("{:.*}", digits, f(a)),
+        None => "not found".to_string(),
+    };
+    println!(
+        "{:<34} {:>12.0} {:>12}",
+        "executions/s, 8 connections",
+        r.hooks.ponte.executions_per_s,
+        adnanh(|a| a.executions_per_s, 0)
+    );
+    println!(
+        "{:<34} {:>12.0} {:>12}",
+        "latency p50, 1 connection (µs)",
+        us(r.hooks.ponte.latency.p50),
+        adnanh(|a| a.latency.p50.as_secs_f64() * 1e6, 0)
+    );
+    if let Some(v) = &r.hooks.adnanh_version {
+        println!("(adnanh: {v})");
+    }
 }

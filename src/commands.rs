@@ -109,6 +109,8 @@ pub struct AgentArgs {
     pub upstream: Option<String>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
+    /// `--hooks`.
+    pub hooks: Option<PathBuf>,
 }
 
 fn proxy_env() -> ProxyEnv {
@@ -130,6 +132,7 @@ pub fn agent_config(args: AgentArgs, purpose: Purpose) -> Result<AgentConfig, Co
         token: token(args.token, args.token_from.as_deref())?,
         upstream: args.upstream,
         ca_file: args.ca_file,
+        hooks: args.hooks,
         proxy_env: proxy_env(),
     };
     AgentConfig::load_for(args.config.as_deref(), flags, purpose)
@@ -181,13 +184,9 @@ pub fn inlets_upstreams(spec: &str) -> Result<Vec<IngressRule>, ConfigError> {
                 Some((h, u)) if !h.contains("://") => (Some(h.trim()), u.trim()),
                 _ => (None, item),
             };
-            Ok(IngressRule {
-                host: host.map(crate::config::EnvString::from_static),
-                path: None,
-                upstream: UpstreamUrl::parse(url).map_err(bad)?,
-                host_header: None,
-                danger_accept_invalid_certs: false,
-            })
+            let mut rule = IngressRule::catch_all(UpstreamUrl::parse(url).map_err(bad)?);
+            rule.host = host.map(crate::config::EnvString::from_static);
+            Ok(rule)
         })
         .collect()
 }
@@ -201,6 +200,7 @@ pub fn client_config(args: ClientArgs) -> Result<AgentConfig, ConfigError> {
             // Replaced below by the rules `--upstream` describes.
             upstream: Some("http://localhost:8000".into()),
             ca_file: args.ca_file,
+            hooks: None,
             proxy_env: proxy_env(),
         },
         Given::Client,
@@ -229,6 +229,18 @@ const UPSTREAM_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
 /// configured, whether each accepts a connection. Exit codes: see [`crate::exit`].
 pub fn check(args: AgentArgs) -> Result<(), CommandError> {
     let cfg = agent_config(args, Purpose::Check)?;
+    // Hooks files are checked before the relay: a mistake there is the user's to fix first.
+    for rule in &cfg.ingress {
+        if let Some(file) = &rule.hooks {
+            let (hooks, warnings) =
+                crate::hooks::load_file(std::path::Path::new(file.as_str()), rule.hooks_template)?;
+            for w in warnings {
+                println!("warning: {w}");
+            }
+            let ids: Vec<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
+            println!("hooks {file}: {} hook(s): {}", hooks.len(), ids.join(", "));
+        }
+    }
     runtime()?.block_on(async move {
         let relay = cfg.relay.as_ref().map(|r| r.display()).unwrap_or_default();
         let h = agent::check(&cfg).await.map_err(|e| match e {
@@ -247,15 +259,16 @@ pub fn check(args: AgentArgs) -> Result<(), CommandError> {
                 h.agents
             );
         }
-        if cfg.ingress.is_empty() {
+        let upstreams: Vec<_> = cfg.ingress.iter().filter_map(|r| r.upstream.as_ref()).collect();
+        if upstreams.is_empty() {
             println!("upstreams: none configured (only the credentials were tested)");
             return Ok(());
         }
         let mut down = 0;
-        for rule in &cfg.ingress {
+        for upstream in upstreams {
             let reachable = tokio::time::timeout(
                 UPSTREAM_PROBE,
-                tokio::net::TcpStream::connect(rule.upstream.authority.as_str()),
+                tokio::net::TcpStream::connect(upstream.authority.as_str()),
             )
             .await
             .is_ok_and(|r| r.is_ok());
@@ -265,7 +278,7 @@ pub fn check(args: AgentArgs) -> Result<(), CommandError> {
                 down += 1;
                 "NOT reachable (is your application running?)"
             };
-            println!("upstream {}: {state}", rule.upstream);
+            println!("upstream {upstream}: {state}");
         }
         match down {
             0 => Ok(()),
@@ -288,6 +301,30 @@ pub fn demo(upstream: Option<String>) -> Result<(), CommandError> {
 pub fn bench(opts: crate::bench::BenchOptions) -> Result<(), CommandError> {
     runtime()?.block_on(async move {
         crate::bench::run(opts).await?;
+        Ok(())
+    })
+}
+
+/// `ponte webhook`: adnanh/webhook's command line, served locally without a relay.
+pub fn webhook(flags: crate::hooks::cli::WebhookFlags) -> Result<(), CommandError> {
+    if flags.version {
+        println!(
+            "webhook version {} (ponte webhook, compatible with adnanh/webhook 2.8)",
+            crate::VERSION
+        );
+        return Ok(());
+    }
+    let opts = crate::hooks::server::Options::from_flags(&flags)?;
+    tracing::info!(
+        "version {} starting (ponte webhook, adnanh/webhook 2.8 compatible)",
+        crate::VERSION
+    );
+    // Loaded before the runtime starts so a mistake in a hooks file is a configuration error.
+    let loaded = crate::hooks::server::Reloader::load(&opts.files, opts.template)?;
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        crate::shutdown::cancel_on_signals(shutdown.clone());
+        crate::hooks::server::run(opts, loaded, shutdown).await?;
         Ok(())
     })
 }

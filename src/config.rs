@@ -134,7 +134,7 @@ fn tab_in_indentation(text: &str) -> Option<(usize, usize)> {
 }
 
 /// Turn serde_norway's `key: message at line L column C` into `origin:L: key: message`.
-fn yaml_error(origin: &str, source: &str, err: &serde_norway::Error) -> ConfigError {
+pub(crate) fn yaml_error(origin: &str, source: &str, err: &serde_norway::Error) -> ConfigError {
     let error_line = err.location().map(|l| l.line());
     // A tab at or before the line the parser gave up on is the likely cause.
     if let Some((line, column)) = tab_in_indentation(source)

@@ -61,6 +61,7 @@ pub async fn start(upstream: Option<String>, shutdown: CancellationToken) -> any
             token: Some(Secret::new(token)),
             upstream: Some(upstream.clone()),
             ca_file: None,
+            hooks: None,
             proxy_env: Default::default(),
         },
         "demo",

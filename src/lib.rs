@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod exit;
+pub mod hooks;
 pub mod logging;
 pub mod protocol;
 pub mod relay;

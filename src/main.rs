@@ -11,9 +11,10 @@ use ponte::logging::LogFormat;
 #[derive(Parser)]
 #[command(name = "ponte", version, about, propagate_version = true)]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info", env = "PONTE_LOG")]
-    log_level: String,
+    /// Log level (error, warn, info, debug, trace) [default: info; for `webhook`: from -verbose/-debug];
+    /// RUST_LOG overrides it.
+    #[arg(long, global = true, env = "PONTE_LOG")]
+    log_level: Option<String>,
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -65,6 +66,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve an adnanh/webhook hooks file locally (a drop-in for webhook.exe; its flags as Go writes them).
+    #[command(disable_version_flag = true)]
+    Webhook(Box<ponte::hooks::cli::WebhookFlags>),
     /// Run the agent (or relay) as a system service: a systemd unit or a Windows service.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -113,6 +117,9 @@ struct AgentFlags {
     /// Extra CA certificate (PEM) to trust for the relay.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// An adnanh/webhook hooks file served at /hooks/<id>, in front of the other rules.
+    #[arg(long)]
+    hooks: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -268,6 +275,7 @@ impl From<AgentFlags> for AgentArgs {
             token_from: f.token_from,
             upstream: f.upstream,
             ca_file: f.ca_file,
+            hooks: f.hooks,
         }
     }
 }
@@ -284,10 +292,28 @@ fn service(command: ServiceCommand) -> Result<(), commands::CommandError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(ponte::hooks::cli::normalize_go_flags(
+        std::env::args_os().collect(),
+    ));
     // stderr, or (a Windows service) a log file; colour only for a person at a terminal.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    ponte::logging::init(cli.log_format, &cli.log_level, ponte::daemon::log_writer(), ansi);
+    let level = cli.log_level.clone().unwrap_or_else(|| match &cli.command {
+        Command::Webhook(f) => f.log_level().to_string(),
+        _ => "info".to_string(),
+    });
+    match &cli.command {
+        Command::Webhook(f) if f.logfile.is_some() => {
+            let path = f.logfile.clone().unwrap_or_default();
+            match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+                Ok(file) => ponte::logging::init(cli.log_format, &level, std::sync::Mutex::new(file), false),
+                Err(e) => {
+                    eprintln!("ponte: error opening log file {}: {e}", path.display());
+                    return ExitCode::from(ponte::exit::EXIT_CONFIG);
+                }
+            }
+        }
+        _ => ponte::logging::init(cli.log_format, &level, ponte::daemon::log_writer(), ansi),
+    }
     commands::set_worker_threads(cli.worker_threads);
     let result = match cli.command {
         Command::Relay { config, listen } => commands::relay(&config, listen.as_deref()),
@@ -315,6 +341,7 @@ fn main() -> ExitCode {
             ..Default::default()
         }),
         Command::Service(command) => service(command),
+        Command::Webhook(flags) => commands::webhook(*flags),
     };
     commands::exit(result)
 }

@@ -1,7 +1,8 @@
 //! The Windows build, for real, under wine: `ponte.exe agent` connects to a Linux relay started
 //! here and proxies a request end to end; the MSI installs, its service starts and answers, an
 //! upgrade keeps the edited configuration, `ponte service install/uninstall` registers a second
-//! agent through the SCM, and uninstall removes it all.
+//! agent through the SCM, and uninstall removes it all. A second test runs `ponte.exe webhook`
+//! with a `.exe` and a `.bat` hook.
 //!
 //! Needs wine (Debian packages wine and wine64), mingw (for the test-only bcryptprimitives.dll shim: Wine 8 lacks the DLL that
 //! Rust's std imports; real Windows has it) and the artifacts of `packaging/build-all.sh`.
@@ -402,4 +403,138 @@ fn windows_build_under_wine() {
     );
     assert!(config.exists(), "uninstall removed the user's configuration");
     eprintln!("uninstalled; whole wine test took {:?}", started.elapsed());
+}
+
+/// `POST` a JSON body to `127.0.0.1:port` over plain HTTP/1.1; the status and body.
+fn post_json(port: u16, path: &str, json: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// `ponte.exe webhook` under wine runs a `.exe` and a `.bat` hook with arguments holding spaces,
+/// quotes and cmd.exe metacharacters: each reaches the program as one argument (the `.exe` byte
+/// for byte, the `.bat` in cmd.exe's quoted form) and no metacharacter runs anything.
+#[test]
+fn webhook_exe_runs_exe_and_bat_hooks_under_wine() {
+    const TEST: &str = "webhook_exe_runs_exe_and_bat_hooks_under_wine";
+    if !require_tools(TEST, &["wine", "wineserver", "x86_64-w64-mingw32-gcc"]) {
+        return;
+    }
+    let Some(exe) = require_artifact(TEST, "", "ponte-", "-x86_64-windows.exe") else {
+        return;
+    };
+    let wine = Wine::new();
+    build_shim(&wine.drive_c("windows/system32/bcryptprimitives.dll"));
+    let dir = wine.drive_c("hooks");
+    std::fs::create_dir_all(&dir).expect("C:\\hooks");
+    // A Windows program printing each argument as the C runtime parsed it.
+    let src = wine.path("args.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(int argc, char **argv) {\n  for (int i = 1; i < argc; i++) printf(\"[%s]\\n\", argv[i]);\n  return 0;\n}\n",
+    )
+    .expect("args.c");
+    let status = Command::new("x86_64-w64-mingw32-gcc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(dir.join("args.exe"))
+        .arg(&src)
+        .status()
+        .expect("run mingw gcc");
+    assert!(status.success(), "building args.exe failed");
+    std::fs::write(
+        dir.join("args.bat"),
+        "@echo off\r\necho [%1]\r\necho [%2]\r\necho [%3]\r\n",
+    )
+    .expect("args.bat");
+    let canary = dir.join("pwned.txt");
+    let hooks = wine.path("hooks.json");
+    std::fs::write(
+        &hooks,
+        r#"[
+  {"id": "exe", "execute-command": "args.exe", "command-working-directory": "C:\\hooks",
+   "include-command-output-in-response": true,
+   "pass-arguments-to-command": [{"source": "payload", "name": "a"}, {"source": "payload", "name": "b"}, {"source": "payload", "name": "c"}]},
+  {"id": "bat", "execute-command": "args.bat", "command-working-directory": "C:\\hooks",
+   "include-command-output-in-response": true,
+   "pass-arguments-to-command": [{"source": "payload", "name": "a"}, {"source": "payload", "name": "b"}, {"source": "payload", "name": "c"}]}
+]"#,
+    )
+    .expect("hooks.json");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let log = wine.path("webhook.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let child = wine
+        .cmd("wine")
+        .arg(&exe)
+        .args([
+            "webhook",
+            "-ip",
+            "127.0.0.1",
+            "-port",
+            &port.to_string(),
+            "-verbose",
+            "-hooks",
+        ])
+        .arg(z(&hooks))
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("start wine ponte.exe webhook");
+    let _server = Owned(child);
+    wait_until("ponte.exe webhook to listen", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let payload =
+        r#"{"a": "two words", "b": "say \"hi\" & echo x > C:\\hooks\\pwned.txt", "c": "100% | ^caret <in>"}"#;
+    let (status, body) = post_json(port, "/hooks/exe", payload).expect("exe hook answered");
+    let body = body.replace('\r', "");
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            200,
+            "[two words]\n[say \"hi\" & echo x > C:\\hooks\\pwned.txt]\n[100% | ^caret <in>]\n"
+        ),
+        "log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let (status, body) = post_json(port, "/hooks/bat", payload).expect("bat hook answered");
+    let body = body.replace('\r', "");
+    eprintln!("bat hook answered {status}: {body}");
+    assert_eq!(
+        status,
+        200,
+        "log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // cmd.exe hands each argument to the batch file quoted, with inner quotes doubled (its own
+    // convention); `&`, `>` and `|` stay inside the quotes and run nothing. Wine 8's cmd.exe
+    // drops the `%` that std escapes as `%%cd:~,%` for real Windows.
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 3, "{body}");
+    assert_eq!(lines[0], r#"["two words"]"#);
+    assert_eq!(lines[1], r#"["say ""hi"" & echo x > C:\hooks\pwned.txt"]"#);
+    assert!(
+        lines[2] == r#"["100% | ^caret <in>"]"# || lines[2] == r#"["100 | ^caret <in>"]"#,
+        "{}",
+        lines[2]
+    );
+    assert!(!canary.exists(), "a cmd.exe metacharacter was interpreted");
 }

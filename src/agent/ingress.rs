@@ -41,10 +41,15 @@ impl Ingress {
                     None => HostMatch::Exact(h),
                 }
             });
-            if rule.danger_accept_invalid_certs {
-                tracing::warn!(upstream = %rule.upstream, "danger_accept_invalid_certs is set: the upstream's certificate is not checked");
-            }
-            let origin: Arc<dyn Origin> = Arc::new(HttpOrigin::new(rule, config)?);
+            let origin: Arc<dyn Origin> = match &rule.hooks {
+                Some(file) => Arc::new(super::hooks_origin::HooksOrigin::new(rule, file.as_str())?),
+                None => {
+                    if rule.danger_accept_invalid_certs {
+                        tracing::warn!(upstream = ?rule.upstream, "danger_accept_invalid_certs is set: the upstream's certificate is not checked");
+                    }
+                    Arc::new(HttpOrigin::new(rule, config)?)
+                }
+            };
             rules.push(Rule {
                 host,
                 path: rule.path.as_ref().map(|p| p.as_str().to_string()),

@@ -49,6 +49,10 @@ pub struct HttpOrigin {
 impl HttpOrigin {
     /// Build the pooled client for one ingress rule.
     pub fn new(rule: &IngressRule, config: &AgentConfig) -> anyhow::Result<Self> {
+        let upstream = rule
+            .upstream
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the ingress rule has no upstream"))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -69,11 +73,11 @@ impl HttpOrigin {
             .build(connector);
         let host_header = match rule.host_header.as_ref().map(|h| h.as_str()) {
             None => HostHeader::Public,
-            Some("upstream") => HostHeader::Fixed(HeaderValue::from_str(rule.upstream.authority.as_str())?),
+            Some("upstream") => HostHeader::Fixed(HeaderValue::from_str(upstream.authority.as_str())?),
             Some(v) => HostHeader::Fixed(HeaderValue::from_str(v)?),
         };
         Ok(HttpOrigin {
-            upstream: rule.upstream.clone(),
+            upstream,
             client,
             host_header,
             timeout: config.upstream_timeout,

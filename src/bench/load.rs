@@ -144,8 +144,18 @@ pub async fn requests_per_second(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
+    rate(addr, &format!("{prefix}/"), connections, duration).await
+}
+
+/// Requests/s to `path` on `connections` keep-alive connections for `duration`.
+pub async fn rate(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let r = drive(addr, format!("{prefix}/"), connections, duration).await?;
+    let r = drive(addr, path.to_string(), connections, duration).await?;
     Ok(r.requests as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -158,12 +168,16 @@ pub async fn mib_per_second(addr: SocketAddr, prefix: &str, duration: Duration) 
 
 /// Sequential requests on one connection.
 pub async fn latency(addr: SocketAddr, prefix: &str, requests: usize) -> anyhow::Result<LatencyStats> {
+    latency_of(addr, &format!("{prefix}/"), requests).await
+}
+
+/// Sequential requests to `path` on one connection.
+pub async fn latency_of(addr: SocketAddr, path: &str, requests: usize) -> anyhow::Result<LatencyStats> {
     let mut s = connect(addr).await?;
-    let path = format!("{prefix}/");
     let mut samples = Vec::with_capacity(requests);
     for _ in 0..requests {
         let t = Instant::now();
-        get(&mut s, addr, &path).await?;
+        get(&mut s, addr, path).await?;
         samples.push(t.elapsed());
     }
     samples.sort();

@@ -158,6 +158,7 @@ impl Setup {
                 token: Some(Secret::new(TOKEN)),
                 upstream: Some("http://127.0.0.1:9".into()),
                 ca_file: Some(self.ca.clone()),
+                hooks: None,
                 proxy_env: Default::default(),
             },
             "bench",

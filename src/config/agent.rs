@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::keepalive::Keepalive;
 use super::proxy::{ProxyEnv, ProxySettings};
 pub use super::urls::{RelayUrl, UpstreamUrl, is_loopback};
-use super::urls::{opt_relay_url, upstream_url};
+use super::urls::{opt_relay_url, opt_upstream_url};
 use super::{ConfigError, EnvString, Secret, duration};
 use crate::protocol::tunnel::DEFAULT_MAX_STREAMS;
 
@@ -125,9 +125,16 @@ pub struct IngressRule {
     /// Match a path prefix, e.g. `/hooks/`.
     #[serde(default)]
     pub path: Option<EnvString>,
-    /// The local service, `http://localhost:8000` or `https://…`.
-    #[serde(deserialize_with = "upstream_url")]
-    pub upstream: UpstreamUrl,
+    /// The local service, `http://localhost:8000` or `https://…` (or `hooks:` instead).
+    #[serde(default, deserialize_with = "opt_upstream_url")]
+    pub upstream: Option<UpstreamUrl>,
+    /// An adnanh/webhook hooks file whose commands answer the requests (instead of
+    /// `upstream:`); hooks are served at `<path>/<id>` (`/hooks/<id>` without `path:`).
+    #[serde(default)]
+    pub hooks: Option<EnvString>,
+    /// Render the hooks file as a Go template first (webhook's `-template`).
+    #[serde(default)]
+    pub hooks_template: bool,
     /// Host header sent upstream: absent keeps the public host; a value replaces it
     /// (`upstream` means the upstream's own host:port, for dev servers that check Host).
     #[serde(default)]
@@ -136,6 +143,34 @@ pub struct IngressRule {
     /// warning at start.
     #[serde(default)]
     pub danger_accept_invalid_certs: bool,
+}
+
+impl IngressRule {
+    /// One rule sending everything to `upstream` (`--upstream`).
+    pub fn catch_all(upstream: UpstreamUrl) -> Self {
+        IngressRule {
+            host: None,
+            path: None,
+            upstream: Some(upstream),
+            hooks: None,
+            hooks_template: false,
+            host_header: None,
+            danger_accept_invalid_certs: false,
+        }
+    }
+
+    /// A rule serving a hooks file under `path` (`--hooks`).
+    pub fn hooks(path: &str, file: &std::path::Path) -> Self {
+        IngressRule {
+            host: None,
+            path: Some(EnvString::from_static(path)),
+            upstream: None,
+            hooks: Some(EnvString::from_static(&file.display().to_string())),
+            hooks_template: false,
+            host_header: None,
+            danger_accept_invalid_certs: false,
+        }
+    }
 }
 
 /// Values given on the command line; each overrides the file.
@@ -149,6 +184,8 @@ pub struct AgentOverrides {
     pub upstream: Option<String>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
+    /// `--hooks`: serve this hooks file at `/hooks/<id>`, in front of the other rules.
+    pub hooks: Option<PathBuf>,
     /// The proxy variables of the environment (used unless the file sets `proxy_url`).
     pub proxy_env: ProxyEnv,
 }
@@ -267,13 +304,11 @@ impl AgentConfig {
         }
         if let Some(u) = flags.upstream {
             let upstream = UpstreamUrl::parse(&u).map_err(|m| flag_err(format!("--upstream: {m}")))?;
-            self.ingress = vec![IngressRule {
-                host: None,
-                path: None,
-                upstream,
-                host_header: None,
-                danger_accept_invalid_certs: false,
-            }];
+            self.ingress = vec![IngressRule::catch_all(upstream)];
+        }
+        if let Some(h) = flags.hooks {
+            // In front of the catch-all, as DESIGN.md promises for `--hooks`.
+            self.ingress.insert(0, IngressRule::hooks("/hooks/", &h));
         }
         self.ca_from_flag = flags.ca_file.is_some();
         if let Some(c) = flags.ca_file {
@@ -356,6 +391,15 @@ impl AgentConfig {
             });
         }
         for (i, rule) in self.ingress.iter().enumerate() {
+            match (&rule.upstream, &rule.hooks) {
+                (Some(_), None) | (None, Some(_)) => {}
+                (None, None) => problems.push(format!(
+                    "ingress[{i}] has no origin: add `upstream: http://localhost:8000` or `hooks: hooks.yaml`"
+                )),
+                (Some(_), Some(_)) => problems.push(format!(
+                    "ingress[{i}] has both `upstream:` and `hooks:`; give each its own rule (hooks first, under `path: /hooks/`)"
+                )),
+            }
             if let Some(p) = &rule.path
                 && !p.as_str().starts_with('/')
             {
@@ -440,6 +484,7 @@ mod tests {
                     token: Some(Secret::new("t")),
                     upstream: Some("http://localhost:8000".into()),
                     ca_file: None,
+                    hooks: None,
                     proxy_env: Default::default(),
                 },
                 "command line",

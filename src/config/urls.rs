@@ -168,8 +168,15 @@ impl std::fmt::Display for UpstreamUrl {
     }
 }
 
-pub(super) fn upstream_url<'de, D: Deserializer<'de>>(d: D) -> Result<UpstreamUrl, D::Error> {
-    parse_scalar(d, UpstreamUrl::parse)
+/// An optional `upstream:` (a rule may name a hooks file instead).
+pub(super) fn opt_upstream_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UpstreamUrl>, D::Error> {
+    struct Wrapped(UpstreamUrl);
+    impl<'de> Deserialize<'de> for Wrapped {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            parse_scalar(d, UpstreamUrl::parse).map(Wrapped)
+        }
+    }
+    Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
 }
 
 #[cfg(test)]
