@@ -109,6 +109,8 @@ pub struct AgentArgs {
     pub upstream: Option<String>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
+    /// `--inspect ADDR|off` (`agent` only).
+    pub inspect: Option<String>,
 }
 
 fn proxy_env() -> ProxyEnv {
@@ -130,6 +132,7 @@ pub fn agent_config(args: AgentArgs, purpose: Purpose) -> Result<AgentConfig, Co
         token: token(args.token, args.token_from.as_deref())?,
         upstream: args.upstream,
         ca_file: args.ca_file,
+        inspect: args.inspect,
         proxy_env: proxy_env(),
     };
     AgentConfig::load_for(args.config.as_deref(), flags, purpose)
@@ -143,14 +146,20 @@ pub fn agent(args: AgentArgs) -> Result<(), CommandError> {
     })
 }
 
-fn run_agent(cfg: AgentConfig) -> Result<(), CommandError> {
+fn run_agent(mut cfg: AgentConfig) -> Result<(), CommandError> {
+    // The start-up banner speaks the user's language (pt-BR under a Portuguese locale).
+    cfg.lang = crate::locale::Lang::from_env();
     runtime_with(Some(AGENT_DEFAULT_THREADS))?.block_on(async move {
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());
         let (status, rx) = watch::channel(AgentStatus::Starting);
         // Readiness, STATUS= and the watchdog for systemd; Stop for the Windows SCM.
-        let heartbeat = crate::daemon::watch_agent(rx, &shutdown);
-        agent::run(cfg, shutdown, status, Some(heartbeat)).await?;
+        let heartbeat = crate::daemon::watch_agent(rx.clone(), &shutdown);
+        // The inspector (127.0.0.1:4040 unless `inspect:` says otherwise) wraps the origins.
+        match crate::inspect::inspector::start(&cfg, rx, &shutdown).await? {
+            Some(ingress) => agent::run_with_ingress(cfg, ingress, shutdown, status, Some(heartbeat)).await?,
+            None => agent::run(cfg, shutdown, status, Some(heartbeat)).await?,
+        }
         Ok(())
     })
 }
@@ -168,6 +177,8 @@ pub struct ClientArgs {
     pub token_from: Option<PathBuf>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
+    /// `--inspect ADDR|off`.
+    pub inspect: Option<String>,
 }
 
 /// Turn inlets' `--upstream` (one URL, or `host=url,host2=url2`) into ingress rules.
@@ -201,6 +212,7 @@ pub fn client_config(args: ClientArgs) -> Result<AgentConfig, ConfigError> {
             // Replaced below by the rules `--upstream` describes.
             upstream: Some("http://localhost:8000".into()),
             ca_file: args.ca_file,
+            inspect: args.inspect,
             proxy_env: proxy_env(),
         },
         Given::Client,

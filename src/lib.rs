@@ -15,6 +15,8 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod exit;
+pub mod inspect;
+pub mod locale;
 pub mod logging;
 pub mod protocol;
 pub mod relay;
