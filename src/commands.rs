@@ -157,7 +157,9 @@ fn run_agent(mut cfg: AgentConfig) -> Result<(), CommandError> {
         let heartbeat = crate::daemon::watch_agent(rx.clone(), &shutdown);
         // The inspector (127.0.0.1:4040 unless `inspect:` says otherwise) wraps the origins.
         match crate::inspect::inspector::start(&cfg, rx, &shutdown).await? {
-            Some(ingress) => agent::run_with_ingress(cfg, ingress, shutdown, status, Some(heartbeat)).await?,
+            Some(started) => {
+                agent::run_with_ingress(cfg, started.ingress, shutdown, status, Some(heartbeat)).await?
+            }
             None => agent::run(cfg, shutdown, status, Some(heartbeat)).await?,
         }
         Ok(())

@@ -24,7 +24,9 @@ pub enum BodyView {
     },
     /// Anything else.
     Binary {
-        /// A hex dump of the first bytes: offset, 16 bytes in hex, and their printable form.
+        /// A hex dump of the first bytes: offset, 16 bytes in hex, and their printable form
+        /// (`text` in JSON, like the other kinds).
+        #[serde(rename = "text")]
         hex: String,
     },
 }

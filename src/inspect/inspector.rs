@@ -85,14 +85,22 @@ pub async fn bind(addr: SocketAddr) -> Option<TcpListener> {
     None
 }
 
+/// A running inspector.
+pub struct Started {
+    /// The ingress table to run the agent with ([`crate::agent::run_with_ingress`]).
+    pub ingress: Arc<Ingress>,
+    /// Where the inspector listens.
+    pub address: SocketAddr,
+}
+
 /// Start the inspector the configuration asks for (`inspect:` / `--inspect`), serving until
-/// `shutdown`. Returns the ingress table to run the agent with ([`crate::agent::run_with_ingress`]),
-/// or `None` when the inspector is off or could not listen (the agent then runs without it).
+/// `shutdown`. `None` when the inspector is off or could not listen (the agent then runs
+/// without it).
 pub async fn start(
     config: &AgentConfig,
     status: watch::Receiver<AgentStatus>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<Arc<Ingress>>> {
+) -> anyhow::Result<Option<Started>> {
     let Inspect::Listen(addr) = config.inspect else {
         return Ok(None);
     };
@@ -116,7 +124,10 @@ pub async fn start(
         Lang::En => tracing::info!("Inspector: http://{shown}/"),
     }
     tokio::spawn(serve(listener, inspector, shutdown.clone()));
-    Ok(Some(ingress))
+    Ok(Some(Started {
+        ingress,
+        address: bound,
+    }))
 }
 
 /// What the inspector's pages read: the recent exchanges, the agent's state, the ingress table
