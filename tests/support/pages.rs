@@ -202,6 +202,11 @@ impl Browser {
             .expect("click");
     }
 
+    /// End the browser session (chromedriver stops when this is dropped).
+    pub async fn close(&self) {
+        let _ = self.client.clone().close().await;
+    }
+
     /// The whole page source.
     pub async fn source(&self) -> String {
         self.client.source().await.expect("source")

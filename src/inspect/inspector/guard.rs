@@ -33,17 +33,20 @@ pub fn host_allowed(host: &str, bound: SocketAddr) -> bool {
 }
 
 /// Is a state-changing request from the inspector's own pages? An `Origin` (or, without one, a
-/// `Referer`) must name an allowed host over plain http; a request with neither (curl, a
-/// script) passes, because only browsers carry cookies or ambient access across sites, and
-/// they send `Origin` on every cross-site POST.
+/// `Referer`) that names a site must name an allowed host over plain http. A request naming
+/// none passes this check: curl and scripts send neither, and the pages' own forms send
+/// `Origin: null`, because they are served with `Referrer-Policy: no-referrer`. Those are
+/// then held to the CSRF token (forms) or a JSON body (the API).
 pub fn same_origin(headers: &HeaderMap, bound: SocketAddr) -> bool {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| *o != "null");
     let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok());
     let Some(claimed) = origin.or(referer) else {
         return true;
     };
     let Ok(url) = url::Url::parse(claimed) else {
-        // `Origin: null` (a sandboxed frame, a data: URL) and anything unparsable.
         return false;
     };
     if url.scheme() != "http" {
@@ -123,7 +126,9 @@ mod tests {
         assert!(!check(header::ORIGIN, "http://attacker.example:4040"));
         assert!(!check(header::ORIGIN, "http://127.0.0.1:4041"));
         assert!(!check(header::ORIGIN, "https://127.0.0.1:4040"));
-        assert!(!check(header::ORIGIN, "null"));
+        // What the pages' own forms send under `Referrer-Policy: no-referrer`.
+        assert!(check(header::ORIGIN, "null"));
+        assert!(!check(header::ORIGIN, "file:///tmp/x.html"));
         assert!(check(header::REFERER, "http://127.0.0.1:4040/requests/3"));
         assert!(!check(header::REFERER, "http://attacker.example/x"));
     }
