@@ -110,13 +110,16 @@ mod tests {
         ("console/pages.rs", include_str!("console/pages.rs")),
     ];
 
-    /// The keys a file asks for: the literal after `t.s(`, `t.f1(` or `t.f2(`.
+    /// The keys a file asks for: the string literal opening `t.s(`, `t.f1(` or `t.f2(`.
     fn keys_used(text: &str) -> BTreeSet<String> {
         let mut keys = BTreeSet::new();
-        for call in ["t.s(\"", "t.f1(\"", "t.f2(\""] {
+        for call in ["t.s(", "t.f1(", "t.f2("] {
             for (i, _) in text.match_indices(call) {
-                let rest = &text[i + call.len()..];
-                if let Some(end) = rest.find('"') {
+                // rustfmt may put the key on the next line.
+                let rest = text[i + call.len()..].trim_start();
+                if let Some(rest) = rest.strip_prefix('"')
+                    && let Some(end) = rest.find('"')
+                {
                     keys.insert(rest[..end].to_string());
                 }
             }
