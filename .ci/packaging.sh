@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(gcc-mingw-w64-x86-64 wine wine64 wixl msitools lintian systemd-container rpm)
+# chromium, chromium-driver and a font: the browser tests of the console and the inspector.
+pkgs=(gcc-mingw-w64-x86-64 wine wine64 wixl msitools lintian systemd-container rpm chromium chromium-driver fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,6 +26,7 @@ pub use backoff::Backoff;
 pub use dial::{DialError, Handshake, TlsFailure};
 pub use heartbeat::Heartbeat;
 pub use ingress::Ingress;
+pub use origin::{Origin, OriginLayer};
 pub use status::AgentStatus;
 
 /// Run the agent until `shutdown` is cancelled, reconnecting forever. Connection state is
@@ -37,8 +38,20 @@ pub async fn run(
     status: watch::Sender<AgentStatus>,
     heartbeat: Option<Heartbeat>,
 ) -> anyhow::Result<()> {
-    let config = Arc::new(config);
     let ingress = Arc::new(Ingress::new(&config)?);
+    run_with_ingress(config, ingress, shutdown, status, heartbeat).await
+}
+
+/// [`run`] with an ingress table built by the caller: the inspector builds it with its capture
+/// layer and keeps a handle to replay requests through the same origins.
+pub async fn run_with_ingress(
+    config: AgentConfig,
+    ingress: Arc<Ingress>,
+    shutdown: CancellationToken,
+    status: watch::Sender<AgentStatus>,
+    heartbeat: Option<Heartbeat>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
     let connector = dial::Connector::new(&config)?;
     supervisor::Supervisor::new(config, connector, ingress, status, shutdown, heartbeat)
         .run()

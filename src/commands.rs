@@ -111,6 +111,8 @@ pub struct AgentArgs {
     pub ca_file: Option<PathBuf>,
     /// `--hooks`.
     pub hooks: Option<PathBuf>,
+    /// `--inspect ADDR|off` (`agent` only).
+    pub inspect: Option<String>,
 }
 
 fn proxy_env() -> ProxyEnv {
@@ -133,6 +135,7 @@ pub fn agent_config(args: AgentArgs, purpose: Purpose) -> Result<AgentConfig, Co
         upstream: args.upstream,
         ca_file: args.ca_file,
         hooks: args.hooks,
+        inspect: args.inspect,
         proxy_env: proxy_env(),
     };
     AgentConfig::load_for(args.config.as_deref(), flags, purpose)
@@ -146,14 +149,22 @@ pub fn agent(args: AgentArgs) -> Result<(), CommandError> {
     })
 }
 
-fn run_agent(cfg: AgentConfig) -> Result<(), CommandError> {
+fn run_agent(mut cfg: AgentConfig) -> Result<(), CommandError> {
+    // The start-up banner speaks the user's language (pt-BR under a Portuguese locale).
+    cfg.lang = crate::locale::Lang::from_env();
     runtime_with(Some(AGENT_DEFAULT_THREADS))?.block_on(async move {
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());
         let (status, rx) = watch::channel(AgentStatus::Starting);
         // Readiness, STATUS= and the watchdog for systemd; Stop for the Windows SCM.
-        let heartbeat = crate::daemon::watch_agent(rx, &shutdown);
-        agent::run(cfg, shutdown, status, Some(heartbeat)).await?;
+        let heartbeat = crate::daemon::watch_agent(rx.clone(), &shutdown);
+        // The inspector (127.0.0.1:4040 unless `inspect:` says otherwise) wraps the origins.
+        match crate::inspect::inspector::start(&cfg, rx, &shutdown).await? {
+            Some(started) => {
+                agent::run_with_ingress(cfg, started.ingress, shutdown, status, Some(heartbeat)).await?
+            }
+            None => agent::run(cfg, shutdown, status, Some(heartbeat)).await?,
+        }
         Ok(())
     })
 }
@@ -171,6 +182,8 @@ pub struct ClientArgs {
     pub token_from: Option<PathBuf>,
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
+    /// `--inspect ADDR|off`.
+    pub inspect: Option<String>,
 }
 
 /// Turn inlets' `--upstream` (one URL, or `host=url,host2=url2`) into ingress rules.
@@ -201,6 +214,7 @@ pub fn client_config(args: ClientArgs) -> Result<AgentConfig, ConfigError> {
             upstream: Some("http://localhost:8000".into()),
             ca_file: args.ca_file,
             hooks: None,
+            inspect: args.inspect,
             proxy_env: proxy_env(),
         },
         Given::Client,

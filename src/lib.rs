@@ -16,6 +16,8 @@ pub mod daemon;
 pub mod demo;
 pub mod exit;
 pub mod hooks;
+pub mod inspect;
+pub mod locale;
 pub mod logging;
 pub mod protocol;
 pub mod relay;

@@ -37,7 +37,12 @@ enum Command {
         listen: Option<String>,
     },
     /// Run the agent: dial the relay and serve requests from a local upstream.
-    Agent(AgentFlags),
+    Agent {
+        #[command(flatten)]
+        flags: AgentFlags,
+        #[command(flatten)]
+        inspect: InspectFlag,
+    },
     /// The inlets 3 command line (`client --url wss://… --upstream=… --token=…`), run as `agent`.
     Client(ClientFlags),
     /// Test the credentials: connect, authenticate, print what the relay said (exit 0 ok, 2 bad
@@ -123,6 +128,13 @@ struct AgentFlags {
 }
 
 #[derive(Args)]
+struct InspectFlag {
+    /// The inspector's address (default 127.0.0.1:4040; the next ports if it is taken), or off.
+    #[arg(long, value_name = "ADDR|off")]
+    inspect: Option<String>,
+}
+
+#[derive(Args)]
 struct ClientFlags {
     /// Relay URL: wss://ADDR (TLS) or ws://ADDR (plain, loopback only).
     #[arg(long)]
@@ -139,6 +151,8 @@ struct ClientFlags {
     /// Extra CA certificate (PEM) to trust for the relay.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    inspect: InspectFlag,
 }
 
 #[derive(Args)]
@@ -276,6 +290,7 @@ impl From<AgentFlags> for AgentArgs {
             upstream: f.upstream,
             ca_file: f.ca_file,
             hooks: f.hooks,
+            inspect: None,
         }
     }
 }
@@ -317,13 +332,17 @@ fn main() -> ExitCode {
     commands::set_worker_threads(cli.worker_threads);
     let result = match cli.command {
         Command::Relay { config, listen } => commands::relay(&config, listen.as_deref()),
-        Command::Agent(flags) => commands::agent(flags.into()),
+        Command::Agent { flags, inspect } => commands::agent(AgentArgs {
+            inspect: inspect.inspect,
+            ..flags.into()
+        }),
         Command::Client(f) => commands::client(commands::ClientArgs {
             url: f.url,
             upstream: f.upstream,
             token: f.token,
             token_from: f.token_from,
             ca_file: f.ca_file,
+            inspect: f.inspect.inspect,
         }),
         Command::Check(flags) => commands::check(flags.into()),
         Command::Deliveries(flags) => deliveries(flags),

@@ -10,11 +10,13 @@
 //!
 //! Agents: [`connect`] upgrades agent logins into [`session`]s held in the [`registry`]. Queued
 //! deliveries: a [`delivery`] worker per tunnel sends them through the agent under the [`retry`]
-//! policy, and [`admin`] lets an operator list, replay and purge them. What all of these share
+//! policy, and [`admin`] lets an operator list, replay and purge them, as does the [`console`]'s
+//! web page. What all of these share
 //! (configuration, registry, queues) is in [`state`].
 
 mod admin;
 mod connect;
+mod console;
 mod delivery;
 mod edge_auth;
 mod error;

@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -61,7 +60,7 @@ impl HooksOrigin {
 }
 
 /// The public sender as `ip:0` (the port is not forwarded), from the relay's `X-Forwarded-For`.
-fn sender(req: &Request<Incoming>) -> String {
+fn sender(req: &Request<Body>) -> String {
     let last = req
         .headers()
         .get_all("x-forwarded-for")
@@ -74,10 +73,7 @@ fn sender(req: &Request<Incoming>) -> String {
 }
 
 impl Origin for HooksOrigin {
-    fn serve(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+    fn serve(self: Arc<Self>, req: Request<Body>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
         Box::pin(async move {
             let remote = sender(&req);
             self.service.serve(req, remote).await

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
-use super::origin::{Origin, reply};
+use super::origin::{Origin, OriginLayer, reply};
 use super::upstream::HttpOrigin;
 use crate::body::Body;
 use crate::config::agent::AgentConfig;
+use crate::locale::Lang;
 
 enum HostMatch {
     Exact(String),
@@ -32,6 +32,12 @@ pub struct Ingress {
 impl Ingress {
     /// Build origins for every rule of the configuration.
     pub fn new(config: &AgentConfig) -> anyhow::Result<Self> {
+        Self::with_layer(config, None)
+    }
+
+    /// Build origins for every rule, each wrapped by `layer` when one is given (the
+    /// inspector's capture); without one the origins are called directly, at no extra cost.
+    pub fn with_layer(config: &AgentConfig, layer: Option<&dyn OriginLayer>) -> anyhow::Result<Self> {
         let mut rules = Vec::with_capacity(config.ingress.len());
         for rule in &config.ingress {
             let host = rule.host.as_ref().map(|h| {
@@ -41,7 +47,7 @@ impl Ingress {
                     None => HostMatch::Exact(h),
                 }
             });
-            let origin: Arc<dyn Origin> = match &rule.hooks {
+            let mut origin: Arc<dyn Origin> = match &rule.hooks {
                 Some(file) => Arc::new(super::hooks_origin::HooksOrigin::new(rule, file.as_str())?),
                 None => {
                     if rule.danger_accept_invalid_certs {
@@ -50,6 +56,9 @@ impl Ingress {
                     Arc::new(HttpOrigin::new(rule, config)?)
                 }
             };
+            if let Some(layer) = layer {
+                origin = layer.wrap(origin);
+            }
             rules.push(Rule {
                 host,
                 path: rule.path.as_ref().map(|p| p.as_str().to_string()),
@@ -75,8 +84,8 @@ impl Ingress {
             .map(|r| &r.origin)
     }
 
-    /// Answer one request from the relay.
-    pub async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Answer one request from the relay (or a replay from the inspector).
+    pub async fn serve(&self, req: Request<Body>) -> Response<Body> {
         let host = req
             .uri()
             .authority()
@@ -130,19 +139,26 @@ impl Ingress {
     }
 
     /// One line per rule, public address → origin, for the banner printed once connected (as
-    /// ngrok's "Forwarding" line): `https://relay/t/demo/hooks/ → http://localhost:9000`.
-    pub fn forwarding(&self, public_url: &str) -> Vec<String> {
+    /// ngrok's "Forwarding" line): `Forwarding https://relay/t/demo/hooks/ → http://localhost:9000`,
+    /// or in Portuguese `Conectado — URL pública: https://relay/t/demo/ → http://localhost:8000`.
+    pub fn forwarding(&self, public_url: &str, lang: Lang) -> Vec<String> {
         let base = public_url.trim_end_matches('/');
         self.rules
             .iter()
             .map(|r| {
                 let path = r.path.as_deref().unwrap_or("/");
-                let public = match &r.host {
-                    None => format!("{base}{path}"),
-                    Some(HostMatch::Exact(h)) => format!("requests for {h}{path}"),
-                    Some(HostMatch::Suffix(s)) => format!("requests for *{s}{path}"),
+                let origin = r.origin.describe();
+                let host = match &r.host {
+                    None => None,
+                    Some(HostMatch::Exact(h)) => Some(h.clone()),
+                    Some(HostMatch::Suffix(s)) => Some(format!("*{s}")),
                 };
-                format!("{public} → {}", r.origin.describe())
+                match (lang, host) {
+                    (Lang::En, None) => format!("Forwarding {base}{path} → {origin}"),
+                    (Lang::En, Some(h)) => format!("Forwarding requests for {h}{path} → {origin}"),
+                    (Lang::PtBr, None) => format!("Conectado — URL pública: {base}{path} → {origin}"),
+                    (Lang::PtBr, Some(h)) => format!("Conectado — pedidos para {h}{path} → {origin}"),
+                }
             })
             .collect()
     }
@@ -188,12 +204,21 @@ mod tests {
         let strict = ingress("ingress:\n  - {path: /only/, upstream: 'http://127.0.0.1:9000'}\n");
         assert!(strict.route("x", "/else").is_none());
         assert_eq!(
-            i.forwarding("https://relay.test/t/demo/"),
+            i.forwarding("https://relay.test/t/demo/", Lang::En),
             [
-                "https://relay.test/t/demo/hooks/ → http://127.0.0.1:9000",
-                "requests for api.example.com/ → http://127.0.0.1:9001",
-                "requests for *.dev.example.com/ → http://127.0.0.1:9002",
-                "https://relay.test/t/demo/ → http://127.0.0.1:8000",
+                "Forwarding https://relay.test/t/demo/hooks/ → http://127.0.0.1:9000",
+                "Forwarding requests for api.example.com/ → http://127.0.0.1:9001",
+                "Forwarding requests for *.dev.example.com/ → http://127.0.0.1:9002",
+                "Forwarding https://relay.test/t/demo/ → http://127.0.0.1:8000",
+            ]
+        );
+        assert_eq!(
+            i.forwarding("https://relay.test/t/demo/", Lang::PtBr),
+            [
+                "Conectado — URL pública: https://relay.test/t/demo/hooks/ → http://127.0.0.1:9000",
+                "Conectado — pedidos para api.example.com/ → http://127.0.0.1:9001",
+                "Conectado — pedidos para *.dev.example.com/ → http://127.0.0.1:9002",
+                "Conectado — URL pública: https://relay.test/t/demo/ → http://127.0.0.1:8000",
             ]
         );
     }

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::protocol::PONTE_ERROR;
@@ -15,11 +14,18 @@ use crate::protocol::PONTE_ERROR;
 /// Something that answers requests on the agent's side: an HTTP upstream, or a local command
 /// runner. The stream code never knows which one it calls.
 pub trait Origin: Send + Sync + 'static {
-    /// Answer one request. Failures are answered, not returned.
-    fn serve(self: Arc<Self>, req: Request<Incoming>)
-    -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+    /// Answer one request. Failures are answered, not returned. The body is the relay's
+    /// stream, boxed so that a wrapper (the inspector's capture) or a replay can stand in for it.
+    fn serve(self: Arc<Self>, req: Request<Body>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
     /// For logs.
     fn describe(&self) -> String;
+}
+
+/// Wraps every origin of the ingress table, once, when the table is built: the agent
+/// inspector's capture is one. Without a layer the origins are called directly.
+pub trait OriginLayer: Send + Sync {
+    /// The origin to call in place of `inner`.
+    fn wrap(&self, inner: Arc<dyn Origin>) -> Arc<dyn Origin>;
 }
 
 /// A response the agent generates itself, marked with `Ponte-Error`.

@@ -55,7 +55,7 @@ pub async fn serve(
     let svc = service_fn(move |req| {
         let ingress = ingress.clone();
         async move {
-            let resp = ingress.serve(req).await;
+            let resp = ingress.serve(req.map(body::boxed)).await;
             // An upstream that stalls mid-body must not hold one of the tunnel's streams forever.
             let resp = resp.map(|b| body::boxed(GuardedBody::idle_only(b, body_idle)));
             Ok::<_, std::convert::Infallible>(resp)

@@ -1,7 +1,7 @@
 //! What the agent is doing right now, published for systemd `STATUS=`, readiness and tests.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The agent's connection state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,11 @@ pub enum AgentStatus {
         tunnel: String,
         /// Where the public reaches it.
         public_url: String,
+        /// Sessions this agent has opened since it started, this one included (so reconnects
+        /// are `connects - 1`, however quickly they followed each other).
+        connects: u64,
+        /// When this session came up.
+        since: SystemTime,
     },
     /// The last attempt or session failed; waiting before the next attempt.
     Retrying {

@@ -71,6 +71,7 @@ impl Supervisor {
         // What the user was last told, so reconnects do not repeat it.
         let mut announced_url: Option<String> = None;
         let mut announced_agents = 1;
+        let mut connects = 0;
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
             let dialed = tokio::select! {
@@ -82,8 +83,8 @@ impl Supervisor {
                     last_rejection = None;
                     tracing::info!(%relay, tunnel = %handshake.tunnel, public_url = %handshake.public_url, agents = handshake.agents, "tunnel connected");
                     if announced_url.as_deref() != Some(handshake.public_url.as_str()) {
-                        for line in self.ingress.forwarding(&handshake.public_url) {
-                            tracing::info!("Forwarding {line}");
+                        for line in self.ingress.forwarding(&handshake.public_url, self.config.lang) {
+                            tracing::info!("{line}");
                         }
                         announced_url = Some(handshake.public_url.clone());
                     }
@@ -95,10 +96,13 @@ impl Supervisor {
                         );
                     }
                     announced_agents = handshake.agents;
+                    connects += 1;
                     self.status.send_replace(AgentStatus::Connected {
                         relay: relay.clone(),
                         tunnel: handshake.tunnel,
                         public_url: handshake.public_url,
+                        connects,
+                        since: std::time::SystemTime::now(),
                     });
                     match session::serve(conn, self.ingress.clone(), &self.config, &self.shutdown).await {
                         SessionEnd::Stopped => break,

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -112,7 +111,7 @@ impl HttpOrigin {
         Ok(())
     }
 
-    async fn proxy(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn proxy(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
         if req.method() == Method::CONNECT {
             if req
                 .extensions()
@@ -135,7 +134,7 @@ impl HttpOrigin {
                 "the request target cannot be forwarded",
             );
         }
-        let out = Request::from_parts(parts, body::boxed(incoming));
+        let out = Request::from_parts(parts, incoming);
         match tokio::time::timeout(self.timeout, self.client.request(out)).await {
             Err(_) => self.too_slow(),
             Ok(Err(e)) => self.unreachable(&e),
@@ -202,7 +201,7 @@ impl HttpOrigin {
     /// Extended CONNECT from the relay → `GET` + `Upgrade: websocket` to the upstream; on 101,
     /// answer 200 and splice the two upgraded streams. Any other answer goes back whole, its
     /// status in `Ponte-Upstream-Status` (see there why).
-    async fn websocket(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+    async fn websocket(self: Arc<Self>, mut req: Request<Body>) -> Response<Body> {
         let relay_side = hyper::upgrade::on(&mut req);
         let (mut parts, _) = req.into_parts();
         parts.method = Method::GET;
@@ -261,10 +260,7 @@ impl HttpOrigin {
 }
 
 impl Origin for HttpOrigin {
-    fn serve(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+    fn serve(self: Arc<Self>, req: Request<Body>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
         Box::pin(self.proxy(req))
     }
     fn describe(&self) -> String {

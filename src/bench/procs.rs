@@ -150,6 +150,7 @@ impl Setup {
         let before = rss_kib(self.relay_pid)?;
         let cfg = AgentConfig::empty().merge(
             AgentOverrides {
+                inspect: None,
                 relay: Some(format!(
                     "{}://localhost:{}",
                     if self.tls { "https" } else { "http" },

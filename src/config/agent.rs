@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::inspect::Inspect;
 use super::keepalive::Keepalive;
 use super::proxy::{ProxyEnv, ProxySettings};
 pub use super::urls::{RelayUrl, UpstreamUrl, is_loopback};
@@ -57,6 +58,13 @@ pub struct AgentConfig {
     /// The proxy in effect after merging file and environment.
     #[serde(skip)]
     pub proxy: Option<ProxySettings>,
+    /// Where the agent inspector listens (`127.0.0.1:4040` unless set), or `off`.
+    #[serde(default)]
+    pub inspect: Inspect,
+    /// The language of the lines printed for a person (the start-up banner); set from the
+    /// environment by the command line, English otherwise.
+    #[serde(skip)]
+    pub lang: crate::locale::Lang,
     /// How the settings were given (for messages in the user's words).
     #[serde(skip)]
     pub given: Given,
@@ -186,6 +194,8 @@ pub struct AgentOverrides {
     pub ca_file: Option<PathBuf>,
     /// `--hooks`: serve this hooks file at `/hooks/<id>`, in front of the other rules.
     pub hooks: Option<PathBuf>,
+    /// `--inspect ADDR|off`.
+    pub inspect: Option<String>,
     /// The proxy variables of the environment (used unless the file sets `proxy_url`).
     pub proxy_env: ProxyEnv,
 }
@@ -309,6 +319,9 @@ impl AgentConfig {
         if let Some(h) = flags.hooks {
             // In front of the catch-all, as DESIGN.md promises for `--hooks`.
             self.ingress.insert(0, IngressRule::hooks("/hooks/", &h));
+        }
+        if let Some(i) = flags.inspect {
+            self.inspect = Inspect::parse(&i).map_err(|m| flag_err(format!("--inspect: {m}")))?;
         }
         self.ca_from_flag = flags.ca_file.is_some();
         if let Some(c) = flags.ca_file {
@@ -485,12 +498,36 @@ mod tests {
                     upstream: Some("http://localhost:8000".into()),
                     ca_file: None,
                     hooks: None,
+                    inspect: Some("off".into()),
                     proxy_env: Default::default(),
                 },
                 "command line",
             )
             .unwrap();
         assert_eq!(cfg.ingress.len(), 1);
+        assert_eq!(cfg.inspect, Inspect::Off);
+        let e = AgentConfig::empty()
+            .merge(
+                AgentOverrides {
+                    inspect: Some("nowhere".into()),
+                    ..flags(Some("https://r.example"), Some("t"))
+                },
+                COMMAND_LINE,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("command line: --inspect: `nowhere` is not an address"),
+            "{e}"
+        );
+        let cfg: AgentConfig = parse_with_env("inspect: off\n", "a.yaml", &|_| None).unwrap();
+        assert_eq!(cfg.inspect, Inspect::Off);
+        let e = parse_with_env::<AgentConfig>("inspect: here\n", "a.yaml", &|_| None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a.yaml:1: inspect: `here` is not an address"),
+            "{e}"
+        );
     }
 
     fn flags(relay: Option<&str>, token: Option<&str>) -> AgentOverrides {

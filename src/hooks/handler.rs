@@ -188,11 +188,8 @@ impl HookService {
         } else {
             hook.incoming_content_type.clone()
         };
-        let raw = match http_body_util::Limited::new(incoming, self.settings.max_body)
-            .collect()
-            .await
-        {
-            Ok(c) => c.to_bytes(),
+        let raw = match read_body(incoming, self.settings.max_body).await {
+            Ok(bytes) => bytes,
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 tracing::warn!(
                     "[{rid}] request body over the {}-byte limit",
@@ -608,6 +605,25 @@ pub fn sniff(data: &[u8]) -> &'static str {
     } else {
         "text/plain; charset=utf-8"
     }
+}
+
+/// The whole request body, up to `max` bytes. Boxed as a `Send` future here, where the body type
+/// is generic: awaited in place, a boxed error type in the body trips a limitation of the
+/// compiler's `Send` check for the caller's future.
+fn read_body<B>(
+    body: B,
+    max: usize,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, BoxError>> + Send>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Box::pin(async move {
+        Ok(http_body_util::Limited::new(body, max)
+            .collect()
+            .await?
+            .to_bytes())
+    })
 }
 
 #[cfg(test)]

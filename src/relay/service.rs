@@ -1,19 +1,24 @@
 //! Per-request entry point: find the one authority, route, and hand the request to the agent
-//! login, the health check, the admin API, or [`super::tunnel_request`] for a tunnel.
+//! login, the health check, the admin API and console, or [`super::tunnel_request`] for a tunnel.
 
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use super::console::RelayBackend;
 use super::error::ProxyError;
 use super::routing::{self, Route};
 use super::state::{ConnInfo, RelayState};
 use super::stream::Target;
 use super::{admin, connect, request, tunnel_request};
 use crate::body::{self, Body};
+use crate::inspect::console::{CONSOLE_PREFIX, Caller};
 use crate::protocol::admin::ADMIN_PREFIX;
 use crate::protocol::{CONNECT_PATH, HEALTH_PATH};
+
+/// The console without its trailing slash (redirected to [`CONSOLE_PREFIX`]).
+const CONSOLE_PATH: &str = "/_ponte/console";
 
 /// Answer one request. Never fails: every error becomes a response in [`ProxyError::into_response`].
 pub async fn handle(state: Arc<RelayState>, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
@@ -43,6 +48,13 @@ async fn dispatch(
         Route::Internal => match path.path() {
             CONNECT_PATH => connect::accept(state, conn, req, &authority).await,
             HEALTH_PATH => Ok(health(state)),
+            p if p == CONSOLE_PATH || p.starts_with(CONSOLE_PREFIX) => {
+                let caller = Caller {
+                    peer: conn.peer,
+                    tls: conn.tls,
+                };
+                Ok(state.console.handle(&RelayBackend(state), caller, req).await)
+            }
             p if p.starts_with(ADMIN_PREFIX) => admin::handle(state, conn, req).await,
             _ => Err(ProxyError::NotFound(format!(
                 "no relay endpoint at {}",

@@ -24,6 +24,8 @@ pub struct RelayState {
     pub sessions_shutdown: CancellationToken,
     /// The durable queue, when `store:` is configured.
     pub queues: Option<Arc<Queues>>,
+    /// The console's sessions.
+    pub console: crate::inspect::console::Console,
 }
 
 impl RelayState {
@@ -34,6 +36,7 @@ impl RelayState {
             config,
             sessions_shutdown: CancellationToken::new(),
             queues,
+            console: Default::default(),
         }
     }
 }
