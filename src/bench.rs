@@ -1,7 +1,9 @@
 //! `ponte bench`: start a relay and an agent as real processes plus a small upstream on loopback,
 //! and measure the tunnel next to a direct connection to the same upstream, in one run:
 //! requests/s at 64 connections, latency at 1 connection, 1 MiB transfers, idle RSS of both
-//! processes, and the relay's memory per idle agent connection.
+//! processes, and the relay's memory per idle agent connection. A second relay and agent with the
+//! access log and metrics off measure what watching the relay costs: requests/s with them on and
+//! off, alternating, in the same run.
 //!
 //! Targets live here, not in timed tests: the report prints each figure with its target.
 
@@ -45,7 +47,7 @@ impl Default for BenchOptions {
 /// Every figure of one run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
-    /// Requests/s through the tunnel.
+    /// Requests/s through the tunnel (access log and metrics on).
     pub tunnel_rps: f64,
     /// Requests/s straight to the upstream.
     pub direct_rps: f64,
@@ -68,6 +70,10 @@ pub struct BenchReport {
     pub relay_idle_anon_kib: u64,
     /// Relay RSS growth per extra idle agent connection (bytes).
     pub relay_bytes_per_idle_agent: u64,
+    /// Requests/s through the tunnel with the access log and metrics on (mean of the rounds).
+    pub observed_rps: f64,
+    /// Requests/s through the tunnel with both off (mean of the rounds).
+    pub unobserved_rps: f64,
 }
 
 /// Run the whole benchmark.
@@ -76,20 +82,32 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let upstream = load::start_upstream(shutdown.clone()).await?;
     // The relay's public side speaks plain HTTP here, as behind a TLS-terminating proxy, so the
     // load generator and the direct run are on equal terms; see README for the TLS figures.
-    let setup = procs::Setup::start(upstream, false)
+    let setup = procs::Setup::start(upstream, false, true)
         .await
         .context("starting relay and agent")?;
-    let result = measure(&opts, &setup, upstream).await;
+    let quiet = match procs::Setup::start(upstream, false, false).await {
+        Ok(q) => q,
+        Err(e) => {
+            setup.stop();
+            return Err(e.context("starting the relay and agent with the access log and metrics off"));
+        }
+    };
+    let result = measure(&opts, &setup, &quiet, upstream).await;
     setup.stop();
+    quiet.stop();
     shutdown.cancel();
     let report = result?;
     print(&opts, &report);
     Ok(report)
 }
 
+/// Rounds of the on/off comparison; alternating spreads drift (other load, CPU clocks) evenly.
+const OBSERVE_ROUNDS: usize = 2;
+
 async fn measure(
     opts: &BenchOptions,
     setup: &procs::Setup,
+    quiet: &procs::Setup,
     upstream: std::net::SocketAddr,
 ) -> anyhow::Result<BenchReport> {
     let direct = upstream;
@@ -111,8 +129,18 @@ async fn measure(
     let tunnel_latency = load::latency(tunnel, tunnel_prefix, opts.latency_requests).await?;
     let direct_mib_s = load::mib_per_second(direct, "", opts.duration).await?;
     let tunnel_mib_s = load::mib_per_second(tunnel, tunnel_prefix, opts.duration).await?;
+    load::warm_up(quiet.relay_addr, tunnel_prefix).await?;
+    let (mut on, mut off) = (0.0, 0.0);
+    for _ in 0..OBSERVE_ROUNDS {
+        off += load::requests_per_second(quiet.relay_addr, tunnel_prefix, opts.connections, opts.duration)
+            .await?;
+        on += load::requests_per_second(tunnel, tunnel_prefix, opts.connections, opts.duration).await?;
+    }
+    let (observed_rps, unobserved_rps) = (on / OBSERVE_ROUNDS as f64, off / OBSERVE_ROUNDS as f64);
     let relay_bytes_per_idle_agent = setup.relay_bytes_per_idle_agent(opts.idle_agents).await?;
     Ok(BenchReport {
+        observed_rps,
+        unobserved_rps,
         tunnel_rps,
         direct_rps,
         tunnel_latency,
@@ -134,7 +162,7 @@ fn print(opts: &BenchOptions, r: &BenchReport) {
     }
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "ponte bench — relay and agent as separate processes on loopback, plain HTTP (relay behind a TLS proxy)"
+        "ponte bench — relay and agent as separate processes on loopback, plain HTTP (relay behind a TLS proxy),\nthe relay's access log and metrics on unless the line says otherwise"
     );
     println!(
         "{:<34} {:>12} {:>12} {:>8}   target",
@@ -180,5 +208,17 @@ fn print(opts: &BenchOptions, r: &BenchReport) {
         "{:<34} {:>12}   ≤ 65536 B",
         format!("relay bytes per idle agent ({})", opts.idle_agents),
         r.relay_bytes_per_idle_agent
+    );
+    println!();
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}   target",
+        "access log and metrics", "on", "off", "ratio"
+    );
+    println!(
+        "{:<34} {:>12.0} {:>12.0} {:>8.3}   ≥ 0.95",
+        format!("requests/s, {} conn., {OBSERVE_ROUNDS} rounds", opts.connections),
+        r.observed_rps,
+        r.unobserved_rps,
+        r.observed_rps / r.unobserved_rps
     );
 }

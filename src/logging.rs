@@ -31,7 +31,8 @@ where
         .with_target(false);
     let result = match format {
         LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // JSON carries the target, so collectors can pick out `ponte::access` lines.
+        LogFormat::Json => builder.json().with_target(true).flatten_event(true).try_init(),
     };
     if let Err(e) = result {
         // Already initialised (tests) is fine; anything else is worth one line on stderr.

@@ -43,6 +43,8 @@ enum Command {
     Check(AgentFlags),
     /// Inspect and operate a relay's durable queue: list, show, replay, purge deliveries.
     Deliveries(DeliveriesFlags),
+    /// Show a relay's tunnels: agents online (address, version, since), last seen, queue depth.
+    Status(StatusFlags),
     /// Start a relay, an agent and an echo upstream on loopback, and show a working curl line.
     Demo {
         /// Use this upstream instead of the built-in echo server.
@@ -146,6 +148,22 @@ struct DeliveriesFlags {
     json: bool,
     #[command(subcommand)]
     command: DeliveriesCommand,
+}
+
+#[derive(Args)]
+struct StatusFlags {
+    /// The relay's base URL, e.g. https://relay.example.com.
+    #[arg(long, env = "PONTE_RELAY")]
+    relay: Option<String>,
+    /// The relay's `admin_token`.
+    #[arg(long, env = "PONTE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the relay.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Print the relay's JSON answer instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -277,6 +295,12 @@ fn main() -> ExitCode {
         }),
         Command::Check(flags) => commands::check(flags.into()),
         Command::Deliveries(flags) => deliveries(flags),
+        Command::Status(f) => commands::status::run(commands::deliveries::AdminArgs {
+            relay: f.relay,
+            admin_token: f.admin_token,
+            ca_file: f.ca_file,
+            json: f.json,
+        }),
         Command::Demo { upstream } => commands::demo(upstream),
         Command::Bench {
             duration,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -24,6 +24,8 @@ pub struct TunnelState {
     connected: watch::Sender<usize>,
     /// Logins accepted whose HTTP/2 session is not registered yet.
     pending_logins: Arc<AtomicUsize>,
+    /// When the last session of this tunnel ended (for `ponte status`).
+    last_disconnect: Mutex<Option<SystemTime>>,
 }
 
 /// Marks a login as in progress until dropped (registered, or failed).
@@ -44,6 +46,7 @@ impl TunnelState {
             next: AtomicUsize::new(0),
             connected: watch::Sender::new(0),
             pending_logins: Arc::new(AtomicUsize::new(0)),
+            last_disconnect: Mutex::new(None),
         }
     }
 
@@ -72,6 +75,21 @@ impl TunnelState {
         let mut sessions = self.lock();
         sessions.retain(|s| s.id != id);
         self.connected.send_replace(sessions.len());
+        *self.last_disconnect.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+    }
+
+    /// The registered sessions, oldest first.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.lock().clone()
+    }
+
+    /// When an agent of this tunnel was last connected: now while one is, else when the last
+    /// session ended (`None`: none since the relay started).
+    pub fn last_seen(&self) -> Option<SystemTime> {
+        if self.connected_count() > 0 {
+            return Some(SystemTime::now());
+        }
+        *self.last_disconnect.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A session to carry the next stream, round-robin over the usable ones.

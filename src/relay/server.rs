@@ -48,15 +48,19 @@ pub async fn run(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max = state.config.limits.max_connections, "connection limit reached; refusing");
+            if let Some(m) = &state.metrics {
+                m.connection_refused();
+            }
             continue;
         };
+        let open = state.metrics.as_ref().map(|m| m.connection_opened());
         let state = state.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
         let span = tracing::debug_span!("conn", %peer);
         tracker.spawn(
             async move {
-                let _slot = slot;
+                let (_slot, _open) = (slot, open);
                 serve_connection(stream, peer, tls, state, shutdown).await;
             }
             .instrument(span),
@@ -154,6 +158,12 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+        // hyper answered 431 itself (HTTP/1.1); HTTP/2's 431 is sent by the h2 layer unseen.
+        if e.is_parse_too_large()
+            && let Some(m) = &state.metrics
+        {
+            m.limit_hit(super::metrics::Limit::MaxHeaderBytes);
+        }
     }
 }
 
