@@ -78,8 +78,7 @@ pub async fn serve_with_metrics(
         })?),
         (None, None) => None,
     };
-    let metrics = config
-        .metrics_enabled()
+    let metrics = (config.metrics_enabled() || metrics_listener.is_some())
         .then(|| Arc::new(metrics::RelayMetrics::new(&config)));
     let tls = match &config.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(

@@ -143,6 +143,9 @@ async fn run_session(
         version,
         peer,
     } = agent;
+    // hyper hands the upgraded connection over and the accept loop stops counting it: count it
+    // here for as long as the session lives.
+    let _open = state.metrics.as_ref().map(|m| m.connection_opened());
     let keepalive = state.config.keepalive;
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

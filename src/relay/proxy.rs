@@ -97,8 +97,10 @@ pub async fn websocket(
     }
     let agent_upgrade = hyper::upgrade::on(&mut resp);
     let peer = target.conn.peer;
+    // The upgraded public connection leaves the accept loop's count; count it while it lives.
+    let open = state.metrics.as_ref().map(|m| m.connection_opened());
     tokio::spawn(async move {
-        let _permit = permit;
+        let (_permit, _open) = (permit, open);
         match tokio::try_join!(public_upgrade, agent_upgrade) {
             Ok((public, agent)) => {
                 let mut public = TokioIo::new(public);
