@@ -465,7 +465,7 @@ async fn ten_thousand_unknown_tunnels_add_no_series() {
             for i in 0..PER_CONNECTION {
                 // Half by path, half by host: every name differs.
                 let n = conn * PER_CONNECTION + i;
-                let (host, path) = if n % 2 == 0 {
+                let (host, path) = if n.is_multiple_of(2) {
                     ("127.0.0.1".to_string(), format!("/t/unknown-{n}/x"))
                 } else {
                     (format!("unknown-{n}.relay.test"), "/x".to_string())
