@@ -102,7 +102,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 /// Rounds of the on/off comparison; alternating spreads drift (other load, CPU clocks) evenly.
-const OBSERVE_ROUNDS: usize = 2;
+const OBSERVE_ROUNDS: usize = 4;
 
 async fn measure(
     opts: &BenchOptions,
@@ -129,12 +129,26 @@ async fn measure(
     let tunnel_latency = load::latency(tunnel, tunnel_prefix, opts.latency_requests).await?;
     let direct_mib_s = load::mib_per_second(direct, "", opts.duration).await?;
     let tunnel_mib_s = load::mib_per_second(tunnel, tunnel_prefix, opts.duration).await?;
-    load::warm_up(quiet.relay_addr, tunnel_prefix).await?;
+    // Both relays get the same warm-up under load, then the order alternates by round so neither
+    // always runs first.
+    let warm = Duration::from_secs(1);
+    load::requests_per_second(quiet.relay_addr, tunnel_prefix, opts.connections, warm).await?;
+    load::requests_per_second(tunnel, tunnel_prefix, opts.connections, warm).await?;
     let (mut on, mut off) = (0.0, 0.0);
-    for _ in 0..OBSERVE_ROUNDS {
-        off += load::requests_per_second(quiet.relay_addr, tunnel_prefix, opts.connections, opts.duration)
-            .await?;
-        on += load::requests_per_second(tunnel, tunnel_prefix, opts.connections, opts.duration).await?;
+    for round in 0..OBSERVE_ROUNDS {
+        let order = if round % 2 == 0 {
+            [(quiet.relay_addr, false), (tunnel, true)]
+        } else {
+            [(tunnel, true), (quiet.relay_addr, false)]
+        };
+        for (addr, observed) in order {
+            let rps = load::requests_per_second(addr, tunnel_prefix, opts.connections, opts.duration).await?;
+            if observed {
+                on += rps;
+            } else {
+                off += rps;
+            }
+        }
     }
     let (observed_rps, unobserved_rps) = (on / OBSERVE_ROUNDS as f64, off / OBSERVE_ROUNDS as f64);
     let relay_bytes_per_idle_agent = setup.relay_bytes_per_idle_agent(opts.idle_agents).await?;
