@@ -281,7 +281,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // stderr, or (a Windows service) a log file; colour only for a person at a terminal.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    ponte::logging::init(cli.log_format, &cli.log_level, ponte::daemon::log_writer(), ansi);
+    // The relay writes a line per request: batch its log writes (keep the guard to the end).
+    let _log_guard = match cli.command {
+        Command::Relay { .. } => Some(ponte::logging::init_batched(
+            cli.log_format,
+            &cli.log_level,
+            ponte::daemon::log_writer(),
+            ansi,
+        )),
+        _ => {
+            ponte::logging::init(cli.log_format, &cli.log_level, ponte::daemon::log_writer(), ansi);
+            None
+        }
+    };
     commands::set_worker_threads(cli.worker_threads);
     let result = match cli.command {
         Command::Relay { config, listen } => commands::relay(&config, listen.as_deref()),

@@ -197,6 +197,27 @@ impl Setup {
     }
 }
 
+/// CPU time a process has used so far, user and system, all threads (Linux; `/proc` counts in
+/// USER_HZ, which is 100 on every Linux architecture Ponte ships for).
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    const USER_HZ: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc (Linux only)")?;
+    // Fields after the command name (which may hold spaces): state is the first, utime the 12th.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unexpected /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .context("unexpected /proc stat")
+    };
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_millis(total * 1000 / USER_HZ))
+}
+
 /// Resident set size of a process, in KiB (Linux).
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     status_kib(pid, "VmRSS:")

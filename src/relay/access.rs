@@ -25,7 +25,7 @@ use crate::protocol::PONTE_ERROR;
 
 /// The log target of access lines: `RUST_LOG=ponte::access=off` silences them, and
 /// `--log-level warn,ponte::access=info` keeps only them.
-pub const TARGET: &str = "ponte::access";
+pub const TARGET: &str = crate::logging::ACCESS_TARGET;
 
 /// Longest `Ponte-Error` value logged (the agent's answers carry it too; bound what it adds).
 const MAX_ERROR_CODE: usize = 64;
