@@ -2,6 +2,7 @@
 //! the shutdown signals, and turn failures into one clear line and an exit code.
 
 pub mod deliveries;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

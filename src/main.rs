@@ -50,6 +50,8 @@ enum Command {
     Check(AgentFlags),
     /// Inspect and operate a relay's durable queue: list, show, replay, purge deliveries.
     Deliveries(DeliveriesFlags),
+    /// Show a relay's tunnels: agents online (address, version, since), last seen, queue depth.
+    Status(StatusFlags),
     /// Start a relay, an agent and an echo upstream on loopback, and show a working curl line.
     Demo {
         /// Use this upstream instead of the built-in echo server.
@@ -171,6 +173,22 @@ struct DeliveriesFlags {
     json: bool,
     #[command(subcommand)]
     command: DeliveriesCommand,
+}
+
+#[derive(Args)]
+struct StatusFlags {
+    /// The relay's base URL, e.g. https://relay.example.com.
+    #[arg(long, env = "PONTE_RELAY")]
+    relay: Option<String>,
+    /// The relay's `admin_token`.
+    #[arg(long, env = "PONTE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the relay.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Print the relay's JSON answer instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -316,7 +334,14 @@ fn main() -> ExitCode {
         Command::Webhook(f) => f.log_level().to_string(),
         _ => "info".to_string(),
     });
-    match &cli.command {
+    // The relay writes a line per request: batch its log writes (keep the guard to the end).
+    let _log_guard = match &cli.command {
+        Command::Relay { .. } => Some(ponte::logging::init_batched(
+            cli.log_format,
+            &level,
+            ponte::daemon::log_writer(),
+            ansi,
+        )),
         Command::Webhook(f) if f.logfile.is_some() => {
             let path = f.logfile.clone().unwrap_or_default();
             match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
@@ -326,9 +351,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(ponte::exit::EXIT_CONFIG);
                 }
             }
+            None
         }
-        _ => ponte::logging::init(cli.log_format, &level, ponte::daemon::log_writer(), ansi),
-    }
+        _ => {
+            ponte::logging::init(cli.log_format, &level, ponte::daemon::log_writer(), ansi);
+            None
+        }
+    };
     commands::set_worker_threads(cli.worker_threads);
     let result = match cli.command {
         Command::Relay { config, listen } => commands::relay(&config, listen.as_deref()),
@@ -346,6 +375,12 @@ fn main() -> ExitCode {
         }),
         Command::Check(flags) => commands::check(flags.into()),
         Command::Deliveries(flags) => deliveries(flags),
+        Command::Status(f) => commands::status::run(commands::deliveries::AdminArgs {
+            relay: f.relay,
+            admin_token: f.admin_token,
+            ca_file: f.ca_file,
+            json: f.json,
+        }),
         Command::Demo { upstream } => commands::demo(upstream),
         Command::Bench {
             duration,

@@ -13,13 +13,20 @@
 //! policy, and [`admin`] lets an operator list, replay and purge them, as does the [`console`]'s
 //! web page. What all of these share
 //! (configuration, registry, queues) is in [`state`].
+//!
+//! Watching it: every public request gets one line in the [`access`] log and is counted in the
+//! [`metrics`]; [`monitor`] serves `/_ponte/ready` and the metrics, and [`status`] is the
+//! operator's overview behind `ponte status`.
 
+mod access;
 mod admin;
 mod connect;
 mod console;
 mod delivery;
 mod edge_auth;
 mod error;
+pub mod metrics;
+mod monitor;
 mod proxy;
 mod queue;
 mod registry;
@@ -30,6 +37,7 @@ mod server;
 mod service;
 mod session;
 mod state;
+mod status;
 mod stream;
 mod tunnel_request;
 
@@ -44,13 +52,36 @@ use crate::config::relay::RelayConfig;
 pub use error::ProxyError;
 pub use routing::Route;
 
+pub use access::TARGET as ACCESS_LOG_TARGET;
+
 /// Run the relay on an already-bound listener until `shutdown` is cancelled, then drain in-flight
-/// requests for at most the configured grace period.
+/// requests for at most the configured grace period. `metrics_listen`, when configured, is bound
+/// here.
 pub async fn serve(
     listener: TcpListener,
     config: RelayConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_metrics(listener, None, config, shutdown).await
+}
+
+/// [`serve`], with the `metrics_listen` listener already bound by the caller (tests bind port 0
+/// and read the address back).
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics_listener = match (metrics_listener, config.metrics_listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on metrics_listen {addr} (is another program using the port?)")
+        })?),
+        (None, None) => None,
+    };
+    let metrics = (config.metrics_enabled() || metrics_listener.is_some())
+        .then(|| Arc::new(metrics::RelayMetrics::new(&config)));
     let tls = match &config.tls {
         Some(files) => Some(tokio_rustls::TlsAcceptor::from(
             crate::tls::server_config(&files.cert, &files.key)
@@ -62,6 +93,7 @@ pub async fn serve(
         Some(url) => {
             let options = crate::store::OpenOptions {
                 max_bytes: Some(config.store_max_size.0),
+                metrics: metrics.as_ref().map(|m| m.store.clone()),
                 ..Default::default()
             };
             let store = crate::store::open(url, options)
@@ -71,7 +103,16 @@ pub async fn serve(
         }
         None => None,
     };
-    let state = Arc::new(state::RelayState::with_queues(config, queues));
+    let state = Arc::new(state::RelayState::new(
+        config,
+        queues,
+        metrics,
+        shutdown.child_token(),
+    ));
+    // The metrics address outlives the drain, so probes see `/ready` turn 503.
+    let monitor_stop = CancellationToken::new();
+    let monitor =
+        metrics_listener.map(|l| tokio::spawn(monitor::serve(l, state.clone(), monitor_stop.clone())));
     let workers = delivery::start(&state, shutdown.clone());
     let result = server::run(listener, tls, state, shutdown).await;
     // Sessions are closed by now, so in-flight attempts end quickly; bound the wait anyway.
@@ -79,6 +120,10 @@ pub async fn serve(
         tracing::warn!(
             "delivery workers did not stop in time; their leases are taken back at the next start"
         );
+    }
+    monitor_stop.cancel();
+    if let Some(task) = monitor {
+        let _ = task.await;
     }
     result
 }

@@ -12,6 +12,7 @@
 //!   when to give up) lives in the relay's delivery worker.
 
 pub mod clock;
+pub mod metrics;
 pub mod record;
 pub mod sqlite;
 mod types;
@@ -27,6 +28,7 @@ use futures_util::future::BoxFuture;
 use crate::config::relay::StoreUrl;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use metrics::StoreMetrics;
 pub use types::*;
 
 /// Why the store could not do what was asked. Callers branch on these: `Full` and `Unavailable`
@@ -100,6 +102,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delete finished deliveries older than the retention. Returns how many.
     fn prune(&self, retention: Retention) -> StoreFuture<'_, u64>;
+
+    /// Pending, in-flight and failed counts and the oldest pending arrival, per tunnel.
+    fn stats(&self) -> StoreFuture<'_, QueueStats>;
 }
 
 /// Open the store a `store:` URL names. Blocking work (opening the file, migrations) runs off the
@@ -123,6 +128,8 @@ pub struct OpenOptions {
     pub max_bytes: Option<u64>,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
+    /// Where commit latency and batch sizes are recorded (`None`: not recorded).
+    pub metrics: Option<StoreMetrics>,
 }
 
 impl Default for OpenOptions {
@@ -130,6 +137,7 @@ impl Default for OpenOptions {
         OpenOptions {
             max_bytes: None,
             clock: Arc::new(SystemClock),
+            metrics: None,
         }
     }
 }

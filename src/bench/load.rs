@@ -159,6 +159,18 @@ pub async fn rate(
     Ok(r.requests as f64 / started.elapsed().as_secs_f64())
 }
 
+/// [`requests_per_second`], also returning how many requests completed.
+pub async fn requests_counted(
+    addr: SocketAddr,
+    prefix: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, u64)> {
+    let started = Instant::now();
+    let r = drive(addr, format!("{prefix}/"), connections, duration).await?;
+    Ok((r.requests as f64 / started.elapsed().as_secs_f64(), r.requests))
+}
+
 /// 1 MiB responses on 4 connections for `duration`.
 pub async fn mib_per_second(addr: SocketAddr, prefix: &str, duration: Duration) -> anyhow::Result<f64> {
     let started = Instant::now();

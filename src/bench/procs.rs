@@ -31,8 +31,11 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Write a certificate and configs, start both processes, wait for the tunnel.
-    pub async fn start(upstream: SocketAddr, tls: bool) -> anyhow::Result<Self> {
+    /// Write a certificate and configs, start both processes, wait for the tunnel. With
+    /// `observe`, the relay writes its access log (JSON lines at INFO into a pipe this process
+    /// drains, as into journald) and records metrics (`metrics_listen` on loopback); without, both
+    /// are off.
+    pub async fn start(upstream: SocketAddr, tls: bool, observe: bool) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("ponte-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
         let (ca, cert, key) = write_certs(&dir)?;
@@ -40,11 +43,16 @@ impl Setup {
         std::fs::write(
             &relay_cfg,
             format!(
-                "listen: 127.0.0.1:0\n{}limits:\n  max_connections: 20000\n  max_agents_per_tunnel: 20000\ntunnels:\n  bench:\n    token: {TOKEN}\n",
+                "listen: 127.0.0.1:0\n{}{}limits:\n  max_connections: 20000\n  max_agents_per_tunnel: 20000\ntunnels:\n  bench:\n    token: {TOKEN}\n",
                 if tls {
                     format!("tls:\n  cert: {}\n  key: {}\n", cert.display(), key.display())
                 } else {
                     String::new()
+                },
+                if observe {
+                    "access_log: true\nmetrics_listen: 127.0.0.1:0\n"
+                } else {
+                    "access_log: false\n"
                 },
             ),
         )?;
@@ -54,7 +62,11 @@ impl Setup {
                 "--log-format",
                 "json",
                 "--log-level",
-                "warn,ponte::relay::server=info",
+                if observe {
+                    "warn,ponte::relay::server=info,ponte::access=info"
+                } else {
+                    "warn,ponte::relay::server=info"
+                },
                 "relay",
                 "--config",
             ])
@@ -185,6 +197,27 @@ impl Setup {
         }
         Ok(after.saturating_sub(before) * 1024 / n.max(1) as u64)
     }
+}
+
+/// CPU time a process has used so far, user and system, all threads (Linux; `/proc` counts in
+/// USER_HZ, which is 100 on every Linux architecture Ponte ships for).
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    const USER_HZ: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc (Linux only)")?;
+    // Fields after the command name (which may hold spaces): state is the first, utime the 12th.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unexpected /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .context("unexpected /proc stat")
+    };
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_millis(total * 1000 / USER_HZ))
 }
 
 /// Resident set size of a process, in KiB (Linux).

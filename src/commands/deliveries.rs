@@ -18,6 +18,7 @@ use crate::body::{self, Body};
 use crate::config::{ConfigError, Secret};
 use crate::protocol::admin::{
     ADMIN_PREFIX, DeliveryDetail, DeliverySummary, ListResponse, PurgeResponse, ReplayResponse, Status,
+    StatusResponse,
 };
 
 /// Longest wait for one admin call.
@@ -104,13 +105,15 @@ pub fn run(args: AdminArgs, action: Action) -> Result<(), CommandError> {
                 let (raw, page): (Bytes, ListResponse) = client
                     .call(Method::GET, &format!("deliveries?{}", q.finish()))
                     .await?;
-                print_or(json, &raw, || print_list(&page));
+                let agents = if json { None } else { client.status().await };
+                print_or(json, &raw, || print_list(&page, agents.as_ref()));
             }
             Action::Show { id } => {
                 let (raw, detail): (Bytes, DeliveryDetail) = client
                     .call(Method::GET, &format!("deliveries/{}", encode(&id)))
                     .await?;
-                print_or(json, &raw, || print_detail(&detail));
+                let agents = if json { None } else { client.status().await };
+                print_or(json, &raw, || print_detail(&detail, agents.as_ref()));
             }
             Action::Replay { id } => {
                 let (raw, d): (Bytes, DeliverySummary) = client
@@ -167,7 +170,36 @@ fn print_or(json: bool, raw: &[u8], text: impl FnOnce()) {
     }
 }
 
-fn print_list(page: &ListResponse) {
+/// Is this delivery pending only because its tunnel has no agent connected? Then its next
+/// attempt time means nothing: it goes out as soon as an agent connects.
+fn waiting_for_agent(d: &DeliverySummary, status: Option<&StatusResponse>) -> bool {
+    d.status == Status::Pending
+        && !d.in_flight
+        && status
+            .and_then(|s| s.tunnels.iter().find(|t| t.name == d.tunnel))
+            .is_some_and(|t| t.agents.is_empty())
+}
+
+/// The text for a pending delivery's next attempt.
+fn next_try(d: &DeliverySummary, status: Option<&StatusResponse>) -> Option<String> {
+    let next = d.next_attempt_at.as_deref()?;
+    if waiting_for_agent(d, status) {
+        return Some(format!(
+            "waiting for the agent (no agent of tunnel `{}` is connected; it goes out when one connects)",
+            d.tunnel
+        ));
+    }
+    let relay_now = status.and_then(|s| humantime::parse_rfc3339_weak(&s.now).ok());
+    if d.in_flight {
+        return Some("now (attempt in flight)".into());
+    }
+    match relay_now {
+        Some(now) if humantime::parse_rfc3339_weak(next).is_ok_and(|n| n <= now) => Some("due now".into()),
+        _ => Some(next.to_string()),
+    }
+}
+
+fn print_list(page: &ListResponse, relay: Option<&StatusResponse>) {
     if page.deliveries.is_empty() {
         println!("no deliveries");
         return;
@@ -191,6 +223,9 @@ fn print_list(page: &ListResponse) {
         {
             line.push_str(&format!("  ({})", shorten(e, 80)));
         }
+        if waiting_for_agent(d, relay) {
+            line.push_str("  (waiting for the agent)");
+        }
         println!("{line}");
     }
     if let Some(before) = page.next_before {
@@ -198,7 +233,7 @@ fn print_list(page: &ListResponse) {
     }
 }
 
-fn print_detail(d: &DeliveryDetail) {
+fn print_detail(d: &DeliveryDetail, status: Option<&StatusResponse>) {
     let s = &d.summary;
     println!("id:        {}", s.id);
     println!("tunnel:    {}", s.tunnel);
@@ -208,7 +243,7 @@ fn print_detail(d: &DeliveryDetail) {
         if s.in_flight { " (attempt in flight)" } else { "" }
     );
     println!("received:  {}", s.received_at);
-    if let Some(next) = &s.next_attempt_at {
+    if let Some(next) = next_try(s, status) {
         println!("next try:  {next}");
     }
     if let Some(done) = &s.finished_at {
@@ -245,15 +280,16 @@ fn shorten(text: &str, max: usize) -> String {
     format!("{cut}…")
 }
 
-/// A small HTTPS client for the admin API.
-struct AdminClient {
+/// A small HTTPS client for the admin API (also used by `ponte status`).
+pub(super) struct AdminClient {
     base: String,
     token: Secret,
     client: Client<HttpsConnector<HttpConnector>, Body>,
 }
 
 impl AdminClient {
-    fn new(args: &AdminArgs) -> Result<Self, CommandError> {
+    /// Check the flags and build the client.
+    pub(super) fn new(args: &AdminArgs) -> Result<Self, CommandError> {
         let invalid = |m: String| CommandError::Config(ConfigError::invalid("command line", m));
         let relay = args.relay.as_deref().ok_or_else(|| {
             invalid("no relay: pass --relay https://relay.example.com (the relay's own address)".into())
@@ -302,8 +338,24 @@ impl AdminClient {
         })
     }
 
+    /// The relay's status, or `None` if it cannot say (an older relay without the endpoint):
+    /// only used to explain deliveries, so its failure is not the command's.
+    async fn status(&self) -> Option<StatusResponse> {
+        match self.call::<StatusResponse>(Method::GET, "status").await {
+            Ok((_, status)) => Some(status),
+            Err(e) => {
+                tracing::debug!(error = %e, "no relay status; showing deliveries without agent state");
+                None
+            }
+        }
+    }
+
     /// Call the API and decode its answer, keeping the raw JSON for `--json`.
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str) -> anyhow::Result<(Bytes, T)> {
+    pub(super) async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> anyhow::Result<(Bytes, T)> {
         let uri = format!("{}{path}", self.base);
         let req = Request::builder()
             .method(method)

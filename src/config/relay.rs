@@ -58,6 +58,17 @@ pub struct RelayConfig {
     /// Trust `X-Forwarded-*` from the peer (set when a proxy you run sits in front).
     #[serde(default)]
     pub trust_forwarded_headers: bool,
+    /// One INFO line per public request under the `ponte::access` log target.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+    /// Bearer token for `/_ponte/metrics` on the public port; without it the public port serves
+    /// no metrics.
+    #[serde(default)]
+    pub metrics_token: Option<Secret>,
+    /// A separate address serving `/metrics` and `/ready` without a token (loopback or a private
+    /// network), e.g. `127.0.0.1:9464`.
+    #[serde(default, deserialize_with = "opt_socket_addr")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The tunnels, by name.
     #[serde(default)]
     pub tunnels: BTreeMap<TunnelName, TunnelConfig>,
@@ -69,6 +80,9 @@ fn default_listen() -> SocketAddr {
 fn default_store_max_size() -> ByteSize {
     ByteSize(super::store::DEFAULT_STORE_MAX_SIZE)
 }
+fn default_true() -> bool {
+    true
+}
 fn default_grace() -> Duration {
     crate::shutdown::DEFAULT_GRACE_PERIOD
 }
@@ -79,6 +93,10 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
             format!("`{s}` is not an address to listen on; write it like 0.0.0.0:443 or 127.0.0.1:8080")
         })
     })
+}
+
+fn opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
 }
 
 fn opt_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -271,6 +289,7 @@ impl RelayConfig {
             }
         }
         self.validate_limits(origin)?;
+        self.validate_metrics(origin)?;
         self.validate_store(origin)
     }
 
@@ -294,6 +313,39 @@ impl RelayConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Checks of the metrics settings.
+    fn validate_metrics(&self, origin: &str) -> Result<(), super::ConfigError> {
+        if self
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
+            return Err(super::ConfigError::invalid(
+                origin,
+                "metrics_token is empty; set a long random value or remove the key",
+            ));
+        }
+        if self
+            .metrics_listen
+            .is_some_and(|m| m == self.listen && m.port() != 0)
+        {
+            return Err(super::ConfigError::invalid(
+                origin,
+                format!(
+                    "metrics_listen {} is the public `listen:` address; give metrics their own port (e.g. 127.0.0.1:9464)",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Are metrics recorded? Only when something can read them: `metrics_token` (public port) or
+    /// `metrics_listen`. Otherwise the request path skips the counting altogether.
+    pub fn metrics_enabled(&self) -> bool {
+        self.metrics_token.is_some() || self.metrics_listen.is_some()
     }
 
     /// Checks of the store settings.

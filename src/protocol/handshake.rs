@@ -8,6 +8,10 @@ pub const CONNECT_PATH: &str = "/_ponte/v1/connect";
 pub const RESERVED_PREFIX: &str = "/_ponte/";
 /// Health endpoint on the relay.
 pub const HEALTH_PATH: &str = "/_ponte/health";
+/// Readiness endpoint on the relay: 200 while it takes requests, 503 while it drains.
+pub const READY_PATH: &str = "/_ponte/ready";
+/// Prometheus metrics on the relay's public port (needs `metrics_token`).
+pub const METRICS_PATH: &str = "/_ponte/metrics";
 /// The `Upgrade` token of protocol v1: HTTP/2 with reversed roles.
 pub const UPGRADE_TOKEN: &str = "ponte-h2";
 

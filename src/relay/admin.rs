@@ -1,5 +1,6 @@
 //! The admin API under `/_ponte/admin/` on the relay's own host (see [`crate::protocol::admin`]):
-//! list, show, replay and purge deliveries. Off (404) without an `admin_token`; every call needs
+//! the relay's status, and list, show, replay and purge deliveries. Off (404) without an
+//! `admin_token`; every call needs
 //! that token as a bearer token, compared in constant time, and failed tries count against the
 //! same per-address budget as agent logins.
 
@@ -32,6 +33,13 @@ pub async fn handle(
         ));
     };
     authorize(state, conn, &req, expected.expose())?;
+    if req.uri().path().strip_prefix(ADMIN_PREFIX) == Some("status") {
+        if req.method() != Method::GET {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        Query::parse(req.uri().query())?.only(&[])?;
+        return json(&super::status::collect(state).await?);
+    }
     let Some(queues) = &state.queues else {
         return Err(ProxyError::AdminDisabled(
             "this relay has no `store:`, so there are no deliveries to administer",

@@ -7,6 +7,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::error::ProxyError;
+use super::metrics::LoginRefusal;
 use super::registry::TunnelState;
 use super::request::{Authority, PublicBody};
 use super::session::Session;
@@ -15,8 +16,12 @@ use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
 use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
 use crate::protocol::{
-    PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS, UPGRADE_TOKEN,
+    PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS, PONTE_VERSION,
+    UPGRADE_TOKEN,
 };
+
+/// Longest agent version kept from the handshake (it is shown to operators).
+const MAX_VERSION_LEN: usize = 64;
 
 /// Handle `GET /_ponte/v1/connect`.
 pub async fn accept(
@@ -33,10 +38,17 @@ pub async fn accept(
         ));
     }
     let ip = conn.peer.ip();
+    let refused = |why| {
+        if let Some(m) = &state.metrics {
+            m.login_refused(why);
+        }
+    };
     if state.registry.login_throttled(ip) {
+        refused(LoginRefusal::Throttled);
         return Err(ProxyError::Throttled);
     }
     let Some(token) = bearer_token(&req) else {
+        refused(LoginRefusal::TokenMissing);
         state.registry.record_failed_login(ip);
         return Ok(refusal(
             StatusCode::UNAUTHORIZED,
@@ -45,6 +57,7 @@ pub async fn accept(
         ));
     };
     let Some(tunnel) = state.registry.tunnel_for_token(&TokenHash::of(&token)) else {
+        refused(LoginRefusal::TokenRejected);
         state.registry.record_failed_login(ip);
         tracing::warn!(peer = %conn.peer, "agent login refused: unknown token");
         return Ok(refusal(
@@ -61,7 +74,15 @@ pub async fn accept(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
 
+    let version = req
+        .headers()
+        .get(&PONTE_VERSION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= MAX_VERSION_LEN && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned);
     let Some(pending) = tunnel.try_login(&agent_id, state.config.limits.max_agents_per_tunnel) else {
+        refused(LoginRefusal::TooManyAgents);
         tracing::warn!(tunnel = %tunnel.name, peer = %conn.peer, "agent refused: tunnel has its maximum of agent connections");
         return Ok(refusal(
             StatusCode::TOO_MANY_REQUESTS,
@@ -88,7 +109,12 @@ pub async fn accept(
                 if let Some(slot) = &slot {
                     slot.promote_to_agent();
                 }
-                run_session(state, session_tunnel, agent_id, peer, upgraded, pending).await;
+                let agent = Agent {
+                    id: agent_id,
+                    version,
+                    peer,
+                };
+                run_session(state, session_tunnel, agent, upgraded, pending).await;
                 drop(slot);
             }
             Err(e) => tracing::warn!(%peer, error = %e, "agent upgrade failed"),
@@ -110,15 +136,29 @@ pub async fn accept(
     Ok(resp)
 }
 
+/// Who logged in: the agent's instance id and version, and where it connected from.
+struct Agent {
+    id: String,
+    version: Option<String>,
+    peer: std::net::SocketAddr,
+}
+
 /// Serve one agent connection as its HTTP/2 client until it ends, is evicted, or the relay stops.
 async fn run_session(
     state: Arc<RelayState>,
     tunnel: Arc<TunnelState>,
-    agent_id: String,
-    peer: std::net::SocketAddr,
+    agent: Agent,
     upgraded: hyper::upgrade::Upgraded,
     pending: super::registry::PendingLogin,
 ) {
+    let Agent {
+        id: agent_id,
+        version,
+        peer,
+    } = agent;
+    // hyper hands the upgraded connection over and the accept loop stops counting it: count it
+    // here for as long as the session lives.
+    let _open = state.metrics.as_ref().map(|m| m.connection_opened());
     let keepalive = state.config.keepalive;
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -142,16 +182,26 @@ async fn run_session(
         }
     };
     let id = state.registry.next_session_id();
-    let session = Arc::new(Session::new(
-        id,
-        agent_id.clone(),
-        peer,
-        sender,
-        state.config.limits.max_streams_per_agent,
-    ));
+    let session = Arc::new(
+        Session::new(
+            id,
+            agent_id.clone(),
+            peer,
+            sender,
+            state.config.limits.max_streams_per_agent,
+        )
+        .with_version(version.clone()),
+    );
     tunnel.register(session.clone());
     drop(pending);
-    tracing::info!(tunnel = %tunnel.name, session = id, %peer, agent = %agent_id, "agent connected");
+    tracing::info!(
+        tunnel = %tunnel.name,
+        session = id,
+        %peer,
+        agent = %agent_id,
+        version = version.as_deref().unwrap_or("unknown"),
+        "agent connected"
+    );
     let reason = tokio::select! {
         res = connection => match res {
             Ok(()) => "agent closed the connection".to_string(),

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::access::TARGET as ACCESS;
+use super::metrics::{AttemptOutcome, RelayMetrics};
 use super::registry::TunnelState;
 use super::retry::{self, AttemptResult};
 use super::session::SendError;
@@ -60,6 +62,7 @@ pub fn start(state: &Arc<RelayState>, shutdown: CancellationToken) -> TaskTracke
                 queue: queue.clone(),
                 store: queues.store.clone(),
                 shutdown: shutdown.clone(),
+                metrics: state.metrics.clone(),
             };
             let span = tracing::info_span!("delivery", tunnel = %tunnel.name);
             tracker.spawn(worker.run().instrument(span));
@@ -79,6 +82,7 @@ struct Worker {
     queue: Arc<TunnelQueue>,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
+    metrics: Option<Arc<RelayMetrics>>,
 }
 
 impl Worker {
@@ -148,6 +152,7 @@ impl Worker {
                                     tunnel: self.tunnel.clone(),
                                     queue: self.queue.clone(),
                                     store: self.store.clone(),
+                                    metrics: self.metrics.clone(),
                                     item,
                                 };
                                 in_flight.spawn(attempt.run(permit, ordered));
@@ -196,6 +201,7 @@ struct Attempt {
     tunnel: Arc<TunnelState>,
     queue: Arc<TunnelQueue>,
     store: Arc<dyn Store>,
+    metrics: Option<Arc<RelayMetrics>>,
     item: Claimed,
 }
 
@@ -219,16 +225,9 @@ impl Attempt {
         let age = self.item.age + started.elapsed();
         let report = retry::decide(&result, self.item.attempt, age, settings, rand::random::<f64>());
         let id = &self.item.lease.id;
-        let attempt = self.item.attempt;
-        match &report {
-            AttemptReport::Delivered { status } => tracing::debug!(%id, attempt, status, "delivered"),
-            AttemptReport::Retry { after, error, .. } => {
-                tracing::info!(%id, attempt, %error, retry_in = ?after, "delivery attempt failed; will retry")
-            }
-            AttemptReport::Failed { error, .. } => {
-                tracing::warn!(%id, attempt, %error, "delivery failed; replay it with `ponte deliveries replay`")
-            }
-            AttemptReport::Release { .. } => tracing::debug!(%id, "attempt not started; released"),
+        self.log(&report, &result, started.elapsed());
+        if let (Some(m), Some(outcome)) = (&self.metrics, outcome_of(&report)) {
+            m.tunnel(&self.tunnel.name).attempt(outcome);
         }
         match self.store.finish(self.item.lease.clone(), report).await {
             Ok(true) => {}
@@ -240,6 +239,61 @@ impl Attempt {
             }
         }
         drop(slot);
+    }
+
+    /// One access-log line per attempt that ran: delivered at INFO, failures at WARN.
+    fn log(&self, report: &AttemptReport, result: &AttemptResult, took: Duration) {
+        let id = self.item.lease.id.as_str();
+        let attempt = self.item.attempt;
+        let tunnel = self.tunnel.name.as_str();
+        let duration_ms = (took.as_secs_f64() * 1e6).round() / 1e3;
+        let status = match result {
+            AttemptResult::Response { status, .. } => Some(status.as_u16()),
+            _ => None,
+        };
+        match report {
+            AttemptReport::Delivered { status } => tracing::info!(
+                target: ACCESS,
+                tunnel,
+                id,
+                attempt,
+                outcome = "delivered",
+                status,
+                duration_ms,
+                "delivery attempt"
+            ),
+            AttemptReport::Retry {
+                after,
+                error,
+                interrupted,
+                ..
+            } => tracing::warn!(
+                target: ACCESS,
+                tunnel,
+                id,
+                attempt,
+                outcome = if *interrupted { "interrupted" } else { "retry" },
+                status,
+                error = error.as_str(),
+                duration_ms,
+                retry_in = %humantime::format_duration(Duration::from_millis(after.as_millis() as u64)),
+                "delivery attempt failed; will retry"
+            ),
+            AttemptReport::Failed { error, .. } => tracing::warn!(
+                target: ACCESS,
+                tunnel,
+                id,
+                attempt,
+                outcome = "failed",
+                status,
+                error = error.as_str(),
+                duration_ms,
+                "delivery failed; replay it with `ponte deliveries replay`"
+            ),
+            AttemptReport::Release { .. } => {
+                tracing::debug!(%id, "attempt not started; released")
+            }
+        }
     }
 
     async fn send(&self) -> AttemptResult {
@@ -257,8 +311,12 @@ impl Attempt {
         req.headers_mut()
             .insert(PONTE_ATTEMPT.clone(), HeaderValue::from(item.attempt));
         let timeout = self.tunnel.config.queue.attempt_timeout;
+        let sent = Instant::now();
         match self.tunnel.send(session, req, timeout).await {
             Ok((resp, _permit)) => {
+                if let Some(m) = &self.metrics {
+                    m.tunnel(&self.tunnel.name).round_trip(sent.into_std());
+                }
                 let status = resp.status();
                 let retry_after = retry::retry_after(resp.headers());
                 let detail = if status.is_success() {
@@ -276,6 +334,19 @@ impl Attempt {
             Err(SendError::Busy(_)) => AttemptResult::Busy,
             Err(SendError::Failed(e)) => AttemptResult::ConnectionLost(e.to_string()),
         }
+    }
+}
+
+/// How an attempt is counted (`None`: it never started).
+fn outcome_of(report: &AttemptReport) -> Option<AttemptOutcome> {
+    match report {
+        AttemptReport::Delivered { .. } => Some(AttemptOutcome::Delivered),
+        AttemptReport::Retry {
+            interrupted: true, ..
+        } => Some(AttemptOutcome::Interrupted),
+        AttemptReport::Retry { .. } => Some(AttemptOutcome::Retry),
+        AttemptReport::Failed { .. } => Some(AttemptOutcome::Failed),
+        AttemptReport::Release { .. } => None,
     }
 }
 

@@ -76,6 +76,17 @@ pub enum ProxyError {
     /// Admin API: wrong token.
     #[error("the admin token was not accepted")]
     AdminTokenRejected,
+    /// `/_ponte/metrics` without a `metrics_token` configured.
+    #[error(
+        "metrics are not served on this port: set `metrics_token:` in relay.yaml, or `metrics_listen:` for a private address"
+    )]
+    MetricsDisabled,
+    /// Metrics: no token presented.
+    #[error("send the metrics token as `Authorization: Bearer <metrics_token>`")]
+    MetricsTokenMissing,
+    /// Metrics: wrong token.
+    #[error("the metrics token was not accepted")]
+    MetricsTokenRejected,
 }
 
 impl From<crate::store::StoreError> for ProxyError {
@@ -104,9 +115,11 @@ impl ProxyError {
             ProxyError::AgentOffline | ProxyError::Unavailable(_) | ProxyError::QueueFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::NoSuchDelivery(_) | ProxyError::AdminDisabled(_) => StatusCode::NOT_FOUND,
-            ProxyError::AdminTokenMissing => StatusCode::UNAUTHORIZED,
-            ProxyError::AdminTokenRejected => StatusCode::FORBIDDEN,
+            ProxyError::NoSuchDelivery(_) | ProxyError::AdminDisabled(_) | ProxyError::MetricsDisabled => {
+                StatusCode::NOT_FOUND
+            }
+            ProxyError::AdminTokenMissing | ProxyError::MetricsTokenMissing => StatusCode::UNAUTHORIZED,
+            ProxyError::AdminTokenRejected | ProxyError::MetricsTokenRejected => StatusCode::FORBIDDEN,
             ProxyError::AgentFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Throttled => StatusCode::TOO_MANY_REQUESTS,
@@ -134,6 +147,9 @@ impl ProxyError {
             ProxyError::AdminDisabled(_) => "admin-disabled",
             ProxyError::AdminTokenMissing => "admin-token-missing",
             ProxyError::AdminTokenRejected => "admin-token-rejected",
+            ProxyError::MetricsDisabled => "metrics-disabled",
+            ProxyError::MetricsTokenMissing => "metrics-token-missing",
+            ProxyError::MetricsTokenRejected => "metrics-token-rejected",
         }
     }
 
@@ -164,6 +180,12 @@ impl ProxyError {
                 h.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"ponte-admin\""),
+                );
+            }
+            ProxyError::MetricsTokenMissing => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"ponte-metrics\""),
                 );
             }
             ProxyError::Unauthorized { basic: true } => {

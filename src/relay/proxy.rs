@@ -36,10 +36,12 @@ pub async fn live(
     *out.version_mut() = Version::HTTP_2;
     *out.headers_mut() = target.headers(state, parts.headers);
 
+    let sent = std::time::Instant::now();
     let (resp, permit) = tunnel
         .send(session, out, state.config.limits.response_timeout)
         .await
         .map_err(|e| send_error(e, &outcome, limit))?;
+    state.round_trip(&tunnel.name, sent);
     Ok(relay_response(resp, permit))
 }
 
@@ -82,10 +84,12 @@ pub async fn websocket(
     out.extensions_mut()
         .insert(hyper::ext::Protocol::from_static("websocket"));
 
+    let sent = std::time::Instant::now();
     let (mut resp, permit) = tunnel
         .send(session, out, state.config.limits.response_timeout)
         .await
         .map_err(|e| send_error(e, &BodyOutcome::default(), 0))?;
+    state.round_trip(&tunnel.name, sent);
     if resp.status() != StatusCode::OK {
         // The upstream answered without upgrading: pass its answer on as a normal response.
         restore_upstream_status(&mut resp);
@@ -93,8 +97,10 @@ pub async fn websocket(
     }
     let agent_upgrade = hyper::upgrade::on(&mut resp);
     let peer = target.conn.peer;
+    // The upgraded public connection leaves the accept loop's count; count it while it lives.
+    let open = state.metrics.as_ref().map(|m| m.connection_opened());
     tokio::spawn(async move {
-        let _permit = permit;
+        let (_permit, _open) = (permit, open);
         match tokio::try_join!(public_upgrade, agent_upgrade) {
             Ok((public, agent)) => {
                 let mut public = TokioIo::new(public);
@@ -185,7 +191,7 @@ mod tests {
             let svc = hyper::service::service_fn(move |req| {
                 let (state, tunnel, session) = (svc_state.clone(), tunnel.clone(), dead.clone());
                 async move {
-                    let req = super::super::request::public(req);
+                    let req = super::super::request::public(req, None);
                     let resp = websocket(&state, &tunnel, session, req, target())
                         .await
                         .unwrap_or_else(|e| e.into_response());

@@ -64,11 +64,15 @@ pub async fn live_or_queue(
         return commit(state, queue, new).await;
     }
     let live = to_request(&new)?;
+    let sent = std::time::Instant::now();
     match tunnel
         .send(session, live, state.config.limits.response_timeout)
         .await
     {
-        Ok((resp, permit)) => Ok(relay_response(resp, permit)),
+        Ok((resp, permit)) => {
+            state.round_trip(&tunnel.name, sent);
+            Ok(relay_response(resp, permit))
+        }
         Err(SendError::Timeout) => Err(ProxyError::Timeout),
         Err(e @ (SendError::Busy(_) | SendError::Failed(_))) => {
             tracing::info!(tunnel = %tunnel.name, error = %e, "live attempt failed before an answer; queueing the request");
@@ -102,6 +106,8 @@ fn accepted(id: &str) -> Response<Body> {
     let body = serde_json::json!({ "status": "queued", "delivery_id": id });
     let mut resp = Response::new(body::full(body.to_string()));
     *resp.status_mut() = StatusCode::ACCEPTED;
+    resp.extensions_mut()
+        .insert(super::access::Queued(id.to_string()));
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(id) {
         h.insert(PONTE_DELIVERY_ID.clone(), v);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -23,6 +23,8 @@ pub struct TunnelState {
     next: AtomicUsize,
     connected: watch::Sender<usize>,
     next_login: AtomicU64,
+    /// When the last session of this tunnel ended (for `ponte status`).
+    last_disconnect: Mutex<Option<SystemTime>>,
 }
 
 /// Who holds a place in a tunnel: registered sessions, and logins accepted (101 sent) whose
@@ -71,6 +73,7 @@ impl TunnelState {
             next: AtomicUsize::new(0),
             connected: watch::Sender::new(0),
             next_login: AtomicU64::new(1),
+            last_disconnect: Mutex::new(None),
         }
     }
 
@@ -99,6 +102,21 @@ impl TunnelState {
         let mut members = self.lock();
         members.sessions.retain(|s| s.id != id);
         self.connected.send_replace(members.sessions.len());
+        *self.last_disconnect.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+    }
+
+    /// The registered sessions, oldest first.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.lock().sessions.clone()
+    }
+
+    /// When an agent of this tunnel was last connected: now while one is, else when the last
+    /// session ended (`None`: none since the relay started).
+    pub fn last_seen(&self) -> Option<SystemTime> {
+        if self.connected_count() > 0 {
+            return Some(SystemTime::now());
+        }
+        *self.last_disconnect.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A session to carry the next stream, round-robin over the usable ones.

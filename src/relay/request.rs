@@ -2,22 +2,25 @@
 //! `X-Forwarded-*` headers the upstream uses to see the real sender.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Version};
 
+use super::access::Counted;
 use super::error::ProxyError;
 use crate::body::DrainOnDrop;
 
 /// The body of a public request: an HTTP/2 body not read to its end is drained in the background
 /// after an early answer, so that senders see the status rather than a reset stream (see
-/// [`DrainOnDrop`]).
-pub type PublicBody = DrainOnDrop<hyper::body::Incoming>;
+/// [`DrainOnDrop`]); its bytes are counted for the access log when `seen` is given.
+pub type PublicBody = DrainOnDrop<Counted<hyper::body::Incoming>>;
 
 /// Wrap the body of a request as it arrives from the public side.
-pub fn public(req: Request<hyper::body::Incoming>) -> Request<PublicBody> {
+pub fn public(req: Request<hyper::body::Incoming>, seen: Option<Arc<AtomicU64>>) -> Request<PublicBody> {
     let h2 = req.version() == Version::HTTP_2;
-    req.map(|body| DrainOnDrop::new(body, h2))
+    req.map(|body| DrainOnDrop::new(Counted::new(body, seen), h2))
 }
 
 /// The authority a request is for, as sent and in canonical form.

@@ -106,6 +106,9 @@ pub async fn run(
             } else {
                 tracing::debug!(%peer, "connection limit reached; refusing");
             }
+            if let Some(m) = &state.metrics {
+                m.connection_refused();
+            }
             continue;
         };
         let conn = Conn {
@@ -115,9 +118,16 @@ pub async fn run(
             state: state.clone(),
             shutdown: shutdown.clone(),
         };
+        let open = state.metrics.as_ref().map(|m| m.connection_opened());
         let tls = tls.clone();
         let span = tracing::debug_span!("conn", %peer);
-        tracker.spawn(conn.serve(stream, tls).instrument(span));
+        tracker.spawn(
+            async move {
+                let _open = open;
+                conn.serve(stream, tls).await;
+            }
+            .instrument(span),
+        );
     }
     drop(listener);
     tracker.close();
@@ -196,6 +206,7 @@ impl Conn {
         let conn = ConnInfo { peer, tls };
         let limits = state.config.limits.clone();
         let activity = Activity::new(resets);
+        let metrics = state.metrics.clone();
         let svc = {
             let activity = activity.clone();
             service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -258,6 +269,12 @@ impl Conn {
                 drive(conn_fut, &shutdown, &activity, &limits, |c| c.graceful_shutdown()).await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+                // hyper answered 431 itself (HTTP/1.1); HTTP/2's 431 is sent by the h2 layer unseen.
+                if e.is_parse_too_large()
+                    && let Some(m) = &metrics
+                {
+                    m.limit_hit(super::metrics::Limit::MaxHeaderBytes);
+                }
             }
         }
     }

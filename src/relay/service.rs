@@ -1,35 +1,86 @@
 //! Per-request entry point: find the one authority, route, and hand the request to the agent
-//! login, the health check, the admin API and console, or [`super::tunnel_request`] for a tunnel.
+//! login, the health and readiness checks, the metrics, the admin API and console, or
+//! [`super::tunnel_request`] for a tunnel. Requests that are not for the relay's own endpoints
+//! are logged and counted by [`super::access`].
 
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use super::access::Exchange;
 use super::console::RelayBackend;
 use super::error::ProxyError;
+use super::metrics::Limit;
+use super::registry::TunnelState;
 use super::routing::{self, Route};
 use super::state::{ConnInfo, RelayState};
 use super::stream::Target;
-use super::{admin, connect, request, tunnel_request};
+use super::{admin, connect, monitor, request, tunnel_request};
 use crate::body::{self, Body};
 use crate::inspect::console::{CONSOLE_PREFIX, Caller};
 use crate::protocol::admin::ADMIN_PREFIX;
-use crate::protocol::{CONNECT_PATH, HEALTH_PATH};
+use crate::protocol::{CONNECT_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH};
 
 /// The console without its trailing slash (redirected to [`CONSOLE_PREFIX`]).
 const CONSOLE_PATH: &str = "/_ponte/console";
 
 /// Answer one request. Never fails: every error becomes a response in [`ProxyError::into_response`].
 pub async fn handle(state: Arc<RelayState>, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    if !state.observing() {
+        let (resp, _) = answer(&state, conn, request::public(req, None)).await;
+        return resp;
+    }
+    let exchange = Exchange::begin(&req, conn.peer);
+    let (resp, reached) = answer(&state, conn, request::public(req, Some(exchange.bytes_in()))).await;
+    match reached {
+        Reached::Internal => resp,
+        Reached::Tunnel(t) => exchange.finish(resp, Some(t), state.config.access_log, state.metrics.clone()),
+        Reached::Nothing => exchange.finish(resp, None, state.config.access_log, state.metrics.clone()),
+    }
+}
+
+/// What a request reached: the relay's own endpoints are not tunnel traffic and are not
+/// access-logged (agent logins have their own lines).
+enum Reached {
+    /// `/_ponte/…` on the relay's own host.
+    Internal,
+    /// A configured tunnel.
+    Tunnel(Arc<TunnelState>),
+    /// No configured tunnel (unknown name, no route, or refused before routing).
+    Nothing,
+}
+
+async fn answer(
+    state: &Arc<RelayState>,
+    conn: ConnInfo,
+    req: Request<request::PublicBody>,
+) -> (Response<Body>, Reached) {
+    let mut reached = Reached::Nothing;
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    match dispatch(&state, conn, request::public(req)).await {
+    let resp = match dispatch(state, conn, req, &mut reached).await {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::debug!(peer = %conn.peer, %method, %path, status = e.status().as_u16(), error = %e, "request refused");
+            tracing::debug!(peer = %conn.peer, %method, status = e.status().as_u16(), error = %e, "request refused");
+            if let Some(m) = &state.metrics
+                && let Some(limit) = limit_of(&e)
+            {
+                m.limit_hit(limit);
+            }
             e.into_response()
         }
+    };
+    (resp, reached)
+}
+
+/// The limit behind a refusal, if it was one.
+fn limit_of(e: &ProxyError) -> Option<Limit> {
+    match e {
+        ProxyError::TooLarge { .. } => Some(Limit::MaxBodyBytes),
+        ProxyError::HeadersTooLarge => Some(Limit::MaxHeaderBytes),
+        ProxyError::BodyStalled => Some(Limit::BodyIdleTimeout),
+        ProxyError::Throttled => Some(Limit::MaxFailedLogins),
+        _ => None,
     }
 }
 
@@ -37,6 +88,7 @@ async fn dispatch(
     state: &Arc<RelayState>,
     conn: ConnInfo,
     req: Request<request::PublicBody>,
+    reached: &mut Reached,
 ) -> Result<Response<Body>, ProxyError> {
     let authority = request::authority(&req)?;
     let path = req
@@ -45,28 +97,18 @@ async fn dispatch(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     match routing::route(&authority.canonical, &path, state.config.domain.as_deref()) {
-        Route::Internal => match path.path() {
-            CONNECT_PATH => connect::accept(state, conn, req, &authority).await,
-            HEALTH_PATH => Ok(health(state)),
-            p if p == CONSOLE_PATH || p.starts_with(CONSOLE_PREFIX) => {
-                let caller = Caller {
-                    peer: conn.peer,
-                    tls: conn.tls,
-                };
-                Ok(state.console.handle(&RelayBackend(state), caller, req).await)
-            }
-            p if p.starts_with(ADMIN_PREFIX) => admin::handle(state, conn, req).await,
-            _ => Err(ProxyError::NotFound(format!(
-                "no relay endpoint at {}",
-                path.path()
-            ))),
-        },
+        Route::Internal => {
+            *reached = Reached::Internal;
+            let path = path.path().to_owned();
+            internal(state, conn, req, &authority, &path).await
+        }
         Route::Tunnel { name, path, .. } => {
             let tunnel = state
                 .registry
                 .tunnel(&name)
                 .cloned()
                 .ok_or_else(|| ProxyError::NotFound(format!("no tunnel named `{name}`")))?;
+            *reached = Reached::Tunnel(tunnel.clone());
             let target = Target {
                 conn,
                 authority,
@@ -77,6 +119,31 @@ async fn dispatch(
         Route::NotFound => Err(ProxyError::NotFound(
             "use https://<tunnel>.<domain>/ or /t/<tunnel>/".into(),
         )),
+    }
+}
+
+/// The relay's own endpoints under `/_ponte/`.
+async fn internal(
+    state: &Arc<RelayState>,
+    conn: ConnInfo,
+    req: Request<request::PublicBody>,
+    authority: &request::Authority,
+    path: &str,
+) -> Result<Response<Body>, ProxyError> {
+    match path {
+        CONNECT_PATH => connect::accept(state, conn, req, authority).await,
+        HEALTH_PATH => Ok(health(state)),
+        READY_PATH => Ok(monitor::ready(state)),
+        METRICS_PATH => monitor::public_metrics(state, conn, &req).await,
+        p if p == CONSOLE_PATH || p.starts_with(CONSOLE_PREFIX) => {
+            let caller = Caller {
+                peer: conn.peer,
+                tls: conn.tls,
+            };
+            Ok(state.console.handle(&RelayBackend(state), caller, req).await)
+        }
+        p if p.starts_with(ADMIN_PREFIX) => admin::handle(state, conn, req).await,
+        _ => Err(ProxyError::NotFound(format!("no relay endpoint at {path}"))),
     }
 }
 

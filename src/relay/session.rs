@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -20,6 +21,10 @@ pub struct Session {
     pub agent_id: String,
     /// Where the agent connected from.
     pub remote: SocketAddr,
+    /// The Ponte version the agent announced in its handshake, if any.
+    pub version: Option<String>,
+    /// When the session was registered.
+    pub connected_at: SystemTime,
     sender: SendRequest<Body>,
     permits: Arc<Semaphore>,
     max_streams: u32,
@@ -53,11 +58,25 @@ impl Session {
             id,
             agent_id,
             remote,
+            version: None,
+            connected_at: SystemTime::now(),
             sender,
             permits: Arc::new(Semaphore::new(max_streams as usize)),
             max_streams,
             closed: CancellationToken::new(),
         }
+    }
+
+    /// Record the version the agent announced.
+    pub fn with_version(mut self, version: Option<String>) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Streams open on it right now.
+    pub fn streams_in_use(&self) -> u32 {
+        self.max_streams
+            .saturating_sub(self.permits.available_permits() as u32)
     }
 
     /// Can new streams be opened on it?

@@ -1,15 +1,18 @@
 //! What every part of the relay shares: the configuration, the registry of agent sessions, the
-//! durable queue (when `store:` is set), and the facts about the connection a request came on.
+//! durable queue (when `store:` is set), the metrics (when they are served), and the facts about
+//! the connection a request came on.
 //! It sits below the dispatcher and every handler, so none of them imports another to reach it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::RelayMetrics;
 use super::registry::Registry;
 use crate::config::relay::{RelayConfig, TunnelName};
 use crate::store::Store;
@@ -26,18 +29,51 @@ pub struct RelayState {
     pub queues: Option<Arc<Queues>>,
     /// The console's sessions.
     pub console: crate::inspect::console::Console,
+    /// The metrics, when `metrics_token` or `metrics_listen` lets someone read them.
+    pub metrics: Option<Arc<RelayMetrics>>,
+    /// Cancelled when the relay starts draining: `/ready` answers 503 from then on.
+    pub draining: CancellationToken,
+    /// When this relay started (for `ponte status`).
+    pub started_at: SystemTime,
 }
 
 impl RelayState {
-    /// Build the shared state, with the durable queue (if any) already opened by the caller.
+    /// Build the shared state, with the durable queue (if any) already opened by the caller, no
+    /// metrics, and a draining token of its own (tests).
+    #[cfg(test)]
     pub fn with_queues(config: RelayConfig, queues: Option<Arc<Queues>>) -> Self {
+        Self::new(config, queues, None, CancellationToken::new())
+    }
+
+    /// Build the shared state with its metrics and the token that says the relay is draining.
+    pub fn new(
+        config: RelayConfig,
+        queues: Option<Arc<Queues>>,
+        metrics: Option<Arc<RelayMetrics>>,
+        draining: CancellationToken,
+    ) -> Self {
         RelayState {
             registry: Registry::new(&config),
             config,
             sessions_shutdown: CancellationToken::new(),
             queues,
             console: Default::default(),
+            metrics,
+            draining,
+            started_at: SystemTime::now(),
         }
+    }
+
+    /// Record an agent round trip (stream opened → response headers) of `tunnel`.
+    pub fn round_trip(&self, tunnel: &TunnelName, since: std::time::Instant) {
+        if let Some(m) = &self.metrics {
+            m.tunnel(tunnel).round_trip(since);
+        }
+    }
+
+    /// Are requests logged or counted? When neither, the request path skips the bookkeeping.
+    pub fn observing(&self) -> bool {
+        self.config.access_log || self.metrics.is_some()
     }
 }
 

@@ -75,6 +75,8 @@ where
     list_filters_and_pages(&*s, &c).await;
     let (s, c) = fresh();
     purge_and_retention(&*s, &c).await;
+    let (s, c) = fresh();
+    stats_count_the_backlog_per_tunnel(&*s, &c).await;
 }
 
 async fn round_trip_keeps_the_request_exactly(s: &dyn Store, _c: &ManualClock) {
@@ -490,5 +492,58 @@ async fn purge_and_retention(s: &dyn Store, c: &ManualClock) {
         .await
         .unwrap()
         .is_empty()
+    );
+}
+
+async fn stats_count_the_backlog_per_tunnel(s: &dyn Store, c: &ManualClock) {
+    assert!(s.stats().await.unwrap().tunnels.is_empty());
+    let first = s.enqueue(request("demo", 1)).await.unwrap().id;
+    c.advance(Duration::from_secs(10));
+    for n in 2..=4 {
+        s.enqueue(request("demo", n)).await.unwrap();
+    }
+    let other = s.enqueue(request("other", 5)).await.unwrap().id;
+    c.advance(Duration::from_secs(5));
+    // One of demo's in flight; other's only delivery fails.
+    let claimed = s.claim(claim_req("demo", 1, false)).await.unwrap().items;
+    assert_eq!(claimed[0].lease.id, first);
+    let item = s
+        .claim(claim_req("other", 1, false))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let failed = AttemptReport::Failed {
+        status: Some(400),
+        error: "HTTP 400".into(),
+    };
+    s.finish(item.lease, failed).await.unwrap();
+
+    let stats = s.stats().await.unwrap();
+    let demo = &stats.tunnels["demo"];
+    assert_eq!((demo.pending, demo.in_flight, demo.failed), (4, 1, 0), "{demo:?}");
+    assert_eq!(demo.oldest_pending, Some(Timestamp(1_700_000_000_000)));
+    assert_eq!(demo.oldest_pending_age, Some(Duration::from_secs(15)));
+    let o = &stats.tunnels["other"];
+    assert_eq!((o.pending, o.in_flight, o.failed), (0, 0, 1), "{o:?}");
+    assert_eq!(o.oldest_pending, None);
+
+    // A delivered one leaves the counts; the next oldest pending is now the oldest.
+    s.finish(claimed[0].lease.clone(), AttemptReport::Delivered { status: 200 })
+        .await
+        .unwrap();
+    let demo = s.stats().await.unwrap().tunnels["demo"].clone();
+    assert_eq!((demo.pending, demo.in_flight), (3, 0));
+    assert_eq!(demo.oldest_pending_age, Some(Duration::from_secs(5)));
+    s.purge(PurgeFilter {
+        status: Status::Failed,
+        tunnel: None,
+        older_than: None,
+    })
+    .await
+    .unwrap();
+    assert!(
+        !s.stats().await.unwrap().tunnels.contains_key("other"),
+        "{other} purged"
     );
 }

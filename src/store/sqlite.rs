@@ -19,7 +19,7 @@ use rusqlite::ErrorCode;
 use self::writer::{Checkpointer, Reader, Writer};
 use super::{
     AttemptReport, ClaimBatch, ClaimRequest, Clock, DeliveryDetail, DeliverySummary, Enqueued, Lease,
-    ListFilter, NewDelivery, OpenOptions, PurgeFilter, Retention, Store, StoreError, StoreFuture,
+    ListFilter, NewDelivery, OpenOptions, PurgeFilter, QueueStats, Retention, Store, StoreError, StoreFuture,
 };
 
 /// The SQLite backend of [`Store`].
@@ -79,7 +79,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(schema::open_connection(path, None)?)?;
         Ok(SqliteStore {
             path: path.to_owned(),
-            writer: Writer::start(conn, clock.clone())?,
+            writer: Writer::start(conn, clock.clone(), options.metrics)?,
             reader: Reader::new(read_conn, clock),
             _checkpointer: checkpointer,
             _lock: lock,
@@ -173,6 +173,10 @@ impl Store for SqliteStore {
         Box::pin(self.reader.run(move |c, now| queries::show(c, now, &id)))
     }
 
+    fn stats(&self) -> StoreFuture<'_, QueueStats> {
+        Box::pin(self.reader.run(queries::stats))
+    }
+
     fn replay(&self, id: String) -> StoreFuture<'_, DeliverySummary> {
         Box::pin(self.writer.run(move |c, now| upkeep::replay(c, now, &id)))
     }
@@ -235,6 +239,7 @@ mod tests {
                 OpenOptions {
                     max_bytes: None,
                     clock,
+                    metrics: None,
                 },
             )
             .unwrap();

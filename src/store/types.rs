@@ -307,3 +307,27 @@ pub struct PurgeFilter {
     /// Only deliveries that finished (or, for pending, arrived) at least this long ago.
     pub older_than: Option<Duration>,
 }
+
+/// How full the queue is, per tunnel: what `/_ponte/metrics` and `ponte status` show.
+/// Delivered deliveries are not counted: they are history, and counting them would scan the
+/// whole retention window on every scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// By tunnel name; a tunnel with nothing pending or failed is absent.
+    pub tunnels: std::collections::BTreeMap<String, TunnelQueueStats>,
+}
+
+/// The queue of one tunnel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelQueueStats {
+    /// Waiting for an attempt or in flight.
+    pub pending: u64,
+    /// Of those, with an attempt running now (lease not expired).
+    pub in_flight: u64,
+    /// Given up, waiting for an operator's replay or their retention.
+    pub failed: u64,
+    /// When the oldest pending delivery arrived.
+    pub oldest_pending: Option<Timestamp>,
+    /// How long it has waited, by the store's clock.
+    pub oldest_pending_age: Option<Duration>,
+}

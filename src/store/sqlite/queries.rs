@@ -1,4 +1,5 @@
-//! The read operations of the SQLite store: listing and showing deliveries.
+//! The read operations of the SQLite store: listing and showing deliveries, and the queue's
+//! counts per tunnel.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -6,7 +7,7 @@ use super::db_err;
 use crate::store::record::decode_headers;
 use crate::store::{
     AttemptOutcome, AttemptRecord, DeliveryDetail, DeliverySummary, HeaderEntry, ListFilter, MAX_LIST,
-    Status, StoreError, Timestamp,
+    QueueStats, Status, StoreError, Timestamp,
 };
 
 const SUMMARY_COLUMNS: &str = "seq, id, tunnel, method, uri, status, lease_until, attempts, body_bytes,
@@ -134,4 +135,47 @@ pub(super) fn show(conn: &Connection, now: i64, id: &str) -> Result<DeliveryDeta
         body: body.into(),
         attempts_log: attempts,
     })
+}
+
+/// Pending (and in-flight) and failed counts per tunnel, with the oldest pending arrival. Both
+/// queries run on the partial indexes of pending and finished rows, so their cost follows the
+/// backlog, not the delivered history.
+pub(super) fn stats(conn: &Connection, now: i64) -> Result<QueueStats, StoreError> {
+    let mut stats = QueueStats::default();
+    let mut pending = conn
+        .prepare_cached(
+            "SELECT tunnel, COUNT(*), SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END), MIN(received_at)
+             FROM deliveries WHERE status = 'pending' GROUP BY tunnel",
+        )
+        .map_err(db_err)?;
+    let rows = pending
+        .query_map([now], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (tunnel, count, in_flight, oldest) = row.map_err(db_err)?;
+        let t = stats.tunnels.entry(tunnel).or_default();
+        t.pending = count.max(0) as u64;
+        t.in_flight = in_flight.unwrap_or(0).max(0) as u64;
+        t.oldest_pending = oldest.map(Timestamp);
+        t.oldest_pending_age =
+            oldest.map(|at| std::time::Duration::from_millis(now.saturating_sub(at).max(0) as u64));
+    }
+    let mut failed = conn
+        .prepare_cached("SELECT tunnel, COUNT(*) FROM deliveries WHERE status = 'failed' GROUP BY tunnel")
+        .map_err(db_err)?;
+    let rows = failed
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(db_err)?;
+    for row in rows {
+        let (tunnel, count) = row.map_err(db_err)?;
+        stats.tunnels.entry(tunnel).or_default().failed = count.max(0) as u64;
+    }
+    Ok(stats)
 }

@@ -14,7 +14,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::db_err;
-use crate::store::{Clock, StoreError};
+use crate::store::{Clock, StoreError, StoreMetrics};
 
 /// Most jobs in one transaction: bounds the time one batch holds the writer (and its memory).
 const MAX_BATCH: usize = 512;
@@ -81,11 +81,15 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Start the writer thread on `conn`.
-    pub(super) fn start(conn: Connection, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+    pub(super) fn start(
+        conn: Connection,
+        clock: Arc<dyn Clock>,
+        metrics: Option<StoreMetrics>,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         std::thread::Builder::new()
             .name("ponte-store-writer".into())
-            .spawn(move || run(conn, rx, clock))
+            .spawn(move || run(conn, rx, clock, metrics))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer thread: {e}")))?;
         Ok(Writer { tx })
     }
@@ -111,7 +115,12 @@ fn stopped() -> StoreError {
     StoreError::Unavailable("the store writer stopped (see the earlier log lines)".into())
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Clock>) {
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    clock: Arc<dyn Clock>,
+    metrics: Option<StoreMetrics>,
+) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -121,7 +130,12 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Cl
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let commit = run_batch(&conn, &mut batch, clock.now_ms());
+        if let Some(m) = &metrics {
+            m.commit_seconds.observe(started.elapsed().as_secs_f64());
+            m.batch_size.observe(batch.len() as f64);
+        }
         if let Err(e) = &commit {
             tracing::warn!(error = %e, jobs = batch.len(), "store batch not committed");
         }

@@ -1,0 +1,63 @@
+//! The operator's overview behind `GET /_ponte/admin/status` and `ponte status`: every tunnel
+//! with its agents (address, version, since when), when one was last seen, and its queue.
+
+use std::time::SystemTime;
+
+use super::state::RelayState;
+use crate::protocol::admin::{AgentStatus, QueueStatus, StatusResponse, TunnelStatus};
+use crate::store::{QueueStats, StoreError};
+
+/// Build the answer from the registry and (with a store) the queue's counts.
+pub async fn collect(state: &RelayState) -> Result<StatusResponse, StoreError> {
+    let stats: Option<QueueStats> = match &state.queues {
+        Some(q) => Some(q.store.stats().await?),
+        None => None,
+    };
+    let mut tunnels: Vec<TunnelStatus> = state
+        .registry
+        .tunnels()
+        .map(|t| {
+            let agents = t
+                .sessions()
+                .iter()
+                .map(|s| AgentStatus {
+                    id: s.agent_id.clone(),
+                    address: s.remote.to_string(),
+                    version: s.version.clone(),
+                    connected_since: time(s.connected_at),
+                    streams_in_use: s.streams_in_use(),
+                })
+                .collect();
+            let queue = stats.as_ref().map(|stats| {
+                let c = stats.tunnels.get(t.name.as_str()).cloned().unwrap_or_default();
+                QueueStatus {
+                    pending: c.pending,
+                    in_flight: c.in_flight,
+                    failed: c.failed,
+                    oldest_pending: c.oldest_pending.map(|ts| ts.to_string()),
+                    oldest_pending_age_secs: c.oldest_pending_age.map(|a| a.as_secs()),
+                }
+            });
+            TunnelStatus {
+                name: t.name.to_string(),
+                delivery: format!("{:?}", t.config.delivery).to_lowercase(),
+                agents,
+                last_seen: t.last_seen().map(time),
+                queue,
+            }
+        })
+        .collect();
+    tunnels.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(StatusResponse {
+        version: crate::VERSION.to_string(),
+        now: time(SystemTime::now()),
+        started_at: time(state.started_at),
+        draining: state.draining.is_cancelled(),
+        store: state.queues.is_some(),
+        tunnels,
+    })
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
