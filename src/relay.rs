@@ -36,6 +36,7 @@ mod routing;
 mod server;
 mod service;
 mod session;
+mod slots;
 mod state;
 mod status;
 mod stream;

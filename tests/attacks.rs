@@ -971,19 +971,35 @@ async fn idle_h2_connections_are_closed() {
 #[tokio::test]
 async fn idle_connections_cannot_lock_out_agents_or_senders() {
     // Six slots, two of them kept for agents: the agent already connected holds one.
+    let cut = Duration::from_secs(6);
     let t = Target::start(
-        "limits:\n  max_connections: 6\n  reserved_agent_connections: 2\n  header_read_timeout: 2s\n  idle_timeout: 2s\n",
+        "limits:\n  max_connections: 6\n  reserved_agent_connections: 2\n  header_read_timeout: 6s\n  idle_timeout: 6s\n",
         "",
     )
     .await;
     // An attacker opens as many idle h2 connections as it can.
+    let started = Instant::now();
     let mut idle = Vec::new();
     for _ in 0..6 {
         if let Ok(c) = RawH2::connect(&t.certs, ATTACKER, t.addr).await {
             idle.push(c);
         }
     }
-    // While they hold every public slot, an agent still logs in.
+    // The ones that landed on a reserved slot are refused; the rest hold every public slot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut held = Vec::new();
+    for mut c in idle {
+        if !c.until_goaway_or_close(Duration::from_millis(20)).await.1 {
+            held.push(c);
+        }
+    }
+    assert!(
+        !held.is_empty() && held.len() < 6,
+        "{} of 6 idle connections held: the public slots were not filled",
+        held.len()
+    );
+    // While they hold every public slot, an agent still logs in. A refused connection may give
+    // its slot back a moment after the attacker sees it close, so the agent retries as it would.
     let yaml = agent_yaml(
         &format!("https://127.0.0.1:{}", t.addr.port()),
         Some(&t.certs),
@@ -993,15 +1009,27 @@ async fn idle_connections_cannot_lock_out_agents_or_senders() {
         ponte::config::parse_with_env(&yaml, "agent.yaml", &|_| None).unwrap();
     let cfg = cfg.merge(Default::default(), "agent.yaml").unwrap();
     let connector = ponte::agent::dial::Connector::new(&cfg).unwrap();
-    let login = within("agent login", connector.connect("second-agent")).await;
+    let mut login = within("agent login", connector.connect("second-agent")).await;
+    for _ in 0..4 {
+        if login.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        login = within("agent login", connector.connect("second-agent")).await;
+    }
+    let logged_in_after = started.elapsed();
     assert!(login.is_ok(), "agent login refused: {:?}", login.err());
+    assert!(
+        logged_in_after < cut,
+        "the login only came after the idle connections were cut ({logged_in_after:?})"
+    );
     drop(login);
     // Once the idle ones are cut, senders get through again.
-    for c in &mut idle {
-        let (_, closed) = c.until_goaway_or_close(Duration::from_secs(6)).await;
+    for c in &mut held {
+        let (_, closed) = c.until_goaway_or_close(cut + Duration::from_secs(4)).await;
         assert!(closed, "an idle connection was never closed");
     }
-    drop(idle);
+    drop(held);
     t.recovered("idle connections vs. agent logins").await;
 }
 

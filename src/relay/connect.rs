@@ -98,7 +98,7 @@ pub async fn accept(
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     // The connection's slot moves to the session, which holds it for as long as it lives.
-    let slot = req.extensions_mut().remove::<super::server::ConnSlot>();
+    let slot = req.extensions_mut().remove::<super::slots::ConnSlot>();
     let public_url = public_url(state, conn, authority, &tunnel);
     let state = state.clone();
     let peer = conn.peer;

@@ -6,7 +6,6 @@
 mod activity;
 mod goaway;
 mod resets;
-mod slots;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,8 +23,7 @@ use tracing::Instrument;
 
 use self::activity::{Activity, Idle, Tracked};
 use self::resets::{ConnResets, ResetBudgets};
-pub use self::slots::ConnSlot;
-use self::slots::Slots;
+use super::slots::{ConnSlot, Slots};
 use super::error::ProxyError;
 use super::service;
 use super::state::{ConnInfo, RelayState};
