@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod keepalive;
+pub mod postgres;
 pub mod proxy;
 pub mod relay;
 pub mod store;
