@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod h2raw;
+pub mod postgres;
 pub mod process;
 
 use std::convert::Infallible;
