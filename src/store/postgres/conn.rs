@@ -36,6 +36,12 @@ pub(super) fn driver_config(url: &PostgresUrl) -> tokio_postgres::Config {
         config.tcp_user_timeout(TCP_USER_TIMEOUT);
     }
     config.keepalives_idle(KEEPALIVE_IDLE);
+    // A 202 means committed to disk: Ponte's sessions wait for the WAL flush whatever the
+    // server's or the database's default, unless the URL's `options` says otherwise.
+    let options = config.get_options().unwrap_or_default().to_string();
+    if !options.contains("synchronous_commit") {
+        config.options(format!("{options} -c synchronous_commit=on").trim_start());
+    }
     config
 }
 

@@ -400,6 +400,24 @@ async fn tls_modes_check_what_they_promise() {
     }
 }
 
+/// A database whose default is `synchronous_commit = off` would acknowledge commits it could
+/// still lose; Ponte's sessions turn it back on.
+#[tokio::test]
+async fn sessions_wait_for_the_wal_flush_whatever_the_database_default() {
+    let Some(cluster) = cluster::shared() else { return };
+    let url = cluster.database("");
+    let name = url.rsplit('/').next().unwrap();
+    cluster.psql(
+        name,
+        &format!("ALTER DATABASE {name} SET synchronous_commit = off"),
+    );
+    let store = open(&url).await;
+    store.enqueue(delivery("demo", 1, 1)).await.unwrap();
+    let client = store.shared.pool.get().await.unwrap();
+    let row = client.query_one("SHOW synchronous_commit", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "on");
+}
+
 #[tokio::test]
 async fn connection_errors_name_the_database_but_never_the_password() {
     let Some(cluster) = cluster::shared() else { return };
