@@ -79,8 +79,16 @@ pub(super) enum TimeSource {
     Clock(Arc<dyn Clock>),
 }
 
-/// The current transaction's `now()` in milliseconds since the epoch.
-pub(super) const DB_NOW_MS: &str = "floor(extract(epoch FROM now()) * 1000)::bigint";
+/// The current transaction's `now()` in milliseconds since the epoch (a macro, for `concat!`).
+macro_rules! db_now_ms {
+    () => {
+        "floor(extract(epoch FROM now()) * 1000)::bigint"
+    };
+}
+pub(super) use db_now_ms;
+
+/// [`db_now_ms!`] as a constant.
+pub(super) const DB_NOW_MS: &str = db_now_ms!();
 
 impl TimeSource {
     /// "Now" inside `tx`, in milliseconds since the epoch.

@@ -23,7 +23,9 @@ use crate::config::postgres::PostgresUrl;
 use crate::store::StoreError;
 
 /// The notification channel.
-const CHANNEL: &str = "ponte_work";
+pub(super) const CHANNEL: &str = "ponte_work";
+/// Notify `$1` (the channel) of `$2` (this instance) for every tunnel of `$3`.
+pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2 || ' ' || t) FROM unnest($3::text[]) AS t";
 /// First pause before re-making a lost listening connection; it doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
@@ -37,13 +39,9 @@ pub(super) async fn notify(
     if tunnels.is_empty() {
         return Ok(());
     }
-    execute(
-        tx,
-        "SELECT pg_notify($1, $2 || ' ' || t) FROM unnest($3::text[]) AS t",
-        &[&CHANNEL, &instance, &tunnels],
-    )
-    .await
-    .map(drop)
+    execute(tx, NOTIFY, &[&CHANNEL, &instance, &tunnels])
+        .await
+        .map(drop)
 }
 
 /// One `Notify` per tunnel whose worker asked to be woken.

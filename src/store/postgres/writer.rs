@@ -1,8 +1,13 @@
 //! Group commit of new deliveries. One task per store takes every enqueue waiting when a batch
-//! starts, commits them with one multi-row `INSERT` in one transaction (PostgreSQL's
-//! `synchronous_commit` makes the `COMMIT` wait for the WAL flush), and only then answers each
-//! caller. A burst of N webhooks costs about one WAL flush per batch, not one per request, and no
-//! caller hears "committed" before the database has it on disk.
+//! starts, commits them with one multi-row `INSERT` in one transaction (`synchronous_commit=on`
+//! makes the `COMMIT` wait for the WAL flush), and only then answers each caller. A burst of N
+//! webhooks costs about one WAL flush per batch, not one per request, and no caller hears
+//! "committed" before the database has it on disk.
+//!
+//! The usual batch is one network round trip: `BEGIN`, the `INSERT` (which itself keeps to the
+//! room left under `store_max_size`), the `NOTIFY` and the `COMMIT` are sent together
+//! (pipelined). Only deliveries that did not fit take a second, slower transaction that drops
+//! delivered records to make room.
 //!
 //! Like the SQLite writer, each batch is one measurable unit: its size and its time from the
 //! first statement to the commit.
@@ -12,9 +17,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 
-use super::conn::{DB_NOW_MS, OP_TIMEOUT, db_err, pool_err};
-use super::listen::notify;
+use super::conn::{DB_NOW_MS, OP_TIMEOUT, TimeSource, db_err, db_now_ms, pool_err};
+use super::listen::{CHANNEL, NOTIFY, notify};
 use super::ops::{execute, query};
 use super::{Shared, stored_bytes};
 use crate::store::record::encode_headers;
@@ -99,9 +105,176 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     tracing::debug!("store writer stopped");
 }
 
-/// One transaction for the whole batch. Returns each job's answer (a job refused for lack of
-/// room gets `Full` while the others commit), or the error that stopped the batch.
+/// Commit the batch: the pipelined fast path, then the room-making path for whatever did not fit.
 async fn commit(shared: &Shared, batch: &[Job]) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
+    let news: Vec<&NewDelivery> = batch.iter().map(|j| &j.new).collect();
+    let mut answers = commit_fast(shared, &news).await?;
+    let left: Vec<usize> = (0..answers.len()).filter(|&i| answers[i].is_none()).collect();
+    if !left.is_empty() {
+        let slow: Vec<&NewDelivery> = left.iter().map(|&i| news[i]).collect();
+        for (i, answer) in left.into_iter().zip(commit_making_room(shared, &slow).await?) {
+            answers[i] = Some(answer);
+        }
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| {
+            a.unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "internal: a delivery was not committed".into(),
+                ))
+            })
+        })
+        .collect())
+}
+
+/// The columns of a batch, as arrays for `unnest`.
+#[derive(Default)]
+struct Columns<'a> {
+    ids: Vec<String>,
+    tunnels: Vec<&'a str>,
+    methods: Vec<&'a str>,
+    uris: Vec<&'a str>,
+    headers: Vec<Vec<u8>>,
+    bodies: Vec<&'a [u8]>,
+    stored: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, new: &'a NewDelivery) -> String {
+        // v7: time-ordered, so the unique index grows at its end instead of at random places.
+        let id = uuid::Uuid::now_v7().to_string();
+        self.ids.push(id.clone());
+        self.tunnels.push(&new.tunnel);
+        self.methods.push(&new.method);
+        self.uris.push(&new.uri);
+        self.headers.push(encode_headers(&new.headers));
+        self.bodies.push(&new.body);
+        self.stored.push(stored_bytes(new));
+        id
+    }
+
+    fn distinct_tunnels(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self.tunnels.iter().copied().collect();
+        set.into_iter().map(String::from).collect()
+    }
+}
+
+/// Insert the batch's rows and return the ids inserted. `$1` is the time (`NULL`: the database's
+/// `now()`), `$2`..`$8` the columns as arrays, `$9` the cap: when set, only the longest run of
+/// the batch, in arrival order, that fits in the room left is inserted.
+const INSERT: &str = concat!(
+    "WITH t AS (SELECT COALESCE($1::bigint, ",
+    db_now_ms!(),
+    ") AS now),
+     new AS (
+        SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::bigint[])
+            WITH ORDINALITY AS n(id, tunnel, method, uri, headers, body, stored_bytes, ord)
+     ), fitting AS (
+        SELECT * FROM (
+            SELECT new.*, SUM(stored_bytes) OVER (ORDER BY ord) AS running FROM new
+        ) r
+        WHERE $9::bigint IS NULL
+           OR running + (SELECT COALESCE(SUM(bytes), 0) FROM store_usage) <= $9::bigint
+     ), inserted AS (
+        INSERT INTO deliveries (id, tunnel, method, uri, body_bytes, stored_bytes, received_at, retry_from,
+                                status, attempts, next_attempt_at)
+        SELECT id, tunnel, method, uri, octet_length(body), stored_bytes, t.now, t.now, 'pending', 0, t.now
+        FROM fitting, t ORDER BY ord
+        RETURNING seq, id
+     ), requests_inserted AS (
+        INSERT INTO requests (seq, headers, body)
+        SELECT inserted.seq, new.headers, new.body FROM inserted JOIN new USING (id)
+     )
+     SELECT id FROM inserted"
+);
+
+/// One round trip: `BEGIN`, insert what fits, `NOTIFY`, `COMMIT`. Returns an answer for each
+/// delivery committed, `None` for those that did not fit.
+async fn commit_fast(
+    shared: &Shared,
+    news: &[&NewDelivery],
+) -> Result<Vec<Option<Result<Enqueued, StoreError>>>, StoreError> {
+    let mut cols = Columns::default();
+    for new in news {
+        cols.push(new);
+    }
+    let now = match &shared.time {
+        TimeSource::Database => None,
+        clock => Some(clock.resolve(0)),
+    };
+    let client = Exclusive(Some(shared.pool.get().await.map_err(pool_err)?));
+    let c = client.get()?;
+    let insert = c.prepare_cached(INSERT).await.map_err(db_err)?;
+    let notify_stmt = c.prepare_cached(NOTIFY).await.map_err(db_err)?;
+    let tunnels = cols.distinct_tunnels();
+    let instance = shared.instance.as_str();
+    let insert_params: [&(dyn ToSql + Sync); 9] = [
+        &now,
+        &cols.ids,
+        &cols.tunnels,
+        &cols.methods,
+        &cols.uris,
+        &cols.headers,
+        &cols.bodies,
+        &cols.stored,
+        &shared.max_bytes,
+    ];
+    let notify_params: [&(dyn ToSql + Sync); 3] = [&CHANNEL, &instance, &tunnels];
+    // Sent together (each request goes out when its future is first polled, and `biased` polls
+    // them in this order), answered in order. A failed statement makes the rest of the
+    // transaction fail and its COMMIT roll back, so every answer is checked before anything counts.
+    let (begin, inserted, notified, committed) = tokio::join!(
+        biased;
+        c.batch_execute("BEGIN"),
+        c.query(&insert, &insert_params),
+        c.execute(&notify_stmt, &notify_params),
+        c.batch_execute("COMMIT"),
+    );
+    begin.map_err(db_err)?;
+    let inserted = inserted.map_err(db_err)?;
+    notified.map_err(db_err)?;
+    committed.map_err(db_err)?;
+    client.release();
+    let done: std::collections::HashSet<String> = inserted.iter().map(|r| r.get(0)).collect();
+    Ok(cols
+        .ids
+        .into_iter()
+        .map(|id| done.contains(&id).then_some(Ok(Enqueued { id })))
+        .collect())
+}
+
+/// A pooled connection used outside the transaction API: unless released after a clean end, it
+/// is taken out of the pool and closed, so no one inherits a transaction left open by an error or
+/// a timeout.
+struct Exclusive(Option<deadpool_postgres::Object>);
+
+impl Exclusive {
+    fn get(&self) -> Result<&deadpool_postgres::Object, StoreError> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("internal: the connection was already released".into()))
+    }
+
+    fn release(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+/// At the size cap: one transaction that drops the oldest delivered records until the batch fits
+/// (or nothing more can go), then commits what fits. The rest is refused with `Full`.
+async fn commit_making_room(
+    shared: &Shared,
+    batch: &[&NewDelivery],
+) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
     let mut client = shared.pool.get().await.map_err(pool_err)?;
     let tx = client.transaction().await.map_err(db_err)?;
     let head = query(
@@ -116,7 +289,7 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Vec<Result<Enqueued, S
     let now = shared.time.resolve(row.get(0));
     let mut used: i64 = row.get(1);
 
-    let sizes: Vec<i64> = batch.iter().map(|j| stored_bytes(&j.new)).collect();
+    let sizes: Vec<i64> = batch.iter().map(|new| stored_bytes(new)).collect();
     let mut admitted = vec![true; batch.len()];
     if let Some(max) = shared.max_bytes {
         let needed: i64 = sizes.iter().sum();
@@ -158,53 +331,35 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Vec<Result<Enqueued, S
         }
     }
 
-    let mut ids = Vec::new();
-    let mut tunnels = Vec::new();
-    let mut methods = Vec::new();
-    let mut uris = Vec::new();
-    let mut headers = Vec::new();
-    let mut bodies: Vec<&[u8]> = Vec::new();
-    let mut stored = Vec::new();
+    let mut cols = Columns::default();
     let mut answers = Vec::with_capacity(batch.len());
-    for ((job, fits), size) in batch.iter().zip(&admitted).zip(&sizes) {
-        if !fits {
-            answers.push(Err(StoreError::Full(
+    for (new, fits) in batch.iter().zip(&admitted) {
+        answers.push(if *fits {
+            Ok(Enqueued { id: cols.push(new) })
+        } else {
+            Err(StoreError::Full(
                 "store_max_size is reached by pending and failed deliveries".into(),
-            )));
-            continue;
-        }
-        // v7: time-ordered, so the unique index grows at its end instead of at random places.
-        let id = uuid::Uuid::now_v7().to_string();
-        ids.push(id.clone());
-        tunnels.push(job.new.tunnel.as_str());
-        methods.push(job.new.method.as_str());
-        uris.push(job.new.uri.as_str());
-        headers.push(encode_headers(&job.new.headers));
-        bodies.push(job.new.body.as_ref());
-        stored.push(*size);
-        answers.push(Ok(Enqueued { id }));
+            ))
+        });
     }
-    if !ids.is_empty() {
+    if !cols.ids.is_empty() {
         execute(
             &tx,
-            "WITH new AS (
-                SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::bigint[])
-                    WITH ORDINALITY AS n(id, tunnel, method, uri, headers, body, stored_bytes, ord)
-             ), inserted AS (
-                INSERT INTO deliveries (id, tunnel, method, uri, body_bytes, stored_bytes, received_at, retry_from,
-                                        status, attempts, next_attempt_at)
-                SELECT id, tunnel, method, uri, octet_length(body), stored_bytes, $1, $1, 'pending', 0, $1
-                FROM new ORDER BY ord
-                RETURNING seq, id
-             )
-             INSERT INTO requests (seq, headers, body)
-             SELECT inserted.seq, new.headers, new.body FROM inserted JOIN new USING (id)",
-            &[&now, &ids, &tunnels, &methods, &uris, &headers, &bodies, &stored],
+            INSERT,
+            &[
+                &Some(now),
+                &cols.ids,
+                &cols.tunnels,
+                &cols.methods,
+                &cols.uris,
+                &cols.headers,
+                &cols.bodies,
+                &cols.stored,
+                &None::<i64>,
+            ],
         )
         .await?;
-        let distinct: BTreeSet<&str> = tunnels.iter().copied().collect();
-        let distinct: Vec<String> = distinct.into_iter().map(String::from).collect();
-        notify(&tx, &shared.instance, &distinct).await?;
+        notify(&tx, &shared.instance, &cols.distinct_tunnels()).await?;
     }
     tx.commit().await.map_err(db_err)?;
     Ok(answers)
