@@ -146,15 +146,6 @@ impl PostgresUrl {
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
     }
-
-    /// The host name certificates are checked against: the URL's first host (`verify-full`).
-    pub fn tls_host(&self) -> Option<String> {
-        self.config.get_hosts().iter().find_map(|h| match h {
-            tokio_postgres::config::Host::Tcp(name) => Some(name.clone()),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(_) => None,
-        })
-    }
 }
 
 impl std::fmt::Display for PostgresUrl {
@@ -223,7 +214,6 @@ mod tests {
         assert_eq!(c.get_dbname(), Some("queue"));
         assert_eq!(c.get_ports(), &[6543]);
         assert_eq!(c.get_connect_timeout(), Some(&std::time::Duration::from_secs(3)));
-        assert_eq!(u.tls_host().as_deref(), Some("db.example"));
         assert_eq!(
             c.get_ssl_mode(),
             tokio_postgres::config::SslMode::Require,
