@@ -1,10 +1,13 @@
 //! Queue benchmark: webhooks accepted *and durably committed* per second with the agent offline
 //! (1 KiB JSON bodies over 64 keep-alive TLS connections), the drain rate once the agent
-//! connects, and `direct` mode through the same relay in the same run for comparison.
+//! connects, and `direct` mode in the same run for comparison; for the SQLite store and then
+//! the PostgreSQL store, so their figures come from the same run.
 //!
 //! Everything runs in this one process on one tokio runtime (relay, agent, upstream and the load
 //! generator share the machine's cores), with the SQLite store on the real disk
-//! (`CARGO_TARGET_TMPDIR`, `synchronous=FULL`).
+//! (`CARGO_TARGET_TMPDIR`, `synchronous=FULL`). PostgreSQL is `--store postgres://…` (or
+//! `PONTE_BENCH_STORE`; give it an empty database), else a cluster the benchmark starts on
+//! 127.0.0.1 in /tmp (`synchronous_commit=on`, `fsync=on`), else skipped with the reason.
 //!
 //! `cargo bench --bench queue` runs the full benchmark (PONTE_BENCH_SECS, default 5, and
 //! PONTE_BENCH_CONNS, default 64, adjust it). Under `cargo test` it runs a short smoke pass.
@@ -25,6 +28,9 @@ use ponte::config::relay::RelayConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/support/postgres.rs"]
+mod pg_cluster;
 
 const QUEUE_TOKEN: &str = "bench-queue-token-0123456789";
 const LIVE_TOKEN: &str = "bench-live-token-0123456789";
@@ -66,76 +72,153 @@ fn main() {
 async fn run(s: Settings, full: bool) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let (ca, cert, key) = certificates(dir.path());
+    let tls_keys = format!("tls:\n  cert: {}\n  key: {}\n", cert.display(), key.display());
     let db = dir.path().join("bench.db");
-    let yaml = format!(
-        "listen: 127.0.0.1:0\ntls:\n  cert: {}\n  key: {}\nstore: sqlite://{}\ntunnels:\n  queued:\n    token: {QUEUE_TOKEN}\n    delivery: queue\n    queue:\n      concurrency: 32\n  live:\n    token: {LIVE_TOKEN}\n",
-        cert.display(),
-        key.display(),
-        db.display()
-    );
-    let cfg = RelayConfig::from_str_with_env(&yaml, "bench relay", &|_| None).expect("relay config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let relay_addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(ponte::relay::serve(listener, cfg, shutdown.clone()));
     let delivered = Arc::new(AtomicUsize::new(0));
-    let upstream = upstream(delivered.clone(), shutdown.clone()).await;
+    let stop_upstream = CancellationToken::new();
+    let upstream = upstream(delivered.clone(), stop_upstream.clone()).await;
     let body = json_body(1024);
     let tls = client_tls(&ca);
+    let postgres = postgres_store();
 
     println!(
-        "queue benchmark: {} connections, {} s per phase, {}-byte JSON bodies, SQLite synchronous=FULL at {}",
+        "queue benchmark: {} connections, {} s per phase, {}-byte JSON bodies; SQLite synchronous=FULL at {}{}",
         s.conns,
         s.secs,
         body.len(),
-        db.display()
+        db.display(),
+        match &postgres {
+            Some(pg) => format!("; PostgreSQL synchronous_commit=on at {}", pg.shown()),
+            None => String::new(),
+        }
     );
+    println!("load average before: {}", load_average());
 
-    // 0. The store alone, without HTTP: what group commit gives on this disk.
-    store_only(dir.path(), &body, &s).await;
+    // SQLite: the store alone, then through the relay with the agent offline, then the drain.
+    let sqlite_url = ponte::config::relay::StoreUrl::Sqlite(dir.path().join("store-only.db"));
+    let sqlite_alone = store_only("SQLite", &sqlite_url, &body, &s).await;
+    let yaml = relay_config(&tls_keys, &format!("sqlite://{}", db.display()));
+    let sqlite = queue_phases("SQLite", &yaml, &ca, &tls, &body, &s, upstream, &delivered).await;
 
-    // 1. Queue mode, agent offline: every 202 is a durable commit.
-    let queued = load(relay_addr, &tls, "queued", &body, &s, StatusCode::ACCEPTED).await;
-    report("queue, agent offline: accepted", &queued, s.secs);
-
-    // 2. Drain once the agent connects.
-    let started = Instant::now();
-    let agent_stop = CancellationToken::new();
-    start_agent(relay_addr, &ca, QUEUE_TOKEN, upstream, agent_stop.clone()).await;
-    while delivered.load(Ordering::SeqCst) < queued.ok && started.elapsed() < s.drain_limit {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // PostgreSQL, the same phases.
+    let mut pg_figures = None;
+    if let Some(pg) = &postgres {
+        let url = ponte::config::relay::StoreUrl::parse(&pg.url()).expect("PostgreSQL URL");
+        let alone = store_only("PostgreSQL", &url, &body, &s).await;
+        let yaml = relay_config(&tls_keys, &pg.url());
+        let phases = queue_phases("PostgreSQL", &yaml, &ca, &tls, &body, &s, upstream, &delivered).await;
+        phases.shutdown.cancel();
+        pg_figures = Some((alone, phases));
     }
-    let drained = delivered.load(Ordering::SeqCst);
-    let drain_secs = started.elapsed().as_secs_f64();
-    println!(
-        "queue, agent connects: drained {drained} of {} in {drain_secs:.2} s = {:.0} deliveries/s",
-        queued.ok,
-        drained as f64 / drain_secs
-    );
-    agent_stop.cancel();
 
-    // 3. Direct mode through the same relay, agent connected.
+    // Direct mode through the SQLite relay, agent connected.
     let live_stop = CancellationToken::new();
-    start_agent(relay_addr, &ca, LIVE_TOKEN, upstream, live_stop.clone()).await;
-    let live = load(relay_addr, &tls, "live", &body, &s, StatusCode::OK).await;
+    start_agent(sqlite.relay, &ca, LIVE_TOKEN, upstream, live_stop.clone()).await;
+    let live = load(sqlite.relay, &tls, "live", &body, &s, StatusCode::OK).await;
     report("direct, agent connected: proxied", &live, s.secs);
     live_stop.cancel();
-    shutdown.cancel();
+    sqlite.shutdown.cancel();
+    stop_upstream.cancel();
+
+    println!("load average after: {}", load_average());
+    println!(
+        "summary, accepted and committed webhooks/s (through the relay, agent offline): SQLite {:.0}/s (store alone {:.0}/s){}",
+        sqlite.queued.ok as f64 / s.secs,
+        sqlite_alone,
+        match &pg_figures {
+            Some((alone, p)) => format!(
+                ", PostgreSQL {:.0}/s (store alone {alone:.0}/s)",
+                p.queued.ok as f64 / s.secs
+            ),
+            None => ", PostgreSQL not measured".into(),
+        }
+    );
 
     if !full {
-        assert!(
-            queued.ok > 0 && queued.failed == 0,
-            "smoke run: nothing was accepted"
-        );
-        assert_eq!(drained, queued.ok, "smoke run: the backlog did not drain");
+        let mut runs = vec![("SQLite", &sqlite)];
+        if let Some((_, p)) = &pg_figures {
+            runs.push(("PostgreSQL", p));
+        }
+        for (name, r) in runs {
+            assert!(
+                r.queued.ok > 0 && r.queued.failed == 0,
+                "smoke run, {name}: nothing was accepted"
+            );
+            assert_eq!(
+                r.drained, r.queued.ok,
+                "smoke run, {name}: the backlog did not drain"
+            );
+        }
         assert!(live.ok > 0 && live.failed == 0, "smoke run: nothing was proxied");
     }
 }
 
-/// `conns` tasks committing requests straight to a SQLite store for the phase's duration.
-async fn store_only(dir: &std::path::Path, body: &Bytes, s: &Settings) {
-    let url = ponte::config::relay::StoreUrl::Sqlite(dir.join("store-only.db"));
-    let store = ponte::store::open(&url, Default::default()).await.expect("store");
+fn relay_config(tls_keys: &str, store: &str) -> RelayConfig {
+    let yaml = format!(
+        "listen: 127.0.0.1:0\n{tls_keys}store: \"{store}\"\ntunnels:\n  queued:\n    token: {QUEUE_TOKEN}\n    delivery: queue\n    queue:\n      concurrency: 32\n  live:\n    token: {LIVE_TOKEN}\n"
+    );
+    RelayConfig::from_str_with_env(&yaml, "bench relay", &|_| None).expect("relay config")
+}
+
+/// What the queue phases of one store measured, and the relay they ran on (still running).
+struct QueuePhases {
+    relay: SocketAddr,
+    shutdown: CancellationToken,
+    queued: LoadResult,
+    drained: usize,
+}
+
+/// Through a relay on `cfg`'s store: webhooks accepted with the agent offline (every 202 is a
+/// durable commit), then the drain once the agent connects.
+#[allow(clippy::too_many_arguments)]
+async fn queue_phases(
+    name: &str,
+    cfg: &RelayConfig,
+    ca: &std::path::Path,
+    tls: &Arc<rustls::ClientConfig>,
+    body: &Bytes,
+    s: &Settings,
+    upstream: SocketAddr,
+    delivered: &AtomicUsize,
+) -> QueuePhases {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let relay = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(ponte::relay::serve(listener, cfg.clone(), shutdown.clone()));
+    let queued = load(relay, tls, "queued", body, s, StatusCode::ACCEPTED).await;
+    report(
+        &format!("{name}: queue, agent offline: accepted"),
+        &queued,
+        s.secs,
+    );
+
+    let started = Instant::now();
+    let before = delivered.load(Ordering::SeqCst);
+    let agent_stop = CancellationToken::new();
+    start_agent(relay, ca, QUEUE_TOKEN, upstream, agent_stop.clone()).await;
+    while delivered.load(Ordering::SeqCst) - before < queued.ok && started.elapsed() < s.drain_limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = delivered.load(Ordering::SeqCst) - before;
+    let drain_secs = started.elapsed().as_secs_f64();
+    println!(
+        "{name}: queue, agent connects: drained {drained} of {} in {drain_secs:.2} s = {:.0} deliveries/s",
+        queued.ok,
+        drained as f64 / drain_secs
+    );
+    agent_stop.cancel();
+    QueuePhases {
+        relay,
+        shutdown,
+        queued,
+        drained,
+    }
+}
+
+/// `conns` tasks committing requests straight to a store for the phase's duration; returns
+/// commits per second.
+async fn store_only(name: &str, url: &ponte::config::relay::StoreUrl, body: &Bytes, s: &Settings) -> f64 {
+    let store = ponte::store::open(url, Default::default()).await.expect("store");
     let deadline = Instant::now() + Duration::from_secs_f64(s.secs);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..s.conns {
@@ -145,8 +228,9 @@ async fn store_only(dir: &std::path::Path, body: &Bytes, s: &Settings) {
             while Instant::now() < deadline {
                 let mut headers = http::HeaderMap::new();
                 headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+                // A tunnel no relay serves: these rows are never drained.
                 let new = ponte::store::NewDelivery {
-                    tunnel: "queued".into(),
+                    tunnel: "bench-store-only".into(),
                     method: "POST".into(),
                     uri: "https://localhost/hook".into(),
                     headers,
@@ -162,12 +246,69 @@ async fn store_only(dir: &std::path::Path, body: &Bytes, s: &Settings) {
     while let Some(n) = tasks.join_next().await {
         total += n.expect("task");
     }
+    let rate = total as f64 / s.secs;
     println!(
-        "store alone ({} concurrent callers, no HTTP): {total} commits in {} s = {:.0}/s",
-        s.conns,
-        s.secs,
-        total as f64 / s.secs
+        "{name}: store alone ({} concurrent callers, no HTTP): {total} commits in {} s = {rate:.0}/s",
+        s.conns, s.secs
     );
+    rate
+}
+
+/// The PostgreSQL store to measure: `--store URL` or `PONTE_BENCH_STORE`, else a cluster this
+/// process starts (none when PostgreSQL is not installed: that part is skipped, with the reason).
+enum PostgresStore {
+    Given(String),
+    Own {
+        url: String,
+        _cluster: pg_cluster::Cluster,
+    },
+}
+
+impl PostgresStore {
+    fn url(&self) -> String {
+        match self {
+            PostgresStore::Given(url) | PostgresStore::Own { url, .. } => url.clone(),
+        }
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            PostgresStore::Given(url) => ponte::config::postgres::mask_password(url),
+            PostgresStore::Own { .. } => "a cluster started for the benchmark on 127.0.0.1".into(),
+        }
+    }
+}
+
+fn postgres_store() -> Option<PostgresStore> {
+    let args: Vec<String> = std::env::args().collect();
+    let given = args
+        .iter()
+        .position(|a| a == "--store")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| std::env::var("PONTE_BENCH_STORE").ok());
+    if let Some(url) = given {
+        return Some(PostgresStore::Given(url));
+    }
+    match pg_cluster::Cluster::start() {
+        Ok(cluster) => {
+            let url = cluster.database("sslmode=disable");
+            Some(PostgresStore::Own {
+                url,
+                _cluster: cluster,
+            })
+        }
+        Err(why) => {
+            pg_cluster::skip(&why);
+            None
+        }
+    }
+}
+
+/// `/proc/loadavg` (the machine is shared: other work skews the figures).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 struct LoadResult {

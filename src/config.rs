@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod inspect;
 pub mod keepalive;
+pub mod postgres;
 pub mod proxy;
 pub mod relay;
 pub mod store;

@@ -1,5 +1,6 @@
-//! The durable webhook queue: one [`Store`] trait, the boundary every backend implements (SQLite
-//! now, PostgreSQL later), and the types that cross it.
+//! The durable webhook queue: one [`Store`] trait, the boundary every backend implements (an
+//! embedded SQLite file, or PostgreSQL shared by several relay nodes), and the types that cross
+//! it.
 //!
 //! The trait is shaped for several relay nodes sharing one database:
 //! - a claimed delivery carries a **lease** (`lease_until` in the row); a process that dies
@@ -13,6 +14,7 @@
 
 pub mod clock;
 pub mod metrics;
+pub mod postgres;
 pub mod record;
 pub mod sqlite;
 mod types;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
 
 use crate::config::relay::StoreUrl;
 
@@ -105,6 +108,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Pending, in-flight and failed counts and the oldest pending arrival, per tunnel.
     fn stats(&self) -> StoreFuture<'_, QueueStats>;
+    /// Signalled when another relay process sharing this store commits work for `tunnel` (new
+    /// or replayed deliveries), so that this process's delivery worker claims at once instead of
+    /// at its next poll. `None` when no other process writes to the store (SQLite).
+    fn work_signal(&self, tunnel: &str) -> Option<Arc<Notify>> {
+        let _ = tunnel;
+        None
+    }
 }
 
 /// Open the store a `store:` URL names. Blocking work (opening the file, migrations) runs off the
@@ -118,6 +128,7 @@ pub async fn open(url: &StoreUrl, options: OpenOptions) -> Result<Arc<dyn Store>
                 .map_err(|e| StoreError::Unavailable(format!("opening the store failed: {e}")))??;
             Ok(Arc::new(store))
         }
+        StoreUrl::Postgres(url) => Ok(Arc::new(postgres::PgStore::open(url, options).await?)),
     }
 }
 
@@ -126,7 +137,7 @@ pub async fn open(url: &StoreUrl, options: OpenOptions) -> Result<Arc<dyn Store>
 pub struct OpenOptions {
     /// Largest size the store may grow to, in bytes (`None`: only the disk limits it).
     pub max_bytes: Option<u64>,
-    /// Where "now" comes from.
+    /// Where "now" comes from (SQLite; PostgreSQL always uses the database's clock).
     pub clock: Arc<dyn Clock>,
     /// Where commit latency and batch sizes are recorded (`None`: not recorded).
     pub metrics: Option<StoreMetrics>,

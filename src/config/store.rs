@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use super::postgres::PostgresUrl;
 use super::{duration, parse_scalar};
 
 /// Smallest accepted cap: the schema alone needs a few pages.
@@ -18,6 +19,9 @@ pub const DEFAULT_STORE_MAX_SIZE: u64 = 1 << 30;
 pub enum StoreUrl {
     /// `sqlite://PATH`: an embedded SQLite file (`sqlite:///var/lib/ponte/relay.db`).
     Sqlite(PathBuf),
+    /// `postgres://USER:PASS@HOST:5432/DB` (or `postgresql://`): a PostgreSQL database that
+    /// several relay nodes may share.
+    Postgres(Box<PostgresUrl>),
 }
 
 impl StoreUrl {
@@ -33,13 +37,11 @@ impl StoreUrl {
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
         if t.starts_with("postgres://") || t.starts_with("postgresql://") {
-            return Err(
-                "PostgreSQL stores are not available in this version yet; use store: sqlite:///var/lib/ponte/relay.db"
-                    .into(),
-            );
+            return PostgresUrl::parse(t).map(|u| StoreUrl::Postgres(Box::new(u)));
         }
         Err(format!(
-            "`{t}` is not a store URL; write it like sqlite:///var/lib/ponte/relay.db"
+            "`{}` is not a store URL; write it like sqlite:///var/lib/ponte/relay.db or postgres://USER:PASSWORD@HOST:5432/DATABASE",
+            super::postgres::mask_password(t)
         ))
     }
 }
@@ -96,11 +98,16 @@ mod tests {
                 .unwrap_err()
                 .contains("names no file")
         );
+        let pg = StoreUrl::parse("postgres://ponte:pw@db/ponte?sslmode=verify-full").unwrap();
         assert!(
-            StoreUrl::parse("postgres://db/ponte")
-                .unwrap_err()
-                .contains("not available")
+            matches!(&pg, StoreUrl::Postgres(u) if u.to_string() == "postgres://ponte:***@db/ponte?sslmode=verify-full")
         );
+        assert!(matches!(
+            StoreUrl::parse("postgresql://ponte:pw@db/ponte"),
+            Ok(StoreUrl::Postgres(_))
+        ));
+        let err = StoreUrl::parse("mysql://root:pw@db/x").unwrap_err();
+        assert!(err.contains("postgres://") && !err.contains("pw@"), "{err}");
         assert!(
             StoreUrl::parse("/var/lib/relay.db")
                 .unwrap_err()

@@ -102,6 +102,8 @@ impl Worker {
         let mut changed = true;
         let mut announced = false;
         let mut in_flight: JoinSet<()> = JoinSet::new();
+        // Work other relay nodes commit to a shared store (PostgreSQL) wakes this worker too.
+        let remote_work = self.store.work_signal(self.tunnel.name.as_str());
         loop {
             if self.shutdown.is_cancelled() {
                 break;
@@ -172,6 +174,7 @@ impl Worker {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = self.queue.wake.notified() => {}
+                _ = signalled(remote_work.as_deref()) => {}
                 res = connected.changed() => match res {
                     Ok(()) => changed = true,
                     Err(_) => break,
@@ -185,6 +188,14 @@ impl Worker {
         while let Some(res) = in_flight.join_next().await {
             log_panic(res);
         }
+    }
+}
+
+/// Wait for `signal`, or forever when there is none.
+async fn signalled(signal: Option<&tokio::sync::Notify>) {
+    match signal {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 

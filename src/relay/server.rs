@@ -23,9 +23,9 @@ use tracing::Instrument;
 
 use self::activity::{Activity, Idle, Tracked};
 use self::resets::{ConnResets, ResetBudgets};
-use super::slots::{ConnSlot, Slots};
 use super::error::ProxyError;
 use super::service;
+use super::slots::{ConnSlot, Slots};
 use super::state::{ConnInfo, RelayState};
 use crate::body::{self, GuardedBody};
 use crate::config::relay::Limits;

@@ -29,7 +29,7 @@ pub struct SqliteStore {
     reader: Reader,
     _checkpointer: Checkpointer,
     /// Held open for the exclusive lock; released when the store is dropped.
-    _lock: std::fs::File,
+    _lock: Arc<std::fs::File>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -53,7 +53,9 @@ impl SqliteStore {
             })?;
         }
         create_private(path)?;
-        let lock = take_lock(path)?;
+        // Held by the store and both its threads: released when the last of them has closed its
+        // connection, so a relay opened next never meets a connection still closing.
+        let lock = Arc::new(take_lock(path)?);
         let clock: Arc<dyn Clock> = options.clock.clone();
         let mut conn = schema::open_connection(path, options.max_bytes)?;
         schema::migrate(&mut conn)?;
@@ -76,10 +78,10 @@ impl SqliteStore {
         // Checkpoints run on their own connection (see `writer::Checkpointer`).
         conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(()))
             .map_err(db_err)?;
-        let checkpointer = Checkpointer::start(schema::open_connection(path, None)?)?;
+        let checkpointer = Checkpointer::start(schema::open_connection(path, None)?, lock.clone())?;
         Ok(SqliteStore {
             path: path.to_owned(),
-            writer: Writer::start(conn, clock.clone(), options.metrics)?,
+            writer: Writer::start(conn, clock.clone(), options.metrics, lock.clone())?,
             reader: Reader::new(read_conn, clock),
             _checkpointer: checkpointer,
             _lock: lock,
@@ -257,7 +259,17 @@ mod tests {
         assert!(matches!(err, StoreError::InUse(_)), "{err}");
         assert!(err.to_string().contains("another relay"), "{err}");
         drop(first);
-        SqliteStore::open(&path, OpenOptions::default()).unwrap();
+        // Its threads finish their work and close their connections first, then free the file.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SqliteStore::open(&path, OpenOptions::default()) {
+                Ok(_) => break,
+                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("reopening after the first store was dropped: {e}"),
+            }
+        }
     }
 
     #[cfg(unix)]

@@ -5,6 +5,7 @@
 pub mod faults;
 pub mod h2raw;
 pub mod pages;
+pub mod postgres;
 pub mod process;
 
 use std::convert::Infallible;

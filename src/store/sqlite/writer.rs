@@ -85,11 +85,16 @@ impl Writer {
         conn: Connection,
         clock: Arc<dyn Clock>,
         metrics: Option<StoreMetrics>,
+        lock: Arc<std::fs::File>,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         std::thread::Builder::new()
             .name("ponte-store-writer".into())
-            .spawn(move || run(conn, rx, clock, metrics))
+            .spawn(move || {
+                run(conn, rx, clock, metrics);
+                // The file is free for another relay only once this connection is closed.
+                drop(lock);
+            })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer thread: {e}")))?;
         Ok(Writer { tx })
     }
@@ -233,7 +238,7 @@ pub(super) struct Checkpointer {
 impl Checkpointer {
     /// Start checkpointing on `conn`. The writer's connection must have automatic checkpoints
     /// turned off, or it would still do them itself.
-    pub(super) fn start(conn: Connection) -> Result<Self, StoreError> {
+    pub(super) fn start(conn: Connection, lock: Arc<std::fs::File>) -> Result<Self, StoreError> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("ponte-store-checkpoint".into())
@@ -245,6 +250,8 @@ impl Checkpointer {
                         tracing::debug!(error = %e, "store checkpoint failed; will try again");
                     }
                 }
+                drop(conn);
+                drop(lock);
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store checkpoint thread: {e}")))?;
         Ok(Checkpointer { _stop: stop })
