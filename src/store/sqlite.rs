@@ -126,7 +126,28 @@ fn take_lock(path: &Path) -> Result<std::fs::File, StoreError> {
                 Path::new(&lock_path).display()
             ))
         })?;
-    match file.try_lock() {
+    // A store closed a moment ago (a relay restarted in the same process) frees the file once its
+    // threads have closed their connections: wait that long before calling it another relay's.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return lock_outcome(other, file, path),
+        }
+    }
+}
+
+/// How long opening waits for a store that is still closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn lock_outcome(
+    outcome: Result<(), std::fs::TryLockError>,
+    file: std::fs::File,
+    path: &Path,
+) -> Result<std::fs::File, StoreError> {
+    match outcome {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(path.display().to_string())),
         Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
@@ -259,16 +280,9 @@ mod tests {
         assert!(matches!(err, StoreError::InUse(_)), "{err}");
         assert!(err.to_string().contains("another relay"), "{err}");
         drop(first);
-        // Its threads finish their work and close their connections first, then free the file.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match SqliteStore::open(&path, OpenOptions::default()) {
-                Ok(_) => break,
-                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                Err(e) => panic!("reopening after the first store was dropped: {e}"),
-            }
+        // Its threads close their connections, then free the file; opening waits for that.
+        if let Err(e) = SqliteStore::open(&path, OpenOptions::default()) {
+            panic!("reopening after the first store was dropped: {e}");
         }
     }
 
