@@ -1,5 +1,6 @@
 //! `ponte demo`: a relay, an agent and an echo upstream on loopback, wired together, with a
-//! `curl` line that works. The quickest way to see a tunnel end to end.
+//! `curl` line that works and the agent's inspector (127.0.0.1:4040, or the next free port) to
+//! watch and replay what went through. The quickest way to see a tunnel end to end.
 
 pub mod echo;
 
@@ -30,6 +31,8 @@ pub struct DemoInfo {
     pub public_url: String,
     /// The upstream the agent forwards to.
     pub upstream: String,
+    /// Where the agent's inspector listens (`None`: every port it tried was taken).
+    pub inspector: Option<SocketAddr>,
 }
 
 /// Start the three parts; returns once the agent is connected.
@@ -68,7 +71,24 @@ pub async fn start(upstream: Option<String>, shutdown: CancellationToken) -> any
         "demo",
     )?;
     let (status_tx, mut status_rx) = watch::channel(AgentStatus::Starting);
-    tokio::spawn(agent::run(agent_cfg, shutdown.clone(), status_tx, None));
+    // The inspector, as `ponte agent` starts it (127.0.0.1:4040 or the next free port).
+    let inspector = match crate::inspect::inspector::start(&agent_cfg, status_rx.clone(), &shutdown).await? {
+        Some(started) => {
+            let address = started.address;
+            tokio::spawn(agent::run_with_ingress(
+                agent_cfg,
+                started.ingress,
+                shutdown.clone(),
+                status_tx,
+                None,
+            ));
+            Some(address)
+        }
+        None => {
+            tokio::spawn(agent::run(agent_cfg, shutdown.clone(), status_tx, None));
+            None
+        }
+    };
     let connected =
         tokio::time::timeout(Duration::from_secs(10), status_rx.wait_for(|s| s.is_connected())).await;
     let public_url = match connected {
@@ -82,6 +102,7 @@ pub async fn start(upstream: Option<String>, shutdown: CancellationToken) -> any
         relay: relay_addr,
         public_url,
         upstream,
+        inspector,
     })
 }
 
@@ -118,6 +139,13 @@ pub async fn run(upstream: Option<String>, shutdown: CancellationToken) -> anyho
     println!("  curl -d '{SAMPLE_BODY}' -H \"Content-Type: application/json\" -X POST {hook_url}\n");
     println!("The demo just sent that request; the upstream answered {status}:\n");
     println!("{body}\n");
+    match info.inspector {
+        Some(addr) => println!("See every request and replay it in the inspector: http://{addr}/\n"),
+        None => println!(
+            "(No inspector: {} and the next ports could not be used.)\n",
+            crate::config::inspect::DEFAULT_INSPECT
+        ),
+    }
     println!("Press Ctrl-C to stop.");
     shutdown.cancelled().await;
     // Give the parts a moment to close their connections cleanly.

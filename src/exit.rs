@@ -1,5 +1,5 @@
 //! How a command ends: the failures worth their own exit code, and the codes themselves. A leaf
-//! module (it knows only configuration errors), so the service glue in `daemon/` and the command
+//! module (it knows only configuration and log-file errors), so the service glue in `daemon/` and the command
 //! glue in `commands` can both name them without importing each other.
 
 use crate::config::ConfigError;
@@ -31,6 +31,9 @@ pub enum CommandError {
         "the relay accepted the token, but {0} upstream(s) did not answer; start your application, then check again"
     )]
     UpstreamDown(usize),
+    /// The log file could not be opened.
+    #[error(transparent)]
+    LogFile(#[from] crate::logging::LogFileError),
     /// Anything else.
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
@@ -40,7 +43,7 @@ impl CommandError {
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CommandError::Config(_) => EXIT_CONFIG,
+            CommandError::Config(_) | CommandError::LogFile(_) => EXIT_CONFIG,
             CommandError::Refused(_) => EXIT_REFUSED,
             CommandError::Unreachable(_) => EXIT_UNREACHABLE,
             CommandError::UpstreamDown(_) => EXIT_UPSTREAM_DOWN,

@@ -1,5 +1,6 @@
 //! Log set-up: human-readable lines by default, JSON for log collectors, the level from a flag or
 //! `RUST_LOG` (which wins, so an operator can turn up one module without editing the unit file).
+//! [`setup`] is what the command line calls: it picks the writer (stderr, batched, or a file).
 //!
 //! The relay logs a line per request (the access log), so its lines are written by a background
 //! thread in batches ([`init_batched`]): the request path formats a line and appends it to a
@@ -8,6 +9,7 @@
 mod access_line;
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -217,8 +219,113 @@ impl<W: for<'b> MakeWriter<'b>> Drop for Line<'_, W> {
     }
 }
 
+/// Where a command's log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// stderr (a Windows service: its log file), each line written as it is logged.
+    Standard,
+    /// The same place, written in batches by a background thread (the relay: a line per
+    /// request).
+    Batched,
+    /// Appended to this file (`ponte webhook -logfile`); never coloured.
+    File(PathBuf),
+}
+
+/// How a command logs: the format, the level (`RUST_LOG` still wins) and where lines go.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Human or JSON lines.
+    pub format: LogFormat,
+    /// The level or filter, e.g. `info` or `warn,ponte::access=info`.
+    pub level: String,
+    /// Where lines go.
+    pub output: Output,
+}
+
+/// The log file named by `-logfile` could not be opened (exit code 2, like a configuration
+/// mistake: fix the path, do not restart in a loop).
+#[derive(Debug, thiserror::Error)]
+#[error("error opening log file {}: {source}", path.display())]
+pub struct LogFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Keeps the log output working until the process ends: dropping it writes the relay's
+/// batched lines that are still collected.
+#[must_use = "dropping the guard stops the batched log writer"]
+pub struct LogGuard {
+    _batch: Option<BatchGuard>,
+}
+
+/// Install the global subscriber a command asks for. `standard` is where [`Output::Standard`]
+/// and [`Output::Batched`] lines go (`daemon::log_writer()`: stderr, or a Windows service's log
+/// file). Colour only for a person at a terminal (never in journald, a pipe or a file).
+pub fn setup<W>(setup: Setup, standard: W) -> Result<LogGuard, LogFileError>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let Setup {
+        format,
+        level,
+        output,
+    } = setup;
+    let ansi = std::io::stderr().is_terminal();
+    let batch = match output {
+        Output::Standard => {
+            init(format, &level, standard, ansi);
+            None
+        }
+        Output::Batched => Some(init_batched(format, &level, standard, ansi)),
+        Output::File(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| LogFileError { path, source })?;
+            init(format, &level, Mutex::new(file), false);
+            None
+        }
+    };
+    Ok(LogGuard { _batch: batch })
+}
+
 /// Install the subscriber writing to stderr.
 pub fn init_stderr(format: LogFormat, level: &str) {
     // Colour only for a person at a terminal, never in journald or log files.
     init(format, level, std::io::stderr, std::io::stderr().is_terminal());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `-logfile` that cannot be opened: the path and the reason, and exit code 2 (fixed by
+    /// the user, not by a restart). Nothing is installed, so this test leaves the global
+    /// subscriber alone.
+    #[test]
+    fn an_unopenable_log_file_is_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("webhook.log");
+        let Err(e) = setup(
+            Setup {
+                format: LogFormat::Human,
+                level: "info".into(),
+                output: Output::File(path.clone()),
+            },
+            std::io::stderr,
+        ) else {
+            panic!("opened a file in a missing directory");
+        };
+        let message = e.to_string();
+        assert!(
+            message.starts_with(&format!("error opening log file {}: ", path.display())),
+            "{message}"
+        );
+        let e = crate::exit::CommandError::from(e);
+        assert_eq!(e.exit_code(), crate::exit::EXIT_CONFIG);
+        assert_eq!(e.to_string(), message);
+    }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ponte::commands::{self, AgentArgs};
-use ponte::logging::LogFormat;
+use ponte::logging::{LogFormat, Output};
 
 /// Ponte: receive webhooks on a machine with no public IP.
 #[derive(Parser)]
@@ -328,35 +328,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(ponte::hooks::cli::normalize_go_flags(
         std::env::args_os().collect(),
     ));
-    // stderr, or (a Windows service) a log file; colour only for a person at a terminal.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let level = cli.log_level.clone().unwrap_or_else(|| match &cli.command {
-        Command::Webhook(f) => f.log_level().to_string(),
-        _ => "info".to_string(),
-    });
-    // The relay writes a line per request: batch its log writes (keep the guard to the end).
-    let _log_guard = match &cli.command {
-        Command::Relay { .. } => Some(ponte::logging::init_batched(
-            cli.log_format,
-            &level,
-            ponte::daemon::log_writer(),
-            ansi,
-        )),
-        Command::Webhook(f) if f.logfile.is_some() => {
-            let path = f.logfile.clone().unwrap_or_default();
-            match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
-                Ok(file) => ponte::logging::init(cli.log_format, &level, std::sync::Mutex::new(file), false),
-                Err(e) => {
-                    eprintln!("ponte: error opening log file {}: {e}", path.display());
-                    return ExitCode::from(ponte::exit::EXIT_CONFIG);
-                }
-            }
-            None
-        }
-        _ => {
-            ponte::logging::init(cli.log_format, &level, ponte::daemon::log_writer(), ansi);
-            None
-        }
+    let log = ponte::logging::Setup {
+        format: cli.log_format,
+        level: cli.log_level.clone().unwrap_or_else(|| match &cli.command {
+            Command::Webhook(f) => f.log_level().to_string(),
+            _ => "info".to_string(),
+        }),
+        output: match &cli.command {
+            // A line per request: written in batches.
+            Command::Relay { .. } => Output::Batched,
+            Command::Webhook(f) => f.logfile.clone().map_or(Output::Standard, Output::File),
+            _ => Output::Standard,
+        },
+    };
+    let _log_guard = match ponte::logging::setup(log, ponte::daemon::log_writer()) {
+        Ok(guard) => guard,
+        Err(e) => return commands::exit(Err(e.into())),
     };
     commands::set_worker_threads(cli.worker_threads);
     let result = match cli.command {

@@ -16,7 +16,8 @@
 //!
 //! Watching it: every public request gets one line in the [`access`] log and is counted in the
 //! [`metrics`]; [`monitor`] serves `/_ponte/ready` and the metrics, and [`status`] is the
-//! operator's overview behind `ponte status`.
+//! operator's overview behind `ponte status` and the console's tunnels panel, with each
+//! tunnel's requests per minute from its [`rate`] counter.
 
 mod access;
 mod admin;
@@ -29,6 +30,7 @@ pub mod metrics;
 mod monitor;
 mod proxy;
 mod queue;
+mod rate;
 mod registry;
 mod request;
 pub mod retry;

@@ -1,5 +1,6 @@
 //! The pages in a real browser: headless Chromium driven through chromedriver (WebDriver).
-//! The console: a wrong token refused, the tunnels and deliveries shown (attacker text inert),
+//! The console: a wrong token refused, the tunnels (agent address and version, request rate,
+//! queue depth) and deliveries shown (attacker text inert),
 //! a failed delivery replayed from the page reaching the upstream, the Portuguese page, and
 //! the login throttle. The inspector: a request sent through the tunnel shown, and replayed.
 //! Screenshots go to `target/test-artifacts/`. Without chromium and chromedriver these tests
@@ -62,6 +63,22 @@ async fn the_console_in_a_browser() {
     b.click("#login").await;
     let tunnels = b.text("#tunnels").await;
     assert!(tunnels.contains("demo") && tunnels.contains("queue"), "{tunnels}");
+    // The agent (address, version, since when), the request rate and the queue's depth: the
+    // same figures as `ponte status`.
+    let demo = "tr.tunnel[data-tunnel='demo']";
+    let agent_text = b.text(&format!("{demo} .agent")).await;
+    assert!(
+        agent_text.starts_with("127.0.0.1:")
+            && agent_text.contains(&format!("v{}", ponte::VERSION))
+            && agent_text.contains("connected "),
+        "{agent_text}"
+    );
+    assert_eq!(b.text(&format!("{demo} td.rate")).await, "1");
+    assert_eq!(
+        b.text(&format!("{demo} td.queue")).await,
+        "0 pending, 0 sending now, 1 failed"
+    );
+    b.screenshot("console-tunnels").await;
     let row = b.text(&format!("tr.delivery[data-id='{id}']")).await;
     assert!(
         row.contains("/hooks/x\"onmouseover=\"alert(1)"),
@@ -106,6 +123,11 @@ async fn the_console_in_a_browser() {
     };
     assert_eq!(headings, ["Túneis", "Entregas"]);
     assert_eq!(b.text("#replay-failed").await, "Reenviar todas as que falharam");
+    assert!(
+        b.text("tr.tunnel[data-tunnel='demo'] .agent")
+            .await
+            .contains("conectado "),
+    );
     assert!(
         b.text(&format!("tr.delivery[data-id='{id}']"))
             .await

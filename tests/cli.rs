@@ -528,6 +528,16 @@ async fn demo_prints_a_working_curl_line() {
     let r = send(&client(None, false), request("POST", &url, r#"{"again":true}"#)).await;
     assert_eq!(r.status, 200);
     assert!(r.text().contains("\"again\": true"));
+    // The agent's inspector, printed with its address, shows the demo's request.
+    let inspector = lines
+        .iter()
+        .find_map(|l| l.split("in the inspector: ").nth(1))
+        .unwrap_or_else(|| panic!("no inspector line: {text}"))
+        .to_string();
+    assert!(inspector.starts_with("http://127.0.0.1:"), "{inspector}");
+    let page = send(&client(None, false), request("GET", &inspector, "")).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("/hooks/rute-webhook"), "{}", page.text());
     let status = tokio::task::spawn_blocking(move || proc.terminate())
         .await
         .unwrap();

@@ -297,3 +297,99 @@ async fn attacker_text_is_shown_inert_and_a_failed_delivery_replays() {
     agent.stop().await;
     relay.stop().await;
 }
+
+/// The tunnels panel shows what `ponte status` shows: with no agent, the queue waiting for one;
+/// with one, its address and version, the tunnel's requests in the last minute, and the queue's
+/// depth once the delivery has gone (and failed).
+#[tokio::test]
+async fn the_tunnels_panel_shows_agents_rate_and_queue_depth() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(&queue_yaml(&certs, &dir.path().join("q.db"), "queue", "", "")).await;
+    let c = client(Some(&certs), false);
+    let (cookie, _) = login(&c, &relay).await;
+    let row = |html: &str| -> String {
+        html.split("<tr class=\"tunnel\" data-tunnel=\"demo\">")
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .unwrap_or_else(|| panic!("no row for demo: {html}"))
+            .to_string()
+    };
+    let empty = row(&get(&c, &console(&relay), Some(&cookie)).await.text());
+    assert!(empty.contains("No agent online"), "{empty}");
+    assert!(empty.contains("not seen since the relay started"), "{empty}");
+    assert!(empty.contains("<td class=\"rate\">0</td>"), "{empty}");
+    assert!(
+        empty.contains("<span class=\"pending\">0 pending</span>"),
+        "{empty}"
+    );
+
+    // No agent yet: the webhook waits in the queue.
+    for _ in 0..2 {
+        let r = send(
+            &c,
+            Request::post(format!("{}/t/demo/hook", relay.url(true)))
+                .body(ponte::body::full("{}"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let waiting = row(&get(&c, &console(&relay), Some(&cookie)).await.text());
+    assert!(waiting.contains("<td class=\"rate\">2</td>"), "{waiting}");
+    assert!(
+        waiting.contains("<span class=\"pending\">2 pending</span>"),
+        "{waiting}"
+    );
+    assert!(waiting.contains("oldest waiting "), "{waiting}");
+    assert!(waiting.contains("Waiting for the agent"), "{waiting}");
+
+    // The agent comes; the upstream refuses both for good, so they end failed.
+    let (up, log) = recording_upstream(|_, _| StatusCode::GONE).await;
+    let mut agent = start_agent_to(&relay.url(true), &certs, &up.url());
+    agent.connected().await;
+    eventually("both deliveries to fail", || async {
+        (log.lock().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    let online = eventually("the panel to show them failed", || async {
+        let r = row(&get(&c, &console(&relay), Some(&cookie)).await.text());
+        r.contains("<span class=\"failed\">2 failed</span>").then_some(r)
+    })
+    .await;
+    assert!(
+        online.contains("<code class=\"address\">127.0.0.1:"),
+        "the agent's address: {online}"
+    );
+    assert!(
+        online.contains(&format!("<span class=\"version\">v{}</span>", ponte::VERSION)),
+        "{online}"
+    );
+    assert!(online.contains("connected "), "{online}");
+    assert!(
+        online.contains("<span class=\"pending\">0 pending</span>"),
+        "{online}"
+    );
+    assert!(
+        online.contains("<span class=\"in-flight\">0 sending now</span>"),
+        "{online}"
+    );
+    assert!(online.contains("<td class=\"rate\">2</td>"), "{online}");
+    assert!(
+        !online.contains("Waiting for the agent") && !online.contains("oldest"),
+        "{online}"
+    );
+
+    // In Portuguese.
+    let pt = row(
+        &get(&c, &format!("{}?lang=pt-BR", console(&relay)), Some(&cookie))
+            .await
+            .text(),
+    );
+    assert!(
+        pt.contains("<span class=\"failed\">2 com falha</span>") && pt.contains("conectado "),
+        "{pt}"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}

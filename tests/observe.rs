@@ -655,6 +655,11 @@ async fn ponte_status_shows_agents_and_what_waits_for_one() {
     let c = client(Some(&certs), false);
     let r = send(&c, request("POST", &format!("{base}/t/queued/order"), "{}")).await;
     let id = r.header("ponte-delivery-id").to_string();
+    // Three requests through `live`: its rate.
+    for _ in 0..3 {
+        let r = send(&c, request("POST", &format!("{base}/t/live/order"), "{}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
 
     let (ok, out, err) = ponte(&base, &certs, ADMIN_TOKEN, &["status"]).await;
     assert!(ok, "{err}");
@@ -669,6 +674,13 @@ async fn ponte_status_shows_agents_and_what_waits_for_one() {
         live_line.contains("direct") && live_line.contains(" 1 ") && live_line.contains("now"),
         "{out}"
     );
+    // The REQ/MIN column: 3 for `live`.
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("TUNNEL"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let column = header.find("REQ/MIN").unwrap_or_else(|| panic!("{out}")) + "REQ/MIN".len();
+    assert_eq!(live_line[..column].split_whitespace().last(), Some("3"), "{out}");
     let queued_line = line("queued");
     assert!(
         queued_line.contains("never") && queued_line.contains("(waiting for the agent)"),
@@ -690,6 +702,10 @@ async fn ponte_status_shows_agents_and_what_waits_for_one() {
     assert_eq!((q.pending, q.failed), (1, 0));
     assert!(q.oldest_pending.is_some() && t("queued").waiting_for_agent());
     assert!(t("queued").last_seen.is_none() && t("live").last_seen.is_some());
+    assert_eq!(
+        (t("live").requests_per_minute, t("queued").requests_per_minute),
+        (3, 1)
+    );
 
     let (ok, out, err) = ponte(&base, &certs, ADMIN_TOKEN, &["deliveries", "list"]).await;
     assert!(ok, "{err}");
@@ -706,7 +722,8 @@ async fn ponte_status_shows_agents_and_what_waits_for_one() {
     let mut agent = agent_for(&base, Some(&certs), QUEUED_TOKEN, &up.url());
     agent.connected().await;
     eventually("the waiting delivery to go out", || async {
-        (up.hits() == 1).then_some(())
+        // The three through `live`, then the waiting one.
+        (up.hits() == 4).then_some(())
     })
     .await;
     agent.stop().await;

@@ -77,7 +77,8 @@ impl Setup {
             .context("starting the relay")?;
         let relay_addr = read_listen_addr(&mut relay)?;
         let agent = Command::new(&exe)
-            .args(["--log-level", "warn", "agent", "--relay"])
+            // No inspector: the bench measures the tunnel, not the capture of every request.
+            .args(["--log-level", "warn", "agent", "--inspect", "off", "--relay"])
             .arg(format!(
                 "{}://localhost:{}",
                 if tls { "https" } else { "http" },

@@ -1,6 +1,6 @@
 //! `ponte status`: the operator's overview of a relay over its admin API (`GET
 //! /_ponte/admin/status`): every tunnel, its agents (address, version, since when), when one was
-//! last seen, and its queue (pending, failed, oldest pending).
+//! last seen, its requests in the last minute, and its queue (pending, failed, oldest pending).
 
 use std::time::{Duration, SystemTime};
 
@@ -44,8 +44,8 @@ pub fn render(s: &StatusResponse) -> String {
         return out;
     }
     out.push_str(&format!(
-        "\n{:<20} {:<8} {:>6}  {:<12} {:>7} {:>6}  OLDEST PENDING\n",
-        "TUNNEL", "DELIVERY", "AGENTS", "LAST SEEN", "PENDING", "FAILED"
+        "\n{:<20} {:<8} {:>6}  {:<12} {:>7} {:>7} {:>6}  OLDEST PENDING\n",
+        "TUNNEL", "DELIVERY", "AGENTS", "LAST SEEN", "REQ/MIN", "PENDING", "FAILED"
     ));
     for t in &s.tunnels {
         let last_seen = match (&t.last_seen, t.agents.is_empty()) {
@@ -58,11 +58,12 @@ pub fn render(s: &StatusResponse) -> String {
             None => ("-".into(), "-".into(), "-".into()),
         };
         out.push_str(&format!(
-            "{:<20} {:<8} {:>6}  {:<12} {:>7} {:>6}  {}\n",
+            "{:<20} {:<8} {:>6}  {:<12} {:>7} {:>7} {:>6}  {}\n",
             t.name,
             t.delivery,
             t.agents.len(),
             last_seen,
+            t.requests_per_minute,
             pending,
             failed,
             oldest
@@ -143,6 +144,7 @@ mod tests {
                 })
                 .collect(),
             last_seen: Some("2026-01-01T09:55:00Z".into()),
+            requests_per_minute: 42,
             queue: Some(QueueStatus {
                 pending,
                 in_flight: 0,
@@ -172,6 +174,10 @@ mod tests {
             "{text}"
         );
         assert!(line("online ").contains("now"), "{text}");
+        assert!(
+            text.contains("REQ/MIN") && line("online ").contains(" 42 "),
+            "{text}"
+        );
         assert!(!line("online ").contains("waiting"), "{text}");
         assert!(
             text.contains("203.0.113.5:51234") && text.contains("1h 0m ago"),

@@ -22,7 +22,7 @@ use super::i18n::Tr;
 use super::inspector::render;
 use super::web;
 use crate::body::Body;
-pub use backend::{AgentView, Backend, BackendError, QueueView, TunnelView};
+pub use backend::{Backend, BackendError, Overview};
 use pages::{DetailPage, LoginPage, MessagePage, OverviewPage};
 use sessions::Sessions;
 

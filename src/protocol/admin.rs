@@ -232,6 +232,10 @@ pub struct TunnelStatus {
     /// When an agent was last connected: `now` while one is; absent if none was since the
     /// relay started.
     pub last_seen: Option<String>,
+    /// Public requests that reached the tunnel in the last minute, answered or refused (an
+    /// older relay does not send it: read as 0).
+    #[serde(default)]
+    pub requests_per_minute: u64,
     /// The tunnel's queue, when the relay has a store.
     pub queue: Option<QueueStatus>,
 }

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use super::state::RelayState;
-use crate::config::tunnel::DeliveryMode;
 use crate::inspect::console::backend::ListQuery;
-use crate::inspect::console::{AgentView, Backend, BackendError, TunnelView};
+use crate::inspect::console::{Backend, BackendError, Overview};
 use crate::protocol::admin::{self as wire, DeliveryDetail, ListResponse};
 use crate::store::{self, ListFilter, StoreError};
 
@@ -43,14 +42,6 @@ fn backend_error(e: StoreError) -> BackendError {
     }
 }
 
-fn mode(m: DeliveryMode) -> &'static str {
-    match m {
-        DeliveryMode::Direct => "direct",
-        DeliveryMode::Queue => "queue",
-        DeliveryMode::Fallback => "fallback",
-    }
-}
-
 impl Backend for RelayBackend<'_> {
     fn admin_token(&self) -> Option<&str> {
         self.0.config.admin_token.as_ref().map(|t| t.expose())
@@ -68,26 +59,19 @@ impl Backend for RelayBackend<'_> {
         self.0.queues.is_some()
     }
 
-    fn tunnels(&self) -> BoxFuture<'_, Vec<TunnelView>> {
+    fn status(&self) -> BoxFuture<'_, Overview> {
         Box::pin(async move {
-            let mut views: Vec<TunnelView> = self
-                .0
-                .registry
-                .tunnels()
-                .map(|t| TunnelView {
-                    name: t.name.as_str().to_string(),
-                    delivery: mode(t.config.delivery).to_string(),
-                    agents: (0..t.connected_count())
-                        .map(|_| AgentView {
-                            address: "connected".into(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                })
-                .collect();
-            views.sort_by(|a, b| a.name.cmp(&b.name));
-            views
+            // The admin API's own answer; if the store cannot be read, still the agents.
+            match super::status::collect(self.0).await {
+                Ok(status) => Overview {
+                    status,
+                    queue_error: None,
+                },
+                Err(e) => Overview {
+                    status: super::status::build(self.0, None),
+                    queue_error: Some(e.to_string()),
+                },
+            }
         })
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::rate::RequestRate;
 use super::session::{Attempt, SendError, Session};
 use crate::config::relay::{RelayConfig, TokenHash, TunnelConfig, TunnelName};
 
@@ -25,6 +26,8 @@ pub struct TunnelState {
     next_login: AtomicU64,
     /// When the last session of this tunnel ended (for `ponte status`).
     last_disconnect: Mutex<Option<SystemTime>>,
+    /// Public requests in the last minute (for `ponte status` and the console).
+    pub requests: RequestRate,
 }
 
 /// Who holds a place in a tunnel: registered sessions, and logins accepted (101 sent) whose
@@ -74,6 +77,7 @@ impl TunnelState {
             connected: watch::Sender::new(0),
             next_login: AtomicU64::new(1),
             last_disconnect: Mutex::new(None),
+            requests: RequestRate::default(),
         }
     }
 

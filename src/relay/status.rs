@@ -1,5 +1,6 @@
-//! The operator's overview behind `GET /_ponte/admin/status` and `ponte status`: every tunnel
-//! with its agents (address, version, since when), when one was last seen, and its queue.
+//! The operator's overview behind `GET /_ponte/admin/status`, `ponte status` and the console's
+//! tunnels panel: every tunnel with its agents (address, version, since when), when one was last
+//! seen, its requests per minute, and its queue.
 
 use std::time::SystemTime;
 
@@ -13,6 +14,12 @@ pub async fn collect(state: &RelayState) -> Result<StatusResponse, StoreError> {
         Some(q) => Some(q.store.stats().await?),
         None => None,
     };
+    Ok(build(state, stats.as_ref()))
+}
+
+/// The answer from the registry and the queue's counts, if read (`None`: no store, or the
+/// store could not be read and the console still shows the agents).
+pub fn build(state: &RelayState, stats: Option<&QueueStats>) -> StatusResponse {
     let mut tunnels: Vec<TunnelStatus> = state
         .registry
         .tunnels()
@@ -28,7 +35,7 @@ pub async fn collect(state: &RelayState) -> Result<StatusResponse, StoreError> {
                     streams_in_use: s.streams_in_use(),
                 })
                 .collect();
-            let queue = stats.as_ref().map(|stats| {
+            let queue = stats.map(|stats| {
                 let c = stats.tunnels.get(t.name.as_str()).cloned().unwrap_or_default();
                 QueueStatus {
                     pending: c.pending,
@@ -43,19 +50,20 @@ pub async fn collect(state: &RelayState) -> Result<StatusResponse, StoreError> {
                 delivery: format!("{:?}", t.config.delivery).to_lowercase(),
                 agents,
                 last_seen: t.last_seen().map(time),
+                requests_per_minute: t.requests.per_minute(),
                 queue,
             }
         })
         .collect();
     tunnels.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(StatusResponse {
+    StatusResponse {
         version: crate::VERSION.to_string(),
         now: time(SystemTime::now()),
         started_at: time(state.started_at),
         draining: state.draining.is_cancelled(),
         store: state.queues.is_some(),
         tunnels,
-    })
+    }
 }
 
 fn time(t: SystemTime) -> String {

@@ -30,6 +30,8 @@ pub async fn handle(
     req: Request<PublicBody>,
     mut target: Target,
 ) -> Result<Response<Body>, ProxyError> {
+    // Every request that reached the tunnel, answered or refused: what the sender tried.
+    tunnel.requests.record();
     if let Some(auth) = &tunnel.config.auth
         && let Some(query) = edge_auth::check(auth, req.headers(), target.path.query())?
     {

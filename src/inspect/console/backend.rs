@@ -1,12 +1,12 @@
 //! What the console needs from the relay, as a trait the relay implements: the admin token and
-//! the login budget, the tunnels' state, and the admin API's delivery operations (in the admin
-//! API's own wire types). Keeps the pages free of the relay's internals.
+//! the login budget, the relay's status, and the admin API's delivery operations (all in the
+//! admin API's own wire types). Keeps the pages free of the relay's internals.
 
 use std::net::IpAddr;
 
 use futures_util::future::BoxFuture;
 
-use crate::protocol::admin::{DeliveryDetail, ListResponse, Status};
+use crate::protocol::admin::{DeliveryDetail, ListResponse, Status, StatusResponse};
 
 /// Why a delivery operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,43 +22,14 @@ pub enum BackendError {
     Unavailable(String),
 }
 
-/// One tunnel as the console shows it.
-#[derive(Debug, Clone, Default)]
-pub struct TunnelView {
-    /// Its name.
-    pub name: String,
-    /// `direct`, `queue` or `fallback`.
-    pub delivery: String,
-    /// The agents connected now.
-    pub agents: Vec<AgentView>,
-    /// When an agent was last connected (RFC 3339), if known.
-    pub last_seen: Option<String>,
-    /// Public requests per minute lately, if known.
-    pub requests_per_minute: Option<f64>,
-    /// Its queue, when the relay has a store and knows it.
-    pub queue: Option<QueueView>,
-}
-
-/// One connected agent.
-#[derive(Debug, Clone, Default)]
-pub struct AgentView {
-    /// `ip:port` as the relay sees it.
-    pub address: String,
-    /// The version it announced.
-    pub version: Option<String>,
-    /// When it connected (RFC 3339), if known.
-    pub since: Option<String>,
-}
-
-/// A tunnel's queue.
-#[derive(Debug, Clone, Default)]
-pub struct QueueView {
-    /// Waiting or in flight.
-    pub pending: u64,
-    /// Given up.
-    pub failed: u64,
-    /// Seconds the oldest pending delivery has waited.
-    pub oldest_pending_age_secs: Option<u64>,
+/// What the tunnels panel shows: the relay's status, the very answer of the admin API's
+/// `GET status` (and `ponte status`), so the three never disagree.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    /// The relay, its tunnels, their agents, request rates and queues.
+    pub status: StatusResponse,
+    /// Why the queue counts are missing, when the relay has a store that could not be read.
+    pub queue_error: Option<String>,
 }
 
 /// A delivery list query.
@@ -82,8 +53,8 @@ pub trait Backend: Send + Sync {
     fn record_failed_login(&self, ip: IpAddr);
     /// The relay has a store (so deliveries exist).
     fn has_store(&self) -> bool;
-    /// Every configured tunnel, by name.
-    fn tunnels(&self) -> BoxFuture<'_, Vec<TunnelView>>;
+    /// The relay's status: every configured tunnel, by name, with its agents and queue.
+    fn status(&self) -> BoxFuture<'_, Overview>;
     /// Deliveries, newest first.
     fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<ListResponse, BackendError>>;
     /// One delivery with its attempts.

@@ -1,13 +1,15 @@
 //! The console's HTML pages (askama templates in `templates/console_*.html`). Delivery paths,
 //! headers and bodies come from anyone on the internet: the templates escape every value.
 
+use std::time::{Duration, SystemTime};
+
 use askama::Template;
 
-use super::backend::{Backend, ListQuery, TunnelView};
+use super::backend::{Backend, ListQuery};
 use crate::inspect::capture::{BODY_CAP, BodyEnd, Captured};
 use crate::inspect::i18n::Tr;
-use crate::inspect::inspector::pages::{BodyPart, Chrome, lang_links, short_duration};
-use crate::protocol::admin::{AttemptOutcome, DeliveryDetail, DeliverySummary, Status};
+use crate::inspect::inspector::pages::{BodyPart, Chrome, ago, lang_links, span};
+use crate::protocol::admin::{AttemptOutcome, DeliveryDetail, DeliverySummary, Status, TunnelStatus};
 
 /// Deliveries on the overview.
 const PAGE: usize = 100;
@@ -82,69 +84,90 @@ pub struct TunnelRow {
     pub mode: String,
     /// Agents online.
     pub agents: Vec<AgentRow>,
-    /// When one was last seen.
+    /// When one was last seen, in words (shown while none is online).
     pub last_seen: Option<String>,
-    /// Requests per minute, or `–`.
-    pub rate: String,
-    /// Queue summary, or `–`.
-    pub queue: String,
+    /// Requests in the last minute.
+    pub rate: u64,
+    /// Its queue, when the relay has a store and could read it.
+    pub queue: Option<QueueCell>,
     /// Pending deliveries and no agent.
     pub waiting: bool,
 }
 
 /// An agent in a tunnel row.
 pub struct AgentRow {
-    /// Address.
+    /// `ip:port` as the relay sees it.
     pub address: String,
-    /// Version.
+    /// The version it announced.
     pub version: Option<String>,
-    /// Since when.
-    pub since: Option<String>,
+    /// Since when, in words (`connected 5 min ago`).
+    pub since: String,
+    /// Since when, as the relay's RFC 3339 time (the tooltip).
+    pub since_exact: String,
+    /// Requests in flight on its connection.
+    pub in_flight: u32,
+}
+
+/// A tunnel's queue depth, in words.
+pub struct QueueCell {
+    /// `3 pending`.
+    pub pending: String,
+    /// `1 sending now`.
+    pub in_flight: String,
+    /// `2 failed`.
+    pub failed: String,
+    /// `oldest waiting 12 min`, while something is pending.
+    pub oldest: Option<String>,
+}
+
+/// `then` as `5 min ago` by the relay's clock `now`; the text as it is if either is not a time.
+fn ago_text(t: Tr, now: Option<SystemTime>, then: &str) -> String {
+    match (now, humantime::parse_rfc3339_weak(then).ok()) {
+        (Some(now), Some(then)) => ago(t, now, then),
+        _ => then.to_string(),
+    }
 }
 
 impl TunnelRow {
-    fn new(t: Tr, v: TunnelView) -> Self {
+    fn new(t: Tr, now: Option<SystemTime>, v: &TunnelStatus) -> Self {
         let mode = match v.delivery.as_str() {
             "direct" => t.s("mode.direct").to_string(),
             "queue" => t.s("mode.queue").to_string(),
             "fallback" => t.s("mode.fallback").to_string(),
             other => other.to_string(),
         };
-        let waiting = v.agents.is_empty() && v.queue.as_ref().is_some_and(|q| q.pending > 0);
-        let queue = match &v.queue {
-            None => "–".to_string(),
-            Some(q) => {
-                let mut text = t.f2("console.queue_counts", q.pending, q.failed);
-                if let Some(age) = q.oldest_pending_age_secs.filter(|_| q.pending > 0) {
-                    text = format!(
-                        "{text}; {}",
-                        t.f1(
-                            "console.oldest",
-                            short_duration(std::time::Duration::from_secs(age))
-                        )
-                    );
-                }
-                text
-            }
+        let queue = v.queue.as_ref().map(|q| QueueCell {
+            pending: t.f1("console.pending_n", q.pending),
+            in_flight: t.f1("console.in_flight_n", q.in_flight),
+            failed: t.f1("console.failed_n", q.failed),
+            oldest: q
+                .oldest_pending_age_secs
+                .filter(|_| q.pending > 0)
+                .map(|age| t.f1("console.oldest", span(Duration::from_secs(age)))),
+        });
+        let last_seen = match (&v.last_seen, v.agents.is_empty()) {
+            (_, false) => None,
+            (Some(seen), true) => Some(t.f1("console.last_seen", ago_text(t, now, seen))),
+            (None, true) => Some(t.s("console.never_seen").to_string()),
         };
         TunnelRow {
-            name: v.name,
+            name: v.name.clone(),
             mode,
             agents: v
                 .agents
-                .into_iter()
+                .iter()
                 .map(|a| AgentRow {
-                    address: a.address,
-                    version: a.version,
-                    since: a.since,
+                    address: a.address.clone(),
+                    version: a.version.clone(),
+                    since: t.f1("console.since", ago_text(t, now, &a.connected_since)),
+                    since_exact: a.connected_since.clone(),
+                    in_flight: a.streams_in_use,
                 })
                 .collect(),
-            last_seen: v.last_seen,
-            rate: v
-                .requests_per_minute
-                .map_or_else(|| "–".to_string(), |r| format!("{r:.1}")),
+            last_seen,
+            rate: v.requests_per_minute,
             queue,
-            waiting,
+            waiting: v.waiting_for_agent(),
         }
     }
 }
@@ -223,6 +246,10 @@ pub struct OverviewPage {
     pub notice: Option<String>,
     /// Tunnels.
     pub tunnels: Vec<TunnelRow>,
+    /// The relay is shutting down.
+    pub draining: bool,
+    /// Why the queue counts could not be read.
+    pub queue_error: Option<String>,
     /// Tunnel names for the filter.
     pub tunnel_names: Vec<String>,
     /// The relay has a store.
@@ -249,8 +276,9 @@ impl OverviewPage {
         csrf: String,
         notice: Option<String>,
     ) -> Self {
-        let views = backend.tunnels().await;
-        let tunnel_names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
+        let overview = backend.status().await;
+        let now = humantime::parse_rfc3339_weak(&overview.status.now).ok();
+        let tunnel_names: Vec<String> = overview.status.tunnels.iter().map(|v| v.name.clone()).collect();
         // Only names the relay knows are used as filters; anything else is "all".
         let filter_tunnel = if tunnel_names.iter().any(|n| n == tunnel) {
             tunnel.to_string()
@@ -288,7 +316,14 @@ impl OverviewPage {
             t,
             csrf,
             notice,
-            tunnels: views.into_iter().map(|v| TunnelRow::new(t, v)).collect(),
+            tunnels: overview
+                .status
+                .tunnels
+                .iter()
+                .map(|v| TunnelRow::new(t, now, v))
+                .collect(),
+            draining: overview.status.draining,
+            queue_error: overview.queue_error,
             tunnel_names,
             has_store: backend.has_store(),
             states,

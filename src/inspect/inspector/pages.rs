@@ -437,14 +437,19 @@ pub fn short_duration(d: Duration) -> String {
 
 /// `5 s ago` / `há 5 s`.
 pub fn ago(t: Tr, now: SystemTime, then: SystemTime) -> String {
-    let secs = now.duration_since(then).unwrap_or_default().as_secs();
-    let amount = match secs {
+    t.f1("time.ago", span(now.duration_since(then).unwrap_or_default()))
+}
+
+/// A length of time in its largest whole unit: `5 s`, `12 min`, `3 h`, `2 d` (the same in both
+/// languages).
+pub fn span(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
         0..60 => format!("{secs} s"),
         60..3600 => format!("{} min", secs / 60),
         3600..86400 => format!("{} h", secs / 3600),
         _ => format!("{} d", secs / 86400),
-    };
-    t.f1("time.ago", amount)
+    }
 }
 
 /// `0 B`, `1.2 KiB`, `3.4 MiB`.
