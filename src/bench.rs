@@ -531,7 +531,7 @@ fn print(opts: &BenchOptions, r: &BenchReport) {
     );
     for p in &r.peers {
         match (&p.figures, &p.error) {
-            (_, Some(e)) => println!("({}: {e})", p.name),
+            (_, Some(e)) => println!("({}: skipped, {e})", p.name),
             (Some(_), None) => println!(
                 "({}: {})",
                 p.name,

@@ -57,8 +57,14 @@ pub fn find(dir: Option<&Path>, name: &str) -> Option<PathBuf> {
 /// What `program --version` prints, for the report.
 pub fn version(program: &Path) -> Option<String> {
     let out = Command::new(program).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!text.is_empty()).then_some(text)
+    let text = String::from_utf8_lossy(&out.stdout);
+    // rathole prints a block of build facts; its "Build Version:" line is the version.
+    let name = program.file_name()?.to_string_lossy();
+    let line = match text.lines().find_map(|l| l.trim().strip_prefix("Build Version:")) {
+        Some(v) => format!("{name} {}", v.trim()),
+        None => text.lines().next()?.trim().to_string(),
+    };
+    (!line.is_empty()).then_some(line)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -139,7 +145,18 @@ pub async fn bore(program: &Path, upstream: SocketAddr) -> anyhow::Result<Peer> 
     }
     let public = free_port()?;
     let port = public.to_string();
-    let server = spawn(program, &["server", "--min-port", &port, "--max-port", &port])?;
+    let server = spawn(
+        program,
+        &[
+            "server",
+            "--bind-addr",
+            "127.0.0.1",
+            "--min-port",
+            &port,
+            "--max-port",
+            &port,
+        ],
+    )?;
     // Give the server a moment to bind its control port before the client dials it.
     let started = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", BORE_CONTROL_PORT))
