@@ -541,10 +541,9 @@ fn print(opts: &BenchOptions, r: &BenchReport) {
         }
     }
     println!(
-        "{:<34} {:>12} {:>12}",
+        "{:<36} {:>10}   ≤ 65536",
         format!("relay bytes per idle agent ({})", opts.idle_agents),
         r.relay_bytes_per_idle_agent,
-        "≤ 65536 B"
     );
 
     println!();
