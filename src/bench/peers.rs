@@ -57,9 +57,15 @@ pub fn find(dir: Option<&Path>, name: &str) -> Option<PathBuf> {
 /// What `program --version` prints, for the report.
 pub fn version(program: &Path) -> Option<String> {
     let out = Command::new(program).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // rathole prints a block of build facts; its "Build Version:" line is the version.
-    let name = program.file_name()?.to_string_lossy();
+    version_line(
+        &program.file_name()?.to_string_lossy(),
+        &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+/// One line out of `--version` output: rathole prints a block of build facts, whose
+/// "Build Version:" line is the version; bore prints one line.
+fn version_line(name: &str, text: &str) -> Option<String> {
     let line = match text.lines().find_map(|l| l.trim().strip_prefix("Build Version:")) {
         Some(v) => format!("{name} {}", v.trim()),
         None => text.lines().next()?.trim().to_string(),
@@ -203,4 +209,32 @@ pub async fn bore(program: &Path, upstream: SocketAddr) -> anyhow::Result<Peer> 
     };
     wait_until_forwarding("bore", peer.public).await?;
     Ok(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_peer_only_in_the_given_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(find(Some(dir.path()), "rathole"), None);
+        std::fs::write(dir.path().join("rathole"), "").unwrap();
+        assert_eq!(
+            find(Some(dir.path()), "rathole"),
+            Some(dir.path().join("rathole"))
+        );
+        assert_eq!(find(Some(dir.path()), "bore"), None);
+    }
+
+    #[test]
+    fn version_is_one_line() {
+        let rathole = "rathole \nBuild Timestamp:     2026-12-02T08:25:15Z\nBuild Version:       0.5.0\nCommit SHA:          None\n";
+        assert_eq!(version_line("rathole", rathole).as_deref(), Some("rathole 0.5.0"));
+        assert_eq!(
+            version_line("bore", "bore-cli 0.6.0\n").as_deref(),
+            Some("bore-cli 0.6.0")
+        );
+        assert_eq!(version_line("bore", ""), None);
+    }
 }
