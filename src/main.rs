@@ -58,7 +58,7 @@ enum Command {
         #[arg(long)]
         upstream: Option<String>,
     },
-    /// Measure the tunnel next to a direct connection and to rathole and bore (relay and agent as child processes).
+    /// Measure the tunnel beside a direct connection, rathole and bore (relay and agent as processes).
     Bench {
         /// Length of each throughput phase.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
