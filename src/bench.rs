@@ -1,22 +1,29 @@
 //! `ponte bench`: start a relay and an agent as real processes plus a small upstream on loopback,
-//! and measure the tunnel next to a direct connection to the same upstream, in one run:
-//! requests/s at 64 connections, latency at 1 connection, 1 MiB transfers, idle RSS of both
-//! processes, and the relay's memory per idle agent connection. A second relay and agent with the
-//! access log and metrics off measure what watching the relay costs: requests/s with them on and
-//! off, alternating, in the same run.
+//! and measure the tunnel next to a direct connection to the same upstream and next to the raw
+//! TCP forwarders rathole and bore (when found: `--peers DIR` or `PATH`), in one run and through
+//! the same load generator: requests/s at 64 connections, latency at 1 connection, 1 MiB
+//! transfers, idle RSS and CPU time per request of each process, and Ponte again with TLS on
+//! both hops. A second relay and agent with the access log and metrics off measure what watching
+//! the relay costs: requests/s and relay CPU per request with them on and off, alternating.
 //!
-//! Targets live here, not in timed tests: the report prints each figure with its target.
+//! Targets live here, not in timed tests: the report prints each figure with its target and
+//! ✔/✘. The machine's load average is printed with the figures: on a shared machine requests/s
+//! move with other work, CPU time per request much less.
 
 mod hooks;
 mod load;
+mod peers;
 mod procs;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 pub use load::{LatencyStats, LoadResult};
+
+use load::Endpoint;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -29,6 +36,10 @@ pub struct BenchOptions {
     pub latency_requests: usize,
     /// Idle agent connections opened to measure relay memory per agent.
     pub idle_agents: usize,
+    /// Where `rathole` and `bore` are (`None`: look on `PATH`).
+    pub peers: Option<PathBuf>,
+    /// Also measure command hooks against adnanh/webhook.
+    pub hooks: bool,
     /// Print JSON instead of a table.
     pub json: bool,
 }
@@ -40,30 +51,62 @@ impl Default for BenchOptions {
             connections: 64,
             latency_requests: 5000,
             idle_agents: 500,
+            peers: None,
+            hooks: true,
             json: false,
         }
     }
 }
 
+/// The figures of one way to reach the upstream (direct, a forwarder, or Ponte).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Figures {
+    /// Small requests per second at `connections` connections.
+    pub rps: f64,
+    /// Latency of small requests on 1 connection.
+    pub latency: LatencyStats,
+    /// MiB/s of 1 MiB responses on 4 connections.
+    pub mib_s: f64,
+    /// Idle RSS of the public side (relay, forwarder server), KiB.
+    pub server_idle_rss_kib: Option<u64>,
+    /// Idle RSS of the private side (agent, forwarder client), KiB.
+    pub client_idle_rss_kib: Option<u64>,
+    /// CPU time of the public side per small request (µs), during the requests/s phase.
+    pub server_cpu_us: Option<f64>,
+    /// CPU time of the private side per small request (µs).
+    pub client_cpu_us: Option<f64>,
+}
+
+/// A forwarder's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerFigures {
+    /// `rathole` or `bore`.
+    pub name: String,
+    /// What its `--version` said.
+    pub version: Option<String>,
+    /// Its figures (`None`: not found, or it failed to start: see `error`).
+    pub figures: Option<Figures>,
+    /// Why there are no figures.
+    pub error: Option<String>,
+}
+
 /// Every figure of one run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
-    /// Requests/s through the tunnel (access log and metrics on).
-    pub tunnel_rps: f64,
-    /// Requests/s straight to the upstream.
-    pub direct_rps: f64,
-    /// Latency through the tunnel, 1 connection.
-    pub tunnel_latency: LatencyStats,
-    /// Latency straight to the upstream, 1 connection.
-    pub direct_latency: LatencyStats,
-    /// MiB/s of 1 MiB responses through the tunnel.
-    pub tunnel_mib_s: f64,
-    /// MiB/s of 1 MiB responses straight from the upstream.
-    pub direct_mib_s: f64,
-    /// Relay RSS with one idle agent (KiB).
-    pub relay_idle_rss_kib: u64,
-    /// Agent RSS while idle and connected (KiB).
-    pub agent_idle_rss_kib: u64,
+    /// When the run started (RFC 3339, UTC).
+    pub started: String,
+    /// CPUs the machine has.
+    pub cpus: usize,
+    /// 1-minute load average at the start and the end of the run.
+    pub load_average: (f64, f64),
+    /// Straight to the upstream.
+    pub direct: Figures,
+    /// Through Ponte, plain HTTP on both hops (access log and metrics on).
+    pub ponte: Figures,
+    /// Through Ponte with TLS on the public side and on the tunnel.
+    pub ponte_tls: Figures,
+    /// rathole and bore.
+    pub peers: Vec<PeerFigures>,
     /// The anonymous part of the agent's idle RSS (KiB): heap and stacks, without the shared
     /// executable pages.
     pub agent_idle_anon_kib: u64,
@@ -71,8 +114,8 @@ pub struct BenchReport {
     pub relay_idle_anon_kib: u64,
     /// Relay RSS growth per extra idle agent connection (bytes).
     pub relay_bytes_per_idle_agent: u64,
-    /// Command hooks: `ponte webhook` beside adnanh/webhook.
-    pub hooks: hooks::HooksReport,
+    /// Command hooks: `ponte webhook` beside adnanh/webhook (unless `--no-hooks`).
+    pub hooks: Option<hooks::HooksReport>,
     /// Requests/s through the tunnel with the access log and metrics on (mean of the rounds).
     pub observed_rps: f64,
     /// Requests/s through the tunnel with both off (mean of the rounds).
@@ -108,29 +151,92 @@ impl Phases {
     }
 }
 
+/// The path prefix of the bench tunnel on the relay.
+const TUNNEL_PREFIX: &str = "/t/bench";
+
 /// Run the whole benchmark.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let shutdown = CancellationToken::new();
     let upstream = load::start_upstream(shutdown.clone()).await?;
-    // The relay's public side speaks plain HTTP here, as behind a TLS-terminating proxy, so the
-    // load generator and the direct run are on equal terms; see README for the TLS figures.
-    let setup = procs::Setup::start(upstream, false, true)
-        .await
-        .context("starting relay and agent")?;
-    let quiet = match procs::Setup::start(upstream, false, false).await {
-        Ok(q) => q,
-        Err(e) => {
-            setup.stop();
-            return Err(e.context("starting the relay and agent with the access log and metrics off"));
-        }
-    };
-    let result = measure(&opts, &setup, &quiet, upstream).await;
-    setup.stop();
-    quiet.stop();
+    let result = run_with(&opts, upstream).await;
     shutdown.cancel();
     let report = result?;
     print(&opts, &report);
     Ok(report)
+}
+
+/// The processes of one run; each stops when dropped (or on `stop`).
+struct Running {
+    plain: procs::Setup,
+    quiet: procs::Setup,
+    tls: procs::Setup,
+}
+
+async fn run_with(opts: &BenchOptions, upstream: std::net::SocketAddr) -> anyhow::Result<BenchReport> {
+    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let load_start = procs::load_average();
+    // The relay's public side speaks plain HTTP here, as behind a TLS-terminating proxy, so the
+    // load generator and the direct run are on equal terms; the TLS row puts TLS on both hops.
+    let plain = procs::Setup::start(upstream, false, true)
+        .await
+        .context("starting relay and agent")?;
+    let quiet = procs::Setup::start(upstream, false, false)
+        .await
+        .context("starting the relay and agent with the access log and metrics off")?;
+    let tls = procs::Setup::start(upstream, true, true)
+        .await
+        .context("starting the relay and agent with TLS")?;
+    let running = Running { plain, quiet, tls };
+    let mut peers = Vec::new();
+    let mut started_peers = Vec::new();
+    for name in ["rathole", "bore"] {
+        let Some(program) = peers::find(opts.peers.as_deref(), name) else {
+            peers.push(PeerFigures {
+                name: name.into(),
+                version: None,
+                figures: None,
+                error: Some(match &opts.peers {
+                    Some(d) => format!("not found in {}", d.display()),
+                    None => "not found on PATH (bench/install-peers.sh; --peers DIR)".into(),
+                }),
+            });
+            continue;
+        };
+        let version = peers::version(&program);
+        let peer = match name {
+            "rathole" => peers::rathole(&program, upstream).await,
+            _ => peers::bore(&program, upstream).await,
+        };
+        let error = match peer {
+            Ok(p) => {
+                started_peers.push((peers.len(), p));
+                None
+            }
+            Err(e) => Some(format!("{e:#}")),
+        };
+        peers.push(PeerFigures {
+            name: name.into(),
+            version,
+            figures: None,
+            error,
+        });
+    }
+    let result = measure(opts, &running, upstream, &started_peers, &mut peers).await;
+    drop(started_peers);
+    running.plain.stop();
+    running.quiet.stop();
+    running.tls.stop();
+    let mut report = result?;
+    report.started = started;
+    report.load_average = (load_start, procs::load_average());
+    report.peers = peers;
+    Ok(report)
+}
+
+/// One way to reach the upstream, and the processes on that way.
+struct Subject {
+    ep: Endpoint,
+    pids: Option<(u32, u32)>,
 }
 
 /// Rounds of the on/off comparison; alternating spreads drift (other load, CPU clocks) evenly.
@@ -138,34 +244,94 @@ const OBSERVE_ROUNDS: usize = 4;
 
 async fn measure(
     opts: &BenchOptions,
-    setup: &procs::Setup,
-    quiet: &procs::Setup,
+    running: &Running,
     upstream: std::net::SocketAddr,
+    started_peers: &[(usize, peers::Peer)],
+    peer_rows: &mut [PeerFigures],
 ) -> anyhow::Result<BenchReport> {
-    let direct = upstream;
-    let tunnel = setup.relay_addr;
-    let tunnel_prefix = "/t/bench";
-    // Let both processes settle, then read idle memory before any load.
+    let (setup, quiet) = (&running.plain, &running.quiet);
+    let tunnel = |s: &procs::Setup| Endpoint::plain(s.relay_addr).with_prefix(TUNNEL_PREFIX);
+    let mut subjects = vec![
+        Subject {
+            ep: Endpoint::plain(upstream),
+            pids: None,
+        },
+        Subject {
+            ep: tunnel(setup),
+            pids: Some((setup.relay_pid, setup.agent_pid)),
+        },
+        Subject {
+            ep: tunnel(&running.tls).with_tls(running.tls.ca())?,
+            pids: Some((running.tls.relay_pid, running.tls.agent_pid)),
+        },
+    ];
+    for (_, p) in started_peers {
+        subjects.push(Subject {
+            ep: Endpoint::plain(p.public),
+            pids: Some((p.server_pid, p.client_pid)),
+        });
+    }
+    // Let every process settle, then read idle memory before any load.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let relay_idle_rss_kib = procs::rss_kib(setup.relay_pid)?;
-    let agent_idle_rss_kib = procs::rss_kib(setup.agent_pid)?;
+    let mut idle = Vec::new();
+    for s in &subjects {
+        idle.push(match s.pids {
+            Some((server, client)) => (Some(procs::rss_kib(server)?), Some(procs::rss_kib(client)?)),
+            None => (None, None),
+        });
+    }
     let agent_idle_anon_kib = procs::anon_rss_kib(setup.agent_pid)?;
     let relay_idle_anon_kib = procs::anon_rss_kib(setup.relay_pid)?;
+    // Each phase runs for every subject before the next phase, so drift in the machine's other
+    // load spreads over all of them alike.
+    for s in &subjects {
+        load::warm_up(&s.ep).await?;
+    }
+    let mut small = Vec::new();
+    for s in &subjects {
+        let before = cpu_pair(s.pids)?;
+        let r = load::small(&s.ep, opts.connections, opts.duration).await?;
+        let after = cpu_pair(s.pids)?;
+        let per_request = |a: Option<Duration>, b: Option<Duration>| {
+            Some(a?.saturating_sub(b?).as_secs_f64() * 1e6 / r.requests.max(1) as f64)
+        };
+        small.push((
+            r.per_second(),
+            per_request(after.0, before.0),
+            per_request(after.1, before.1),
+        ));
+    }
+    let mut latency = Vec::new();
+    for s in &subjects {
+        latency.push(load::latency(&s.ep, opts.latency_requests).await?);
+    }
+    let mut big = Vec::new();
+    for s in &subjects {
+        big.push(load::big(&s.ep, opts.duration).await?.mib_per_second());
+    }
+    let mut figures: Vec<Figures> = (0..subjects.len())
+        .map(|i| Figures {
+            rps: small[i].0,
+            latency: latency[i],
+            mib_s: big[i],
+            server_idle_rss_kib: idle[i].0,
+            client_idle_rss_kib: idle[i].1,
+            server_cpu_us: small[i].1,
+            client_cpu_us: small[i].2,
+        })
+        .collect();
+    for (k, (row, _)) in started_peers.iter().enumerate().rev() {
+        peer_rows[*row].figures = Some(figures.remove(3 + k));
+    }
+    let ponte_tls = figures.remove(2);
+    let ponte = figures.remove(1);
+    let direct = figures.remove(0);
 
-    load::warm_up(tunnel, tunnel_prefix).await?;
-    load::warm_up(direct, "").await?;
-    let direct_rps = load::requests_per_second(direct, "", opts.connections, opts.duration).await?;
-    let tunnel_rps =
-        load::requests_per_second(tunnel, tunnel_prefix, opts.connections, opts.duration).await?;
-    let direct_latency = load::latency(direct, "", opts.latency_requests).await?;
-    let tunnel_latency = load::latency(tunnel, tunnel_prefix, opts.latency_requests).await?;
-    let direct_mib_s = load::mib_per_second(direct, "", opts.duration).await?;
-    let tunnel_mib_s = load::mib_per_second(tunnel, tunnel_prefix, opts.duration).await?;
     // Both relays get the same warm-up under load, then the order alternates by round so neither
     // always runs first.
     let warm = Duration::from_secs(1);
-    load::requests_per_second(quiet.relay_addr, tunnel_prefix, opts.connections, warm).await?;
-    load::requests_per_second(tunnel, tunnel_prefix, opts.connections, warm).await?;
+    load::small(&tunnel(quiet), opts.connections, warm).await?;
+    load::small(&tunnel(setup), opts.connections, warm).await?;
     let (mut on, mut off) = (Phases::default(), Phases::default());
     for round in 0..OBSERVE_ROUNDS {
         let order = if round % 2 == 0 {
@@ -175,36 +341,65 @@ async fn measure(
         };
         for (relay, observed) in order {
             let cpu = procs::cpu_time(relay.relay_pid)?;
-            let (rps, requests) =
-                load::requests_counted(relay.relay_addr, tunnel_prefix, opts.connections, opts.duration)
-                    .await?;
+            let r = load::small(&tunnel(relay), opts.connections, opts.duration).await?;
             let cpu = procs::cpu_time(relay.relay_pid)?.saturating_sub(cpu);
             let phases = if observed { &mut on } else { &mut off };
-            phases.add(rps, requests, cpu);
+            phases.add(r.per_second(), r.requests, cpu);
         }
     }
     let (observed_rps, unobserved_rps) = (on.rps(), off.rps());
     let (observed_cpu_us, unobserved_cpu_us) = (on.cpu_us_per_request(), off.cpu_us_per_request());
     let relay_bytes_per_idle_agent = setup.relay_bytes_per_idle_agent(opts.idle_agents).await?;
-    let hooks = hooks::run(opts.duration).await?;
+    let hooks = if opts.hooks {
+        Some(hooks::run(opts.duration).await?)
+    } else {
+        None
+    };
     Ok(BenchReport {
-        observed_rps,
-        unobserved_rps,
-        observed_cpu_us,
-        unobserved_cpu_us,
-        tunnel_rps,
-        direct_rps,
-        tunnel_latency,
-        direct_latency,
-        tunnel_mib_s,
-        direct_mib_s,
-        relay_idle_rss_kib,
-        agent_idle_rss_kib,
+        started: String::new(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average: (0.0, 0.0),
+        direct,
+        ponte,
+        ponte_tls,
+        peers: Vec::new(),
         agent_idle_anon_kib,
         relay_idle_anon_kib,
         relay_bytes_per_idle_agent,
         hooks,
+        observed_rps,
+        unobserved_rps,
+        observed_cpu_us,
+        unobserved_cpu_us,
     })
+}
+
+/// CPU time so far of a server and client process.
+fn cpu_pair(pids: Option<(u32, u32)>) -> anyhow::Result<(Option<Duration>, Option<Duration>)> {
+    Ok(match pids {
+        Some((s, c)) => (Some(procs::cpu_time(s)?), Some(procs::cpu_time(c)?)),
+        None => (None, None),
+    })
+}
+
+/// The targets, beside Ponte's figures.
+mod target {
+    /// Agent idle RSS (KiB).
+    pub const AGENT_RSS_KIB: u64 = 4 * 1024;
+    /// Relay idle RSS (KiB).
+    pub const RELAY_RSS_KIB: u64 = 8 * 1024;
+    /// 1 MiB throughput over direct.
+    pub const BIG_RATIO: f64 = 0.40;
+    /// p50 at 1 connection over rathole's.
+    pub const P50_OVER_RATHOLE: f64 = 1.25;
+    /// With TLS on both hops, the plain figures may be this much worse.
+    pub const TLS_SLACK: f64 = 0.15;
+    /// Access log and metrics on over off, requests/s (and the inverse for CPU).
+    pub const OBSERVE_RATIO: f64 = 0.95;
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "✔" } else { "✘" }
 }
 
 fn print(opts: &BenchOptions, r: &BenchReport) {
@@ -214,94 +409,228 @@ fn print(opts: &BenchOptions, r: &BenchReport) {
     }
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "ponte bench — relay and agent as separate processes on loopback, plain HTTP (relay behind a TLS proxy),\nthe relay's access log and metrics on unless the line says otherwise"
+        "ponte bench {} — {} CPUs, load average {:.2} at start, {:.2} at end (other work on the machine moves requests/s; CPU time per request moves less)",
+        r.started, r.cpus, r.load_average.0, r.load_average.1
     );
     println!(
-        "{:<34} {:>12} {:>12} {:>8}   target",
-        "", "tunnel", "direct", "ratio"
+        "loopback, one load generator and upstream for all; Ponte's relay plain HTTP on both hops (as behind a TLS proxy), access log and metrics on"
     );
-    println!(
-        "{:<34} {:>12.0} {:>12.0} {:>8.2}   ≥ 0.50",
-        format!("requests/s, {} connections", opts.connections),
-        r.tunnel_rps,
-        r.direct_rps,
-        r.tunnel_rps / r.direct_rps
-    );
-    println!(
-        "{:<34} {:>12.1} {:>12.1} {:>8}   tunnel ≤ 45 µs",
-        "latency p50, 1 connection (µs)",
-        us(r.tunnel_latency.p50),
-        us(r.direct_latency.p50),
-        ""
-    );
-    println!(
-        "{:<34} {:>12.1} {:>12.1} {:>8}",
-        "latency p99, 1 connection (µs)",
-        us(r.tunnel_latency.p99),
-        us(r.direct_latency.p99),
-        ""
-    );
-    println!(
-        "{:<34} {:>12.0} {:>12.0} {:>8.2}   ≥ 0.40",
-        "1 MiB responses, MiB/s",
-        r.tunnel_mib_s,
-        r.direct_mib_s,
-        r.tunnel_mib_s / r.direct_mib_s
-    );
-    println!(
-        "{:<34} {:>12}   ≤ 4096 KiB (anonymous part {} KiB)",
-        "agent idle RSS (KiB)", r.agent_idle_rss_kib, r.agent_idle_anon_kib
-    );
-    println!(
-        "{:<34} {:>12}   (anonymous part {} KiB)",
-        "relay idle RSS (KiB)", r.relay_idle_rss_kib, r.relay_idle_anon_kib
-    );
-    println!(
-        "{:<34} {:>12}   ≤ 65536 B",
-        format!("relay bytes per idle agent ({})", opts.idle_agents),
-        r.relay_bytes_per_idle_agent
-    );
-    println!();
-    println!(
-        "{:<34} {:>12} {:>12}",
-        "hooks (/bin/true, output awaited)", "ponte", "adnanh"
-    );
-    let adnanh = |f: fn(&hooks::HookFigures) -> f64, digits: usize| match &r.hooks.adnanh {
-        Some(a) => format!("{:.*}", digits, f(a)),
-        None => "not found".to_string(),
+    let peer = |name: &str| {
+        r.peers
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.figures.as_ref())
     };
-    println!(
-        "{:<34} {:>12.0} {:>12}",
-        "executions/s, 8 connections",
-        r.hooks.ponte.executions_per_s,
-        adnanh(|a| a.executions_per_s, 0)
+    let (rathole, bore) = (peer("rathole"), peer("bore"));
+    let columns: [(&str, Option<&Figures>); 5] = [
+        ("direct", Some(&r.direct)),
+        ("rathole", rathole),
+        ("bore", bore),
+        ("ponte", Some(&r.ponte)),
+        ("ponte TLS", Some(&r.ponte_tls)),
+    ];
+    let row = |label: &str, value: &dyn Fn(&Figures) -> Option<String>, target: String| {
+        let mut line = format!("{label:<36}");
+        for (_, f) in &columns {
+            let cell = f.and_then(value).unwrap_or_else(|| "–".into());
+            line.push_str(&format!(" {cell:>10}"));
+        }
+        println!("{line}   {target}");
+    };
+    let mut head = format!("{:<36}", "");
+    for (name, _) in &columns {
+        head.push_str(&format!(" {name:>10}"));
+    }
+    println!("{head}   target (ponte)");
+
+    let best_peer_rps = [rathole, bore]
+        .iter()
+        .flatten()
+        .map(|f| f.rps)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let rps_target = match best_peer_rps {
+        Some(best) => format!("≥ rathole, bore  {}", mark(r.ponte.rps >= best)),
+        None => "≥ rathole, bore  (peers not found)".into(),
+    };
+    row(
+        &format!("requests/s, {} connections", opts.connections),
+        &|f| Some(format!("{:.0}", f.rps)),
+        rps_target,
     );
-    println!(
-        "{:<34} {:>12.0} {:>12}",
+    row(
+        "  ratio to direct",
+        &|f| Some(format!("{:.2}", f.rps / r.direct.rps)),
+        String::new(),
+    );
+    let p50_target = match rathole {
+        Some(rh) => {
+            let bound = us(rh.latency.p50) * target::P50_OVER_RATHOLE;
+            format!(
+                "≤ 1.25 × rathole = {bound:.0}  {}",
+                mark(us(r.ponte.latency.p50) <= bound)
+            )
+        }
+        None => "≤ 1.25 × rathole  (not found)".into(),
+    };
+    row(
         "latency p50, 1 connection (µs)",
-        us(r.hooks.ponte.latency.p50),
-        adnanh(|a| a.latency.p50.as_secs_f64() * 1e6, 0)
+        &|f| Some(format!("{:.0}", us(f.latency.p50))),
+        p50_target,
     );
-    if let Some(v) = &r.hooks.adnanh_version {
-        println!("(adnanh: {v})");
+    row(
+        "latency p99, 1 connection (µs)",
+        &|f| Some(format!("{:.0}", us(f.latency.p99))),
+        String::new(),
+    );
+    row(
+        "1 MiB responses, MiB/s",
+        &|f| Some(format!("{:.0}", f.mib_s)),
+        String::new(),
+    );
+    let big_ratio = r.ponte.mib_s / r.direct.mib_s;
+    row(
+        "  ratio to direct",
+        &|f| Some(format!("{:.2}", f.mib_s / r.direct.mib_s)),
+        format!(
+            "≥ {:.2}  {}",
+            target::BIG_RATIO,
+            mark(big_ratio >= target::BIG_RATIO)
+        ),
+    );
+    let relay_rss = r.ponte.server_idle_rss_kib.unwrap_or(0);
+    let agent_rss = r.ponte.client_idle_rss_kib.unwrap_or(0);
+    row(
+        "idle RSS, relay / server (KiB)",
+        &|f| f.server_idle_rss_kib.map(|v| v.to_string()),
+        format!(
+            "≤ {}  {} (anonymous part {} KiB)",
+            target::RELAY_RSS_KIB,
+            mark(relay_rss <= target::RELAY_RSS_KIB),
+            r.relay_idle_anon_kib
+        ),
+    );
+    row(
+        "idle RSS, agent / client (KiB)",
+        &|f| f.client_idle_rss_kib.map(|v| v.to_string()),
+        format!(
+            "≤ {}  {} (anonymous part {} KiB)",
+            target::AGENT_RSS_KIB,
+            mark(agent_rss <= target::AGENT_RSS_KIB),
+            r.agent_idle_anon_kib
+        ),
+    );
+    row(
+        "CPU per request, relay / server (µs)",
+        &|f| f.server_cpu_us.map(|v| format!("{v:.1}")),
+        String::new(),
+    );
+    row(
+        "CPU per request, agent / client (µs)",
+        &|f| f.client_cpu_us.map(|v| format!("{v:.1}")),
+        String::new(),
+    );
+    for p in &r.peers {
+        match (&p.figures, &p.error) {
+            (_, Some(e)) => println!("({}: skipped, {e})", p.name),
+            (Some(_), None) => println!(
+                "({}: {})",
+                p.name,
+                p.version.as_deref().unwrap_or("version unknown")
+            ),
+            (None, None) => {}
+        }
+    }
+    println!(
+        "{:<36} {:>10}   ≤ 65536",
+        format!("relay bytes per idle agent ({})", opts.idle_agents),
+        r.relay_bytes_per_idle_agent,
+    );
+
+    println!();
+    let plain_rps = r.ponte.rps / r.direct.rps;
+    let tls_rps = r.ponte_tls.rps / r.direct.rps;
+    let tls_big = r.ponte_tls.mib_s / r.direct.mib_s;
+    let keep = 1.0 - target::TLS_SLACK;
+    println!(
+        "{:<36} {:>10} {:>10} {:>10}   target",
+        "TLS on both hops", "plain", "TLS", "TLS/plain"
+    );
+    println!(
+        "{:<36} {:>10.2} {:>10.2} {:>10.2}   ≥ {keep:.2}  {}",
+        "requests/s, ratio to direct",
+        plain_rps,
+        tls_rps,
+        tls_rps / plain_rps,
+        mark(tls_rps / plain_rps >= keep)
+    );
+    let p50_factor = us(r.ponte_tls.latency.p50) / us(r.ponte.latency.p50);
+    println!(
+        "{:<36} {:>10.0} {:>10.0} {:>10.2}   ≤ {:.2}  {}",
+        "latency p50, 1 connection (µs)",
+        us(r.ponte.latency.p50),
+        us(r.ponte_tls.latency.p50),
+        p50_factor,
+        1.0 + target::TLS_SLACK,
+        mark(p50_factor <= 1.0 + target::TLS_SLACK)
+    );
+    println!(
+        "{:<36} {:>10.2} {:>10.2} {:>10.2}   ≥ {keep:.2}  {}",
+        "1 MiB responses, ratio to direct",
+        big_ratio,
+        tls_big,
+        tls_big / big_ratio,
+        mark(tls_big / big_ratio >= keep)
+    );
+
+    if let Some(h) = &r.hooks {
+        println!();
+        println!(
+            "{:<34} {:>12} {:>12}",
+            "hooks (/bin/true, output awaited)", "ponte", "adnanh"
+        );
+        let adnanh = |f: fn(&hooks::HookFigures) -> f64, digits: usize| match &h.adnanh {
+            Some(a) => format!("{:.*}", digits, f(a)),
+            None => "not found".to_string(),
+        };
+        println!(
+            "{:<34} {:>12.0} {:>12}",
+            "executions/s, 8 connections",
+            h.ponte.executions_per_s,
+            adnanh(|a| a.executions_per_s, 0)
+        );
+        println!(
+            "{:<34} {:>12.0} {:>12}",
+            "latency p50, 1 connection (µs)",
+            us(h.ponte.latency.p50),
+            adnanh(|a| a.latency.p50.as_secs_f64() * 1e6, 0)
+        );
+        if let Some(v) = &h.adnanh_version {
+            println!("(adnanh: {v})");
+        }
     }
     println!();
     println!(
         "{:<34} {:>12} {:>12} {:>8}   target",
         "access log and metrics", "on", "off", "ratio"
     );
+    let rps_ratio = r.observed_rps / r.unobserved_rps;
     println!(
-        "{:<34} {:>12.0} {:>12.0} {:>8.3}   ≥ 0.95",
+        "{:<34} {:>12.0} {:>12.0} {:>8.3}   ≥ {:.2}  {}",
         format!("requests/s, {} conn., {OBSERVE_ROUNDS} rounds", opts.connections),
         r.observed_rps,
         r.unobserved_rps,
-        r.observed_rps / r.unobserved_rps
+        rps_ratio,
+        target::OBSERVE_RATIO,
+        mark(rps_ratio >= target::OBSERVE_RATIO)
     );
+    let cpu_ratio = r.observed_cpu_us / r.unobserved_cpu_us;
     println!(
-        "{:<34} {:>12.1} {:>12.1} {:>8.3}   ≤ 1.05",
+        "{:<34} {:>12.1} {:>12.1} {:>8.3}   ≤ {:.2}  {}",
         "relay CPU per request (µs)",
         r.observed_cpu_us,
         r.unobserved_cpu_us,
-        r.observed_cpu_us / r.unobserved_cpu_us
+        cpu_ratio,
+        2.0 - target::OBSERVE_RATIO,
+        mark(cpu_ratio <= 2.0 - target::OBSERVE_RATIO)
     );
 }

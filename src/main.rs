@@ -58,7 +58,7 @@ enum Command {
         #[arg(long)]
         upstream: Option<String>,
     },
-    /// Measure the tunnel next to a direct connection (relay and agent as child processes).
+    /// Measure the tunnel beside a direct connection, rathole and bore (relay and agent as processes).
     Bench {
         /// Length of each throughput phase.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -69,6 +69,12 @@ enum Command {
         /// Idle agent connections opened to measure relay memory per agent.
         #[arg(long, default_value_t = 500)]
         idle_agents: usize,
+        /// Where `rathole` and `bore` are (default: found on PATH; bench/install-peers.sh installs them).
+        #[arg(long, value_name = "DIR")]
+        peers: Option<PathBuf>,
+        /// Skip the command-hooks comparison.
+        #[arg(long)]
+        no_hooks: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -373,11 +379,15 @@ fn main() -> ExitCode {
             duration,
             connections,
             idle_agents,
+            peers,
+            no_hooks,
             json,
         } => commands::bench(ponte::bench::BenchOptions {
             duration,
             connections,
             idle_agents,
+            peers,
+            hooks: !no_hooks,
             json,
             ..Default::default()
         }),

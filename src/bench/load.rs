@@ -2,6 +2,7 @@
 //! back to back, so the figures compare the tunnel with a direct connection on equal terms.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +39,20 @@ pub struct LoadResult {
     pub requests: u64,
     /// Response body bytes received.
     pub bytes: u64,
+    /// How long the phase took.
+    pub elapsed: Duration,
+}
+
+impl LoadResult {
+    /// Requests per second.
+    pub fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// MiB of response bodies per second.
+    pub fn mib_per_second(&self) -> f64 {
+        self.bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64()
+    }
 }
 
 /// The upstream: `GET /big` → 1 MiB, anything else → `ok`.
@@ -70,12 +86,60 @@ pub async fn start_upstream(shutdown: CancellationToken) -> anyhow::Result<Socke
     Ok(addr)
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Body>> {
+/// Where the load goes: an address, a path prefix, and TLS when the server speaks it.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The server's address.
+    pub addr: SocketAddr,
+    /// Put before every path (`/t/bench` for the relay's path routing).
+    pub prefix: String,
+    /// TLS (server name `localhost`), or plain TCP.
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Endpoint {
+    /// Plain HTTP to `addr`, paths as given.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            prefix: String::new(),
+            tls: None,
+        }
+    }
+
+    /// The same server, with `prefix` before every path.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+
+    /// HTTPS (HTTP/1.1 by ALPN), trusting `ca`.
+    pub fn with_tls(mut self, ca: &std::path::Path) -> anyhow::Result<Self> {
+        let cfg = crate::tls::client_config(Some(ca), &[b"http/1.1"])?;
+        self.tls = Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)));
+        Ok(self)
+    }
+
+    fn path(&self, path: &str) -> String {
+        format!("{}{path}", self.prefix)
+    }
+}
+
+/// A stream the load generator speaks HTTP/1.1 on.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+async fn connect(ep: &Endpoint) -> anyhow::Result<SendRequest<Body>> {
+    let addr = ep.addr;
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let io: Pin<Box<dyn Io>> = match &ep.tls {
+        Some(tls) => Box::pin(tls.connect("localhost".try_into()?, stream).await?),
+        None => Box::pin(stream),
+    };
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(conn);
     Ok(sender)
 }
@@ -98,30 +162,34 @@ async fn get(sender: &mut SendRequest<Body>, addr: SocketAddr, path: &str) -> an
 }
 
 /// A few requests so connection set-up is not measured.
-pub async fn warm_up(addr: SocketAddr, prefix: &str) -> anyhow::Result<()> {
-    let mut s = connect(addr).await?;
+pub async fn warm_up(ep: &Endpoint) -> anyhow::Result<()> {
+    let mut s = connect(ep).await?;
     for _ in 0..100 {
-        get(&mut s, addr, &format!("{prefix}/")).await?;
+        get(&mut s, ep.addr, &ep.path("/")).await?;
     }
     Ok(())
 }
 
-async fn drive(
-    addr: SocketAddr,
-    path: String,
+/// Requests to `path` (after the endpoint's prefix) on `connections` keep-alive connections for
+/// `duration`, back to back.
+pub async fn drive(
+    ep: &Endpoint,
+    path: &str,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
     let requests = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + duration;
+    let path = ep.path(path);
+    let started = Instant::now();
+    let deadline = started + duration;
     let mut tasks = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let (requests, bytes, path) = (requests.clone(), bytes.clone(), path.clone());
+        let (requests, bytes, path, ep) = (requests.clone(), bytes.clone(), path.clone(), ep.clone());
         tasks.push(tokio::spawn(async move {
-            let mut s = connect(addr).await?;
+            let mut s = connect(&ep).await?;
             while Instant::now() < deadline {
-                let n = get(&mut s, addr, &path).await?;
+                let n = get(&mut s, ep.addr, &path).await?;
                 requests.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(n, Ordering::Relaxed);
             }
@@ -134,17 +202,18 @@ async fn drive(
     Ok(LoadResult {
         requests: requests.load(Ordering::Relaxed),
         bytes: bytes.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
     })
 }
 
 /// Small requests on `connections` keep-alive connections for `duration`.
-pub async fn requests_per_second(
-    addr: SocketAddr,
-    prefix: &str,
-    connections: usize,
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    rate(addr, &format!("{prefix}/"), connections, duration).await
+pub async fn small(ep: &Endpoint, connections: usize, duration: Duration) -> anyhow::Result<LoadResult> {
+    drive(ep, "/", connections, duration).await
+}
+
+/// 1 MiB responses on 4 connections for `duration`.
+pub async fn big(ep: &Endpoint, duration: Duration) -> anyhow::Result<LoadResult> {
+    drive(ep, "/big", 4, duration).await
 }
 
 /// Requests/s to `path` on `connections` keep-alive connections for `duration`.
@@ -154,42 +223,28 @@ pub async fn rate(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let r = drive(addr, path.to_string(), connections, duration).await?;
-    Ok(r.requests as f64 / started.elapsed().as_secs_f64())
+    Ok(drive(&Endpoint::plain(addr), path, connections, duration)
+        .await?
+        .per_second())
 }
 
-/// [`requests_per_second`], also returning how many requests completed.
-pub async fn requests_counted(
-    addr: SocketAddr,
-    prefix: &str,
-    connections: usize,
-    duration: Duration,
-) -> anyhow::Result<(f64, u64)> {
-    let started = Instant::now();
-    let r = drive(addr, format!("{prefix}/"), connections, duration).await?;
-    Ok((r.requests as f64 / started.elapsed().as_secs_f64(), r.requests))
-}
-
-/// 1 MiB responses on 4 connections for `duration`.
-pub async fn mib_per_second(addr: SocketAddr, prefix: &str, duration: Duration) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let r = drive(addr, format!("{prefix}/big"), 4, duration).await?;
-    Ok(r.bytes as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64())
-}
-
-/// Sequential requests on one connection.
-pub async fn latency(addr: SocketAddr, prefix: &str, requests: usize) -> anyhow::Result<LatencyStats> {
-    latency_of(addr, &format!("{prefix}/"), requests).await
+/// Sequential small requests on one connection.
+pub async fn latency(ep: &Endpoint, requests: usize) -> anyhow::Result<LatencyStats> {
+    latency_on(ep, "/", requests).await
 }
 
 /// Sequential requests to `path` on one connection.
 pub async fn latency_of(addr: SocketAddr, path: &str, requests: usize) -> anyhow::Result<LatencyStats> {
-    let mut s = connect(addr).await?;
+    latency_on(&Endpoint::plain(addr), path, requests).await
+}
+
+async fn latency_on(ep: &Endpoint, path: &str, requests: usize) -> anyhow::Result<LatencyStats> {
+    let mut s = connect(ep).await?;
+    let path = ep.path(path);
     let mut samples = Vec::with_capacity(requests);
     for _ in 0..requests {
         let t = Instant::now();
-        get(&mut s, addr, path).await?;
+        get(&mut s, ep.addr, &path).await?;
         samples.push(t.elapsed());
     }
     samples.sort();

@@ -108,13 +108,12 @@ impl Setup {
         Ok(setup)
     }
 
-    /// Kill both processes and remove the files.
-    pub fn stop(mut self) {
-        let _ = self.agent.kill();
-        let _ = self.relay.kill();
-        let _ = self.agent.wait();
-        let _ = self.relay.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// Kill both processes and remove the files (as dropping does).
+    pub fn stop(self) {}
+
+    /// The CA file that signed the relay's certificate.
+    pub fn ca(&self) -> &std::path::Path {
+        &self.ca
     }
 
     async fn agents(&self) -> anyhow::Result<u64> {
@@ -200,6 +199,24 @@ impl Setup {
     }
 }
 
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.relay.kill();
+        let _ = self.agent.wait();
+        let _ = self.relay.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The machine's 1-minute load average (Linux; 0 where unknown).
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
 /// CPU time a process has used so far, user and system, all threads (Linux; `/proc` counts in
 /// USER_HZ, which is 100 on every Linux architecture Ponte ships for).
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
@@ -245,15 +262,21 @@ fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
 
 fn read_listen_addr(relay: &mut Child) -> anyhow::Result<SocketAddr> {
     let stderr = relay.stderr.take().context("relay stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        let line = line?;
+    let mut reader = BufReader::new(stderr);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
             && v["message"] == "relay listening"
             && let Some(addr) = v["addr"].as_str()
         {
-            // Keep draining the pipe so the relay never blocks on a full stderr.
-            std::thread::spawn(move || for _ in lines.by_ref() {});
+            // Keep draining the pipe so the relay never blocks on a full stderr: in large reads,
+            // as journald would, so the draining costs this process (which also drives the
+            // load) as little as possible.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
             return Ok(addr.parse()?);
         }
     }
