@@ -41,6 +41,7 @@ mod session;
 mod slots;
 mod state;
 mod status;
+mod store_watch;
 mod stream;
 mod tunnel_request;
 
@@ -116,6 +117,10 @@ pub async fn serve_with_metrics(
     let monitor_stop = CancellationToken::new();
     let monitor =
         metrics_listener.map(|l| tokio::spawn(monitor::serve(l, state.clone(), monitor_stop.clone())));
+    let watch = state
+        .queues
+        .clone()
+        .map(|q| tokio::spawn(store_watch::run(q, monitor_stop.clone())));
     let workers = delivery::start(&state, shutdown.clone());
     let result = server::run(listener, tls, state, shutdown).await;
     // Sessions are closed by now, so in-flight attempts end quickly; bound the wait anyway.
@@ -125,7 +130,7 @@ pub async fn serve_with_metrics(
         );
     }
     monitor_stop.cancel();
-    if let Some(task) = monitor {
+    for task in [monitor, watch].into_iter().flatten() {
         let _ = task.await;
     }
     result

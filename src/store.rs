@@ -115,6 +115,12 @@ pub trait Store: Send + Sync + 'static {
         let _ = tunnel;
         None
     }
+
+    /// Check that the store can commit now (one round trip to a database server). A local file
+    /// answers at once: its failures show on each commit.
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Open the store a `store:` URL names. Blocking work (opening the file, migrations) runs off the

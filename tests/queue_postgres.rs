@@ -131,7 +131,7 @@ async fn a_webhook_accepted_by_one_node_is_delivered_by_the_node_with_the_agent(
 /// The database goes away under a running relay: senders get 503 with `Retry-After`, never a
 /// 202; once it is back the same relay accepts again and delivers what it acknowledged.
 #[tokio::test]
-async fn a_stopped_database_answers_503_never_202_and_the_relay_recovers() {
+async fn a_stopped_database_answers_503_never_202_and_ready_says_so_until_it_recovers() {
     let cluster = match Cluster::start() {
         Ok(c) => c,
         Err(why) => return pg::skip(&why),
@@ -144,7 +144,18 @@ async fn a_stopped_database_answers_503_never_202_and_the_relay_recovers() {
     let before = send(&c, request("POST", &hook, "before")).await;
     assert_eq!(before.status, StatusCode::ACCEPTED, "{}", before.text());
 
+    let ready = format!("{}/_ponte/ready", relay.url(true));
+    let probe = |c| {
+        let ready = ready.clone();
+        async move { send(c, request("GET", &ready, "")).await.status }
+    };
+    assert_eq!(probe(&c).await, StatusCode::OK);
+
     cluster.stop();
+    eventually("/_ponte/ready to say the store is down", || async {
+        (probe(&c).await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
     for n in 0..5 {
         let r = send(&c, request("POST", &hook, format!("while down {n}"))).await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
@@ -159,6 +170,10 @@ async fn a_stopped_database_answers_503_never_202_and_the_relay_recovers() {
             StatusCode::SERVICE_UNAVAILABLE => None,
             other => panic!("{other}: {}", r.text()),
         }
+    })
+    .await;
+    eventually("/_ponte/ready to say the store is back", || async {
+        (probe(&c).await == StatusCode::OK).then_some(())
     })
     .await;
     let agent = start_agent_to(&relay.url(true), &certs, &up.url());

@@ -30,8 +30,12 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// `GET /_ponte/ready`: 200 while the relay takes requests (its listener, store and configuration
 /// are up before any request is answered), 503 once it drains.
 pub fn ready(state: &RelayState) -> Response<Body> {
+    let store_down = state.queues.as_ref().is_some_and(|q| q.store_problem().is_some());
     let (status, text) = if state.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if store_down {
+        // The cause (which may name the database's host) stays in the relay's log.
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
     } else {
         (StatusCode::OK, "ready\n")
     };

@@ -91,6 +91,8 @@ pub struct Queues {
     /// The durable store.
     pub store: Arc<dyn Store>,
     tunnels: HashMap<TunnelName, Arc<TunnelQueue>>,
+    /// Why the store could not commit at the last check (`None`: it could).
+    store_problem: std::sync::Mutex<Option<String>>,
 }
 
 /// Queue state of one tunnel, shared by the request path and its delivery worker.
@@ -128,7 +130,27 @@ impl Queues {
                 (name.clone(), Arc::new(q))
             })
             .collect();
-        Queues { store, tunnels }
+        Queues {
+            store,
+            tunnels,
+            store_problem: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Why the store could not commit at the last check, if it could not.
+    pub fn store_problem(&self) -> Option<String> {
+        self.store_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Record the outcome of a store check; returns the previous problem.
+    pub fn set_store_problem(&self, problem: Option<String>) -> Option<String> {
+        std::mem::replace(
+            &mut *self.store_problem.lock().unwrap_or_else(|p| p.into_inner()),
+            problem,
+        )
     }
 
     /// The queue of a tunnel, if it has one.
