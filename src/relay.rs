@@ -21,6 +21,7 @@
 
 mod access;
 mod admin;
+mod bearer;
 mod connect;
 mod console;
 mod delivery;

@@ -10,11 +10,11 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
+use super::bearer::{self, Refused};
 use super::error::ProxyError;
 use super::request::PublicBody;
 use super::state::{ConnInfo, RelayState};
 use crate::body::{self, Body};
-use crate::config::relay::TokenHash;
 use crate::protocol::admin::{self as wire, ADMIN_PREFIX, ListResponse, PurgeResponse, ReplayResponse};
 use crate::store::{self, ListFilter, MAX_LIST, PurgeFilter, Status};
 
@@ -132,28 +132,11 @@ fn authorize<B>(
     req: &Request<B>,
     expected: &str,
 ) -> Result<(), ProxyError> {
-    let ip = conn.peer.ip();
-    if state.registry.login_throttled(ip) {
-        return Err(ProxyError::Throttled);
-    }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let Some(presented) = presented else {
-        return Err(ProxyError::AdminTokenMissing);
-    };
-    // Hash both sides so the comparison takes the same time whatever the lengths.
-    if TokenHash::of(presented).matches(&TokenHash::of(expected)) {
-        Ok(())
-    } else {
-        state.registry.record_failed_login(ip);
-        tracing::warn!(peer = %conn.peer, "admin request with a wrong token refused");
-        Err(ProxyError::AdminTokenRejected)
-    }
+    bearer::check(state, conn, req, expected, "admin").map_err(|refused| match refused {
+        Refused::Throttled => ProxyError::Throttled,
+        Refused::Missing => ProxyError::AdminTokenMissing,
+        Refused::Rejected => ProxyError::AdminTokenRejected,
+    })
 }
 
 /// Wake a tunnel's worker after a replay, so the delivery goes out now.

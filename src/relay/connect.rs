@@ -223,10 +223,9 @@ fn is_ponte_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 fn bearer_token<B>(req: &Request<B>) -> Option<String> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+    super::bearer::presented(req)
+        .filter(|token| !token.is_empty())
+        .map(str::to_string)
 }
 
 /// A refused login: the status and one line the agent prints as is.

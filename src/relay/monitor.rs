@@ -15,11 +15,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::bearer::{self, Refused};
 use super::error::ProxyError;
 use super::metrics::CONTENT_TYPE;
 use super::state::{ConnInfo, RelayState};
 use crate::body::{self, Body};
-use crate::config::relay::TokenHash;
 use crate::protocol::{METRICS_PATH, READY_PATH};
 
 /// Connections the metrics address serves at once (scrapers and probes; a few are plenty).
@@ -59,26 +59,11 @@ pub async fn public_metrics<B>(
     let Some(expected) = &state.config.metrics_token else {
         return Err(ProxyError::MetricsDisabled);
     };
-    let ip = conn.peer.ip();
-    if state.registry.login_throttled(ip) {
-        return Err(ProxyError::Throttled);
-    }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let Some(presented) = presented else {
-        return Err(ProxyError::MetricsTokenMissing);
-    };
-    // Hash both sides so the comparison takes the same time whatever the lengths.
-    if !TokenHash::of(presented).matches(&TokenHash::of(expected.expose())) {
-        state.registry.record_failed_login(ip);
-        tracing::warn!(peer = %conn.peer, "metrics request with a wrong token refused");
-        return Err(ProxyError::MetricsTokenRejected);
-    }
+    bearer::check(state, conn, req, expected.expose(), "metrics").map_err(|refused| match refused {
+        Refused::Throttled => ProxyError::Throttled,
+        Refused::Missing => ProxyError::MetricsTokenMissing,
+        Refused::Rejected => ProxyError::MetricsTokenRejected,
+    })?;
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(ProxyError::MethodNotAllowed);
     }
