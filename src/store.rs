@@ -123,6 +123,27 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Rows deleted per purge or prune transaction, so one large purge never holds the store's writer
+/// or its locks (and the senders waiting on them) for long.
+pub(crate) const DELETE_CHUNK: i64 = 5000;
+
+/// Run `chunk` (one transaction deleting at most [`DELETE_CHUNK`] rows) until a chunk deletes
+/// fewer; returns how many rows were deleted in all.
+async fn delete_in_chunks<F, Fut>(mut chunk: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = chunk().await?;
+        total += n;
+        if n < DELETE_CHUNK as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 /// Open the store a `store:` URL names. Blocking work (opening the file, migrations) runs off the
 /// async threads.
 pub async fn open(url: &StoreUrl, options: OpenOptions) -> Result<Arc<dyn Store>, StoreError> {

@@ -218,36 +218,16 @@ impl Store for PgStore {
     }
 
     fn purge(&self, filter: PurgeFilter) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            let mut total = 0;
-            loop {
-                let f = filter.clone();
-                let n = self
-                    .in_tx(move |tx, now| Box::pin(async move { upkeep::purge_chunk(tx, now, &f).await }))
-                    .await?;
-                total += n;
-                if n < upkeep::DELETE_CHUNK as u64 {
-                    return Ok(total);
-                }
-            }
-        })
+        Box::pin(super::delete_in_chunks(move || {
+            let f = filter.clone();
+            self.in_tx(move |tx, now| Box::pin(async move { upkeep::purge_chunk(tx, now, &f).await }))
+        }))
     }
 
     fn prune(&self, retention: Retention) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            let mut total = 0;
-            loop {
-                let n = self
-                    .in_tx(move |tx, now| {
-                        Box::pin(async move { upkeep::prune_chunk(tx, now, &retention).await })
-                    })
-                    .await?;
-                total += n;
-                if n < upkeep::DELETE_CHUNK as u64 {
-                    return Ok(total);
-                }
-            }
-        })
+        Box::pin(super::delete_in_chunks(move || {
+            self.in_tx(move |tx, now| Box::pin(async move { upkeep::prune_chunk(tx, now, &retention).await }))
+        }))
     }
 
     fn work_signal(&self, tunnel: &str) -> Option<Arc<Notify>> {

@@ -212,36 +212,17 @@ impl Store for SqliteStore {
     }
 
     fn purge(&self, filter: PurgeFilter) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            let mut total = 0;
-            loop {
-                let f = filter.clone();
-                let n = self
-                    .writer
-                    .run(move |c, now| upkeep::purge_chunk(c, now, &f))
-                    .await?;
-                total += n;
-                if n < upkeep::DELETE_CHUNK as u64 {
-                    return Ok(total);
-                }
-            }
-        })
+        Box::pin(super::delete_in_chunks(move || {
+            let f = filter.clone();
+            self.writer.run(move |c, now| upkeep::purge_chunk(c, now, &f))
+        }))
     }
 
     fn prune(&self, retention: Retention) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            let mut total = 0;
-            loop {
-                let n = self
-                    .writer
-                    .run(move |c, now| upkeep::prune_chunk(c, now, &retention))
-                    .await?;
-                total += n;
-                if n < upkeep::DELETE_CHUNK as u64 {
-                    return Ok(total);
-                }
-            }
-        })
+        Box::pin(super::delete_in_chunks(move || {
+            self.writer
+                .run(move |c, now| upkeep::prune_chunk(c, now, &retention))
+        }))
     }
 }
 

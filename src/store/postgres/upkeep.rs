@@ -7,10 +7,7 @@ use deadpool_postgres::Transaction;
 use super::listen::notify;
 use super::ops::{execute, query};
 use super::queries;
-use crate::store::{DeliverySummary, PurgeFilter, Retention, StoreError};
-
-/// Rows deleted per purge or prune transaction, so one large purge never holds locks for long.
-pub(super) const DELETE_CHUNK: i64 = 5000;
+use crate::store::{DELETE_CHUNK, DeliverySummary, PurgeFilter, Retention, StoreError};
 
 /// Make a tunnel's pending deliveries due now.
 pub(super) async fn wake(

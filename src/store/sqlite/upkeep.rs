@@ -4,11 +4,7 @@
 use rusqlite::{Connection, params};
 
 use super::{db_err, queries};
-use crate::store::{DeliverySummary, PurgeFilter, Retention, StoreError};
-
-/// Rows deleted per purge or prune transaction, so one large purge never holds the writer (and
-/// the senders waiting on it) for long.
-pub(super) const DELETE_CHUNK: i64 = 5000;
+use crate::store::{DELETE_CHUNK, DeliverySummary, PurgeFilter, Retention, StoreError};
 
 /// Make a tunnel's pending deliveries due now.
 pub(super) fn wake(conn: &Connection, now: i64, tunnel: &str) -> Result<u64, StoreError> {
