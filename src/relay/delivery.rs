@@ -237,9 +237,7 @@ impl Attempt {
         let report = retry::decide(&result, self.item.attempt, age, settings, rand::random::<f64>());
         let id = &self.item.lease.id;
         self.log(&report, &result, started.elapsed());
-        if let (Some(m), Some(outcome)) = (&self.metrics, outcome_of(&report)) {
-            m.tunnel(&self.tunnel.name).attempt(outcome);
-        }
+        let outcome = outcome_of(&report);
         match self.store.finish(self.item.lease.clone(), report).await {
             Ok(true) => {}
             Ok(false) => {
@@ -248,6 +246,11 @@ impl Attempt {
             Err(e) => {
                 tracing::warn!(%id, error = %e, "could not record the attempt; the lease will expire and it will be retried")
             }
+        }
+        // Counted once the store has the outcome, so a scrape never shows an attempt as done
+        // while its delivery still reads as pending in the queue gauges.
+        if let (Some(m), Some(outcome)) = (&self.metrics, outcome) {
+            m.tunnel(&self.tunnel.name).attempt(outcome);
         }
         drop(slot);
     }
