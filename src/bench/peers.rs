@@ -77,6 +77,40 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Kill a child and reap it.
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A started server and its client (or why the client did not start, in which case the server is
+/// stopped) as one peer, once it forwards to `public`.
+async fn pair(
+    name: &str,
+    server: Child,
+    client: anyhow::Result<Child>,
+    public: u16,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<Peer> {
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            stop(server);
+            return Err(e);
+        }
+    };
+    let peer = Peer {
+        public: SocketAddr::from(([127, 0, 0, 1], public)),
+        server_pid: server.id(),
+        client_pid: client.id(),
+        server,
+        client,
+        dir,
+    };
+    wait_until_forwarding(name, peer.public).await?;
+    Ok(peer)
+}
+
 fn spawn(program: &Path, args: &[&str]) -> anyhow::Result<Child> {
     Command::new(program)
         .args(args)
@@ -122,25 +156,8 @@ pub async fn rathole(program: &Path, upstream: SocketAddr) -> anyhow::Result<Pee
         ),
     )?;
     let server = spawn(program, &["--server", &server_cfg.to_string_lossy()])?;
-    let client = match spawn(program, &["--client", &client_cfg.to_string_lossy()]) {
-        Ok(c) => c,
-        Err(e) => {
-            let mut server = server;
-            let _ = server.kill();
-            let _ = server.wait();
-            return Err(e);
-        }
-    };
-    let peer = Peer {
-        public: SocketAddr::from(([127, 0, 0, 1], public)),
-        server_pid: server.id(),
-        client_pid: client.id(),
-        server,
-        client,
-        dir: Some(dir),
-    };
-    wait_until_forwarding("rathole", peer.public).await?;
-    Ok(peer)
+    let client = spawn(program, &["--client", &client_cfg.to_string_lossy()]);
+    pair("rathole", server, client, public, Some(dir)).await
 }
 
 /// bore server and `bore local` on loopback forwarding a public port to `upstream`. bore's
@@ -170,15 +187,13 @@ pub async fn bore(program: &Path, upstream: SocketAddr) -> anyhow::Result<Peer> 
         .is_err()
     {
         if started.elapsed() > Duration::from_secs(10) {
-            let mut server = server;
-            let _ = server.kill();
-            let _ = server.wait();
+            stop(server);
             bail!("bore server did not listen on {BORE_CONTROL_PORT} within 10 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let upstream_port = upstream.port().to_string();
-    let client = match spawn(
+    let client = spawn(
         program,
         &[
             "local",
@@ -190,25 +205,8 @@ pub async fn bore(program: &Path, upstream: SocketAddr) -> anyhow::Result<Peer> 
             "--port",
             &port,
         ],
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            let mut server = server;
-            let _ = server.kill();
-            let _ = server.wait();
-            return Err(e);
-        }
-    };
-    let peer = Peer {
-        public: SocketAddr::from(([127, 0, 0, 1], public)),
-        server_pid: server.id(),
-        client_pid: client.id(),
-        server,
-        client,
-        dir: None,
-    };
-    wait_until_forwarding("bore", peer.public).await?;
-    Ok(peer)
+    );
+    pair("bore", server, client, public, None).await
 }
 
 #[cfg(test)]
