@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use http::StatusCode;
 use serde_json::Value;
 use support::pages::{raw_http, start_inspected_agent};
+use support::prometheus::sample;
 use support::*;
 
 struct Setup {
@@ -342,22 +343,6 @@ async fn requests_naming_another_host_or_from_another_site_are_refused() {
     assert!(lower.contains("referrer-policy: no-referrer"), "{headers}");
     s.agent.stop().await;
     s.relay.stop().await;
-}
-
-fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .filter_map(|x| match x.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "one sample {metric}{labels:?}: {found:?}");
-    found[0]
 }
 
 #[tokio::test]

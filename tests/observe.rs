@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use ponte::config::relay::RelayConfig;
 use serde_json::Value;
 use support::process::start_relay_process;
+use support::prometheus::sample;
 use support::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -261,23 +262,6 @@ async fn scrape(url: &str, token: Option<&str>) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(r.text().lines().map(|l| Ok(l.to_string()))).expect("prometheus text")
 }
 
-/// The value of the one sample named `metric` whose labels include `labels`.
-fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = s
-        .samples
-        .iter()
-        .filter(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .filter_map(|x| match x.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "one sample {metric}{labels:?}, found {found:?}");
-    found[0]
-}
-
 #[tokio::test]
 async fn metrics_move_by_exactly_the_requests_sent() {
     let dir = tempfile::tempdir().unwrap();
@@ -291,11 +275,11 @@ async fn metrics_move_by_exactly_the_requests_sent() {
     let url = format!("http://{metrics}/metrics");
     let before = scrape(&url, None).await;
     assert_eq!(
-        value(&before, "ponte_agents_connected", &[("tunnel", "live")]),
+        sample(&before, "ponte_agents_connected", &[("tunnel", "live")]),
         1.0
     );
     assert_eq!(
-        value(&before, "ponte_agents_connected", &[("tunnel", "offline")]),
+        sample(&before, "ponte_agents_connected", &[("tunnel", "offline")]),
         0.0
     );
 
@@ -313,7 +297,7 @@ async fn metrics_move_by_exactly_the_requests_sent() {
         assert_eq!(r.status, StatusCode::ACCEPTED);
     }
     let delta = |after: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]| {
-        value(after, metric, labels) - value(&before, metric, labels)
+        sample(after, metric, labels) - sample(&before, metric, labels)
     };
     // Requests are counted when their response body is done, a moment after the client saw it.
     let after = eventually("the requests to be counted", || async {
@@ -384,7 +368,7 @@ async fn metrics_move_by_exactly_the_requests_sent() {
         0.0
     );
     assert_eq!(
-        value(
+        sample(
             &after,
             "ponte_queue_deliveries",
             &[("tunnel", "queued"), ("state", "pending")]
@@ -393,10 +377,10 @@ async fn metrics_move_by_exactly_the_requests_sent() {
     );
     assert!(delta(&after, "ponte_store_commit_batch_size_count", &[]) >= 2.0);
     assert!(
-        value(&after, "ponte_connections_open", &[]) >= 2.0,
+        sample(&after, "ponte_connections_open", &[]) >= 2.0,
         "two agents at least"
     );
-    assert_eq!(value(&after, "ponte_relay", &[("version", ponte::VERSION)]), 1.0);
+    assert_eq!(sample(&after, "ponte_relay", &[("version", ponte::VERSION)]), 1.0);
     let histogram = after
         .samples
         .iter()
@@ -408,14 +392,14 @@ async fn metrics_move_by_exactly_the_requests_sent() {
     queued.stop().await;
     eventually("the agent to be gone", || async {
         let s = scrape(&url, None).await;
-        (value(&s, "ponte_agents_connected", &[("tunnel", "queued")]) == 0.0).then_some(())
+        (sample(&s, "ponte_agents_connected", &[("tunnel", "queued")]) == 0.0).then_some(())
     })
     .await;
     let r = send(&c, request("POST", &format!("{base}/t/queued/x"), "{}")).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let s = scrape(&url, None).await;
     assert_eq!(
-        value(
+        sample(
             &s,
             "ponte_queue_deliveries",
             &[("tunnel", "queued"), ("state", "pending")]
@@ -423,7 +407,7 @@ async fn metrics_move_by_exactly_the_requests_sent() {
         1.0
     );
     assert_eq!(
-        value(
+        sample(
             &s,
             "ponte_queue_deliveries",
             &[("tunnel", "live"), ("state", "pending")]
@@ -432,7 +416,7 @@ async fn metrics_move_by_exactly_the_requests_sent() {
     );
     eventually("the oldest pending age to grow", || async {
         let s = scrape(&url, None).await;
-        (value(
+        (sample(
             &s,
             "ponte_queue_oldest_pending_age_seconds",
             &[("tunnel", "queued")],
@@ -487,7 +471,7 @@ async fn ten_thousand_unknown_tunnels_add_no_series() {
     let total = (CONNECTIONS * PER_CONNECTION) as f64;
     let after = eventually("the 404s to be counted", || async {
         let s = scrape(&url, None).await;
-        (value(&s, "ponte_requests_total", &unrouted) - value(&before, "ponte_requests_total", &unrouted)
+        (sample(&s, "ponte_requests_total", &unrouted) - sample(&before, "ponte_requests_total", &unrouted)
             == total)
             .then_some(s)
     })
@@ -580,7 +564,7 @@ async fn the_metrics_token_guards_the_public_port_and_metrics_listen_needs_none(
     assert!(none.header("www-authenticate").starts_with("Bearer"));
     assert_eq!(none.header("ponte-error"), "metrics-token-missing");
     let s = scrape(&url, Some(METRICS_TOKEN)).await;
-    assert_eq!(value(&s, "ponte_agents_connected", &[("tunnel", "demo")]), 0.0);
+    assert_eq!(sample(&s, "ponte_agents_connected", &[("tunnel", "demo")]), 0.0);
     let private = scrape(&format!("http://{metrics}/metrics"), None).await;
     assert!(!private.samples.is_empty());
 
@@ -599,7 +583,7 @@ async fn the_metrics_token_guards_the_public_port_and_metrics_listen_needs_none(
     );
     let s = scrape(&format!("http://{metrics}/metrics"), None).await;
     assert_eq!(
-        value(
+        sample(
             &s,
             "ponte_limits_hit_total",
             &[("limit", "max_failed_logins_per_minute")]

@@ -7,6 +7,7 @@ pub mod h2raw;
 pub mod pages;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 
 use std::convert::Infallible;
 use std::future::Future;
