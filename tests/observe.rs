@@ -429,6 +429,62 @@ async fn metrics_move_by_exactly_the_requests_sent() {
 }
 
 #[tokio::test]
+async fn oversized_headers_and_bodies_count_as_limits_on_both_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = three_tunnels(None, dir.path(), "limits:\n  max_header_bytes: 4KiB\n");
+    let (relay, metrics) = start_relay_with_metrics(&yaml).await;
+    let base = relay.url(false);
+    let up = start_upstream(|_req| async { text(StatusCode::OK, "ok") }).await;
+    let mut live = agent_for(&base, None, LIVE_TOKEN, &up.url());
+    live.connected().await;
+    let url = format!("http://{metrics}/metrics");
+    let hits =
+        |s: &prometheus_parse::Scrape, limit: &str| sample(s, "ponte_limits_hit_total", &[("limit", limit)]);
+    let before = scrape(&url, None).await;
+    let big = "a".repeat(6 * 1024);
+    for h2 in [false, true] {
+        let c = client(None, h2);
+        let req = Request::get(format!("{base}/t/live/big-headers"))
+            .header("x-big", &big)
+            .body(ponte::body::empty())
+            .unwrap();
+        let r = send(&c, req).await;
+        assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "h2={h2}");
+        if h2 {
+            // HTTP/1.1's 431 is the parser's (no request exists yet); HTTP/2's is the relay's.
+            assert_eq!(r.header("ponte-error"), "headers-too-large");
+        }
+        // Just under the limit passes on both protocols: the check counts what a peer would.
+        let req = Request::get(format!("{base}/t/live/fits"))
+            .header("x-fits", "a".repeat(3 * 1024))
+            .body(ponte::body::empty())
+            .unwrap();
+        assert_eq!(send(&c, req).await.status, StatusCode::OK, "h2={h2}");
+        let r = send(
+            &c,
+            request("POST", &format!("{base}/t/live/big-body"), "b".repeat(2000)),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "h2={h2}");
+    }
+    let after = scrape(&url, None).await;
+    assert_eq!(
+        hits(&after, "max_header_bytes") - hits(&before, "max_header_bytes"),
+        2.0
+    );
+    assert_eq!(
+        hits(&after, "max_body_bytes") - hits(&before, "max_body_bytes"),
+        2.0
+    );
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        2,
+        "only the two requests that fit reached the upstream"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn ten_thousand_unknown_tunnels_add_no_series() {
     const CONNECTIONS: usize = 4;
     const PER_CONNECTION: usize = 2500;

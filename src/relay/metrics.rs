@@ -29,7 +29,8 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub enum Limit {
     /// 413: a body over `max_body_bytes` (global, per tunnel, or the queue's).
     MaxBodyBytes,
-    /// 431: request headers over `max_header_bytes` (HTTP/1.1; HTTP/2's 431 comes from the h2 layer).
+    /// 431: request headers over `max_header_bytes` (on HTTP/2, blocks over 4× the limit are refused
+    /// by the HTTP/2 layer before the relay sees them, and not counted).
     MaxHeaderBytes,
     /// 408: a sender paused longer than `body_idle_timeout` inside its body.
     BodyIdleTimeout,

@@ -23,6 +23,38 @@ pub fn public(req: Request<hyper::body::Incoming>, seen: Option<Arc<AtomicU64>>)
     req.map(|body| DrainOnDrop::new(Counted::new(body, seen), h2))
 }
 
+/// Bytes the HTTP/2 layer accepts in one header block, as a multiple of `max_header_bytes`. The
+/// relay checks the configured limit itself ([`check_header_size`]) so that its 431 is logged and
+/// counted; the HTTP/2 layer refuses only blocks far past it (its 431 is never seen by the relay),
+/// which keeps the memory a header block can take bounded.
+pub const H2_HEADER_BACKSTOP: u64 = 4;
+
+/// Refuse an HTTP/2 request whose header block is over `limit` (HTTP/1.1's limit is checked by the
+/// parser, which answers 431 before a request exists). Sizes follow RFC 9113 §6.5.2, as a peer's
+/// `SETTINGS_MAX_HEADER_LIST_SIZE` would: name + value + 32 per field, pseudo-headers included.
+pub fn check_header_size<B>(req: &Request<B>, limit: u64) -> Result<(), ProxyError> {
+    if req.version() != Version::HTTP_2 {
+        return Ok(());
+    }
+    let uri = req.uri();
+    let pseudo = [
+        (":method", req.method().as_str().len()),
+        (":scheme", uri.scheme_str().map_or(0, str::len)),
+        (":authority", uri.authority().map_or(0, |a| a.as_str().len())),
+        (":path", uri.path_and_query().map_or(1, |p| p.as_str().len())),
+    ];
+    let size: u64 = pseudo.iter().map(|(n, v)| (n.len() + v + 32) as u64).sum::<u64>()
+        + req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().len() + v.len() + 32) as u64)
+            .sum::<u64>();
+    if size > limit {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
 /// The authority a request is for, as sent and in canonical form.
 #[derive(Debug, Clone)]
 pub struct Authority {

@@ -24,9 +24,9 @@ use tracing::Instrument;
 use self::activity::{Activity, Idle, Tracked};
 use self::resets::{ConnResets, ResetBudgets};
 use super::error::ProxyError;
-use super::service;
 use super::slots::{ConnSlot, Slots};
 use super::state::{ConnInfo, RelayState};
+use super::{request, service};
 use crate::body::{self, GuardedBody};
 use crate::config::relay::Limits;
 use crate::protocol::CONNECT_PATH;
@@ -234,7 +234,13 @@ impl Conn {
             builder
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(PUBLIC_MAX_STREAMS)
-                .max_header_list_size(limits.max_header_bytes.0.min(u32::MAX as u64) as u32);
+                .max_header_list_size(
+                    (limits
+                        .max_header_bytes
+                        .0
+                        .saturating_mul(request::H2_HEADER_BACKSTOP))
+                    .min(u32::MAX as u64) as u32,
+                );
             let end = {
                 let conn_fut = std::pin::pin!(builder.serve_connection(TokioIo::new(io), svc));
                 drive(conn_fut, &shutdown, &activity, &limits, |c| c.graceful_shutdown()).await
@@ -267,7 +273,7 @@ impl Conn {
                 drive(conn_fut, &shutdown, &activity, &limits, |c| c.graceful_shutdown()).await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
-                // hyper answered 431 itself (HTTP/1.1); HTTP/2's 431 is sent by the h2 layer unseen.
+                // hyper answered 431 itself (HTTP/1.1); HTTP/2's is the relay's (`request::check_header_size`).
                 if e.is_parse_too_large()
                     && let Some(m) = &metrics
                 {

@@ -90,6 +90,7 @@ async fn dispatch(
     req: Request<request::PublicBody>,
     reached: &mut Reached,
 ) -> Result<Response<Body>, ProxyError> {
+    request::check_header_size(&req, state.config.limits.max_header_bytes.0)?;
     let authority = request::authority(&req)?;
     let path = req
         .uri()
