@@ -30,6 +30,19 @@ async fn wait_status(c: &Client, base: &str, id: &str, status: &str) -> Value {
     .await
 }
 
+/// Log in to the console with the admin token; returns the session cookie (`name=value`).
+async fn console_login(c: &Client, base: &str) -> String {
+    let r = Request::post(format!("{base}/_ponte/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", base)
+        .body(ponte::body::full(format!("token={ADMIN_TOKEN}")))
+        .unwrap();
+    let r = send(c, r).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let set = r.header("set-cookie").to_string();
+    set.split(';').next().unwrap_or_default().to_string()
+}
+
 type Client = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     ponte::body::Body,
@@ -156,6 +169,23 @@ async fn a_stopped_database_answers_503_never_202_and_ready_says_so_until_it_rec
         (probe(&c).await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
     })
     .await;
+    // The console still opens and says, in the reader's language, that the queue is unreadable.
+    let cookie = console_login(&c, &relay.url(true)).await;
+    for (lang, notice) in [
+        ("en", "The queue could not be read"),
+        ("pt-BR,pt;q=0.9", "Não foi possível ler a fila"),
+    ] {
+        let page = Request::get(format!("{}/_ponte/console/", relay.url(true)))
+            .header("cookie", &cookie)
+            .header("accept-language", lang)
+            .body(ponte::body::empty())
+            .unwrap();
+        let page = send(&c, page).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+        assert!(page.text().contains("id=\"queue-error\""), "{}", page.text());
+        assert!(page.text().contains(notice), "{lang}: {}", page.text());
+        assert!(!page.text().contains(pg::PASSWORD), "{}", page.text());
+    }
     for n in 0..5 {
         let r = send(&c, request("POST", &hook, format!("while down {n}"))).await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
