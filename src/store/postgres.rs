@@ -11,6 +11,7 @@
 //!   count the database keeps itself ([`schema`]); PostgreSQL's own files (indexes, rows waiting
 //!   for vacuum, WAL) come on top and are the database administrator's to size.
 
+pub mod cluster;
 mod conn;
 mod listen;
 mod ops;

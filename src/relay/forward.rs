@@ -1,0 +1,189 @@
+//! Requests across relay nodes. A public request for a tunnel whose agents are all on other nodes
+//! is passed to one of them ([`to_peer`]) over the pooled HTTP/2 connection to that node, with the
+//! stream URI and headers this node built (routing, edge auth and `X-Forwarded-*` done once,
+//! here), the cluster secret, and the body streamed. The receiving node ([`accept`]) serves it on
+//! one of its own sessions only, never forwarding again, so a request cannot loop; its answer
+//! (status, headers including `Ponte-Error`, body) streams back unchanged.
+
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{Request, Response, Uri, Version};
+
+use super::bearer::{self, Refused};
+use super::error::ProxyError;
+use super::metrics::LoginRefusal;
+use super::registry::TunnelState;
+use super::request::PublicBody;
+use super::state::{ConnInfo, RelayState};
+use super::stream::Target;
+use super::{proxy, tunnel_request};
+use crate::body::{self, Body, BodyOutcome, GuardedBody};
+use crate::cluster::peers::PeerError;
+use crate::cluster::{Cluster, Holder};
+use crate::config::relay::TunnelName;
+use crate::protocol::cluster::{FORWARD_PATH, PONTE_CLUSTER_SECRET, PONTE_FORWARD_TUNNEL, PONTE_FORWARD_URI};
+use crate::protocol::headers::remove_hop_by_hop;
+
+/// How long the receiving node waits for an agent login in progress (as for its own requests).
+const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Marks a response that another node answered: its id, for the access log.
+#[derive(Debug, Clone)]
+pub struct Forwarded(pub String);
+
+/// Pass `req` to the first of `holders` that takes it; a node that cannot be reached before any
+/// of the request left is skipped for the next. `Err(AgentOffline)` when none could be reached.
+pub async fn to_peer(
+    state: &Arc<RelayState>,
+    cluster: &Cluster,
+    tunnel: &Arc<TunnelState>,
+    holders: &[Holder],
+    req: Request<PublicBody>,
+    target: Target,
+    limit: u64,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, incoming) = req.into_parts();
+    let stream_uri = target.uri()?;
+    let mut headers = target.headers(state, parts.headers);
+    let bad = || ProxyError::BadRequest("the request target cannot be forwarded".into());
+    headers.insert(
+        PONTE_FORWARD_URI.clone(),
+        HeaderValue::from_str(&stream_uri.to_string()).map_err(|_| bad())?,
+    );
+    headers.insert(
+        PONTE_FORWARD_TUNNEL.clone(),
+        HeaderValue::from_str(tunnel.name.as_str()).map_err(|_| bad())?,
+    );
+    let mut secret = HeaderValue::from_str(cluster.secret())
+        .map_err(|_| ProxyError::Unavailable("cluster.secret is not a valid header value".into()))?;
+    secret.set_sensitive(true);
+    headers.insert(PONTE_CLUSTER_SECRET.clone(), secret);
+    let (guarded, outcome) = GuardedBody::new(incoming, limit, state.config.limits.body_idle_timeout);
+    let mut out = Request::new(body::boxed(guarded));
+    *out.method_mut() = parts.method;
+    *out.version_mut() = Version::HTTP_2;
+    *out.headers_mut() = headers;
+
+    // Start at a different node each time, so several holders share the load.
+    let start = rand::random::<u32>() as usize % holders.len().max(1);
+    let ordered = holders.iter().cycle().skip(start).take(holders.len());
+    for holder in ordered {
+        *out.uri_mut() = format!("{}{FORWARD_PATH}", holder.advertise)
+            .parse::<Uri>()
+            .map_err(|_| {
+                ProxyError::Unavailable(format!("node {} has an unusable advertise URL", holder.node_id))
+            })?;
+        let sent = tokio::time::timeout(
+            state.config.limits.response_timeout,
+            cluster.peers().send(&holder.advertise, out),
+        )
+        .await;
+        match sent {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                parts.version = Version::HTTP_11;
+                parts.extensions.insert(Forwarded(holder.node_id.clone()));
+                return Ok(Response::from_parts(parts, body::boxed(body)));
+            }
+            Ok(Err(PeerError::NotSent(back, why))) => {
+                tracing::info!(tunnel = %tunnel.name, node = %holder.node_id, error = %why, "relay node holding the tunnel is unreachable; trying the next");
+                out = *back;
+            }
+            Ok(Err(PeerError::Failed(why))) => {
+                tracing::info!(tunnel = %tunnel.name, node = %holder.node_id, error = %why, "relay node failed before answering a forwarded request");
+                return Err(failed(&outcome, limit, holder, why));
+            }
+        }
+    }
+    Err(ProxyError::AgentOffline)
+}
+
+/// The sender's answer when a node failed after the request left: what the body guard saw
+/// first (too large, stalled), else a 502.
+fn failed(outcome: &BodyOutcome, limit: u64, holder: &Holder, why: String) -> ProxyError {
+    proxy::body_error(outcome, limit)
+        .unwrap_or_else(|| ProxyError::AgentFailed(format!("relay node {}: {why}", holder.node_id)))
+}
+
+/// Serve a request another node forwarded: check the cluster secret, then send it on a session of
+/// this node (never on to another node).
+pub async fn accept(
+    state: &Arc<RelayState>,
+    conn: ConnInfo,
+    req: Request<PublicBody>,
+) -> Result<Response<Body>, ProxyError> {
+    let Some(cluster) = &state.cluster else {
+        return Err(ProxyError::NotFound(format!(
+            "no relay endpoint at {FORWARD_PATH} (this relay has no `cluster:`)"
+        )));
+    };
+    let presented = req
+        .headers()
+        .get(&PONTE_CLUSTER_SECRET)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let refused = |why| {
+        if let Some(m) = &state.metrics {
+            m.login_refused(why);
+        }
+    };
+    match bearer::check_presented(state, conn, presented, cluster.secret(), "cluster forward") {
+        Ok(()) => {}
+        Err(Refused::Throttled) => {
+            refused(LoginRefusal::Throttled);
+            return Err(ProxyError::Throttled);
+        }
+        Err(Refused::Missing) => {
+            refused(LoginRefusal::TokenMissing);
+            state.registry.record_failed_login(conn.peer.ip());
+            return Err(ProxyError::ClusterSecretMissing);
+        }
+        Err(Refused::Rejected) => {
+            refused(LoginRefusal::TokenRejected);
+            return Err(ProxyError::ClusterSecretRejected);
+        }
+    }
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let bad = |what: &str| ProxyError::BadRequest(format!("a forwarded request needs {what}"));
+    let name = header(&PONTE_FORWARD_TUNNEL)
+        .and_then(|n| TunnelName::parse(&n).ok())
+        .ok_or_else(|| bad("a valid Ponte-Forward-Tunnel"))?;
+    let uri: Uri = header(&PONTE_FORWARD_URI)
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(|| bad("a valid Ponte-Forward-Uri"))?;
+    let tunnel = state
+        .registry
+        .tunnel(&name)
+        .cloned()
+        .ok_or_else(|| ProxyError::NotFound(format!("no tunnel named `{name}` on this node")))?;
+    let session = tunnel
+        .pick_or_wait(PENDING_LOGIN_WAIT)
+        .await
+        .ok_or(ProxyError::AgentOffline)?;
+    let (mut parts, incoming) = req.into_parts();
+    for name in [&PONTE_CLUSTER_SECRET, &PONTE_FORWARD_TUNNEL, &PONTE_FORWARD_URI] {
+        parts.headers.remove(name);
+    }
+    remove_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(http::header::HOST);
+    let limit = tunnel_request::live_body_limit(state, &tunnel);
+    proxy::live_prepared(
+        state,
+        &tunnel,
+        session,
+        parts.method,
+        uri,
+        parts.headers,
+        incoming,
+        limit,
+    )
+    .await
+}
