@@ -119,8 +119,9 @@ pub async fn serve_with_metrics(
     let state = Arc::new(
         state::RelayState::new(config, queues, metrics, shutdown.child_token()).with_cluster(cluster),
     );
-    // The node's rows stay while its sessions live; they are deleted once the sessions are closed.
-    let cluster_stop = CancellationToken::new();
+    // The node's rows go as soon as it starts draining: its listener closes, so other nodes
+    // could not forward to it any more.
+    let cluster_stop = shutdown.child_token();
     let membership = state.cluster.clone().map(|c| {
         tracing::info!(node = %c.node_id, advertise = %c.advertise, "joining the relay cluster");
         let tunnels = state

@@ -31,9 +31,24 @@ fn cluster_yaml(certs: &Certs, store: &str, id: &str, port: u16, extra: &str) ->
 
 /// A node of the cluster in this process, with the `demo` tunnel (direct).
 async fn start_node(certs: &Certs, store: &str, id: &str, extra: &str) -> RelayHandle {
+    start_node_with(certs, store, id, extra, "").await
+}
+
+/// [`start_node`] with `tunnel_extra` inside the `demo` tunnel (indented 4 spaces).
+async fn start_node_with(
+    certs: &Certs,
+    store: &str,
+    id: &str,
+    extra: &str,
+    tunnel_extra: &str,
+) -> RelayHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let yaml = relay_yaml(Some(certs), &cluster_yaml(certs, store, id, port, extra), "");
+    let yaml = relay_yaml(
+        Some(certs),
+        &cluster_yaml(certs, store, id, port, extra),
+        tunnel_extra,
+    );
     start_relay_on(listener, &yaml)
 }
 
@@ -298,6 +313,72 @@ async fn the_forward_endpoint_refuses_a_missing_or_wrong_secret_and_never_forwar
     for node in [a, b, single] {
         node.stop().await;
     }
+}
+
+/// A `fallback` tunnel with its agent on node A: a webhook reaching node B goes live through A
+/// (also after A closed the idle node-to-node connection); with no agent on any node it is
+/// committed and answered 202.
+#[tokio::test]
+async fn a_fallback_webhook_goes_live_through_the_node_with_the_agent_or_is_queued() {
+    let Some(cluster) = pg::shared() else { return };
+    let certs = Certs::new();
+    let store = cluster.database("");
+    let db = db_name(&store);
+    let (up, log) = recording_upstream(|_, _| StatusCode::CREATED).await;
+    let fallback = "    delivery: fallback\n    queue:\n      retry_schedule: [50ms, 100ms]\n      attempt_timeout: 2s\n";
+    let a = start_node_with(&certs, &store, "a", "limits:\n  idle_timeout: 1s\n", fallback).await;
+    let b = start_node_with(&certs, &store, "b", "", fallback).await;
+    let c = client(Some(&certs), false);
+    let mut agent = start_agent_to(&a.url(true), &certs, &up.url());
+    agent.connected().await;
+    eventually("node A's entry", || async {
+        (live_entries(cluster, db, "a") == 1).then_some(())
+    })
+    .await;
+    // Past the directory's one-second cache of "no holder" from before the agent came.
+    let live = eventually("a webhook on node B answered live by A's agent", || async {
+        let r = send(
+            &c,
+            request("POST", &format!("{}/t/demo/hook", b.url(true)), "live"),
+        )
+        .await;
+        assert!(
+            r.status == StatusCode::CREATED || r.status == StatusCode::ACCEPTED,
+            "{}",
+            r.text()
+        );
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await;
+    assert_eq!(live.text(), "status 201");
+    // Node A closes idle connections after 1 s: node B's pooled connection to it goes, and the
+    // next forwarded webhook takes a fresh one instead of failing.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = send(
+        &c,
+        request("POST", &format!("{}/t/demo/hook", b.url(true)), "after idle"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(log.lock().unwrap().last().unwrap().body.as_ref(), b"after idle");
+
+    agent.stop().await;
+    eventually("node A's entry to go", || async {
+        (live_entries(cluster, db, "a") == 0).then_some(())
+    })
+    .await;
+    let queued = eventually("a webhook on node B to be queued", || async {
+        let r = send(
+            &c,
+            request("POST", &format!("{}/t/demo/hook", b.url(true)), "queued"),
+        )
+        .await;
+        (r.status == StatusCode::ACCEPTED).then_some(r)
+    })
+    .await;
+    assert!(!queued.header("ponte-delivery-id").is_empty());
+    a.stop().await;
+    b.stop().await;
 }
 
 /// A tunnel's entry goes as soon as its last agent leaves; a clean shutdown deletes the node's

@@ -52,13 +52,33 @@ impl Peers {
 
     /// Send `req` (its URI already pointing at `advertise`) to the node at `advertise`.
     pub async fn send(&self, advertise: &str, req: Request<Body>) -> Result<Response<Incoming>, PeerError> {
-        let mut sender = match self.pooled(advertise) {
-            Some(s) => s,
-            None => match self.connect(advertise).await {
-                Ok(s) => s,
-                Err(e) => return Err(PeerError::NotSent(Box::new(req), format!("{e:#}"))),
-            },
-        };
+        if let Some(sender) = self.pooled(advertise) {
+            // A pooled connection the node is closing (idle timeout, restart) hands the request
+            // back: try once more on a fresh connection before giving up on the node.
+            match self.try_send(advertise, sender, req).await {
+                Err(PeerError::NotSent(req, why)) => {
+                    tracing::debug!(node = %advertise, error = %why, "pooled connection to another relay node is closing; reconnecting");
+                    return self.send_fresh(advertise, *req).await;
+                }
+                other => return other,
+            }
+        }
+        self.send_fresh(advertise, req).await
+    }
+
+    async fn send_fresh(&self, advertise: &str, req: Request<Body>) -> Result<Response<Incoming>, PeerError> {
+        match self.connect(advertise).await {
+            Ok(sender) => self.try_send(advertise, sender, req).await,
+            Err(e) => Err(PeerError::NotSent(Box::new(req), format!("{e:#}"))),
+        }
+    }
+
+    async fn try_send(
+        &self,
+        advertise: &str,
+        mut sender: SendRequest<Body>,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, PeerError> {
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp),
             Err(mut e) => {

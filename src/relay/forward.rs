@@ -18,7 +18,7 @@ use super::request::PublicBody;
 use super::state::{ConnInfo, RelayState};
 use super::stream::Target;
 use super::{proxy, tunnel_request};
-use crate::body::{self, Body, BodyOutcome, GuardedBody};
+use crate::body::{self, Body, GuardedBody};
 use crate::cluster::peers::PeerError;
 use crate::cluster::{Cluster, Holder};
 use crate::config::relay::TunnelName;
@@ -32,8 +32,9 @@ const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2
 #[derive(Debug, Clone)]
 pub struct Forwarded(pub String);
 
-/// Pass `req` to the first of `holders` that takes it; a node that cannot be reached before any
-/// of the request left is skipped for the next. `Err(AgentOffline)` when none could be reached.
+/// Pass `req` to the first of `holders` that takes it, its body streamed; a node that cannot be
+/// reached before any of the request left is skipped for the next. `Err(AgentOffline)` when none
+/// could be reached.
 pub async fn to_peer(
     state: &Arc<RelayState>,
     cluster: &Cluster,
@@ -44,12 +45,44 @@ pub async fn to_peer(
     limit: u64,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, incoming) = req.into_parts();
-    let stream_uri = target.uri()?;
-    let mut headers = target.headers(state, parts.headers);
+    let uri = target.uri()?.to_string();
+    let headers = target.headers(state, parts.headers);
+    let (guarded, outcome) = GuardedBody::new(incoming, limit, state.config.limits.body_idle_timeout);
+    let out = prepare(cluster, tunnel, parts.method, &uri, headers, body::boxed(guarded))?;
+    match send(state, cluster, tunnel, holders, out).await {
+        Ok(resp) => Ok(resp),
+        Err(Unanswered::Timeout) => Err(ProxyError::Timeout),
+        Err(Unanswered::NotSent) => Err(ProxyError::AgentOffline),
+        Err(Unanswered::Failed(why)) => {
+            Err(proxy::body_error(&outcome, limit).unwrap_or(ProxyError::AgentFailed(why)))
+        }
+    }
+}
+
+/// Why no node answered a forwarded request.
+pub enum Unanswered {
+    /// No node could be reached; nothing of the request left this node.
+    NotSent,
+    /// A node took the request, then failed before any answer.
+    Failed(String),
+    /// No answer within `limits.response_timeout`.
+    Timeout,
+}
+
+/// The request to a peer: the stream's URI and headers as this node built them, the tunnel, the
+/// cluster secret, and `body`.
+pub fn prepare(
+    cluster: &Cluster,
+    tunnel: &TunnelState,
+    method: http::Method,
+    stream_uri: &str,
+    mut headers: http::HeaderMap,
+    body: Body,
+) -> Result<Request<Body>, ProxyError> {
     let bad = || ProxyError::BadRequest("the request target cannot be forwarded".into());
     headers.insert(
         PONTE_FORWARD_URI.clone(),
-        HeaderValue::from_str(&stream_uri.to_string()).map_err(|_| bad())?,
+        HeaderValue::from_str(stream_uri).map_err(|_| bad())?,
     );
     headers.insert(
         PONTE_FORWARD_TUNNEL.clone(),
@@ -59,28 +92,37 @@ pub async fn to_peer(
         .map_err(|_| ProxyError::Unavailable("cluster.secret is not a valid header value".into()))?;
     secret.set_sensitive(true);
     headers.insert(PONTE_CLUSTER_SECRET.clone(), secret);
-    let (guarded, outcome) = GuardedBody::new(incoming, limit, state.config.limits.body_idle_timeout);
-    let mut out = Request::new(body::boxed(guarded));
-    *out.method_mut() = parts.method;
+    let mut out = Request::new(body);
+    *out.method_mut() = method;
     *out.version_mut() = Version::HTTP_2;
     *out.headers_mut() = headers;
+    Ok(out)
+}
 
-    // Start at a different node each time, so several holders share the load.
+/// Send a [`prepare`]d request to the first of `holders` that takes it, starting at a random one
+/// so that several holders share the load.
+pub async fn send(
+    state: &RelayState,
+    cluster: &Cluster,
+    tunnel: &TunnelState,
+    holders: &[Holder],
+    mut out: Request<Body>,
+) -> Result<Response<Body>, Unanswered> {
     let start = rand::random::<u32>() as usize % holders.len().max(1);
     let ordered = holders.iter().cycle().skip(start).take(holders.len());
     for holder in ordered {
-        *out.uri_mut() = format!("{}{FORWARD_PATH}", holder.advertise)
-            .parse::<Uri>()
-            .map_err(|_| {
-                ProxyError::Unavailable(format!("node {} has an unusable advertise URL", holder.node_id))
-            })?;
+        let Ok(uri) = format!("{}{FORWARD_PATH}", holder.advertise).parse::<Uri>() else {
+            tracing::warn!(node = %holder.node_id, advertise = %holder.advertise, "relay node has an unusable advertise URL; skipping it");
+            continue;
+        };
+        *out.uri_mut() = uri;
         let sent = tokio::time::timeout(
             state.config.limits.response_timeout,
             cluster.peers().send(&holder.advertise, out),
         )
         .await;
         match sent {
-            Err(_) => return Err(ProxyError::Timeout),
+            Err(_) => return Err(Unanswered::Timeout),
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
@@ -94,18 +136,14 @@ pub async fn to_peer(
             }
             Ok(Err(PeerError::Failed(why))) => {
                 tracing::info!(tunnel = %tunnel.name, node = %holder.node_id, error = %why, "relay node failed before answering a forwarded request");
-                return Err(failed(&outcome, limit, holder, why));
+                return Err(Unanswered::Failed(format!(
+                    "relay node {}: {why}",
+                    holder.node_id
+                )));
             }
         }
     }
-    Err(ProxyError::AgentOffline)
-}
-
-/// The sender's answer when a node failed after the request left: what the body guard saw
-/// first (too large, stalled), else a 502.
-fn failed(outcome: &BodyOutcome, limit: u64, holder: &Holder, why: String) -> ProxyError {
-    proxy::body_error(outcome, limit)
-        .unwrap_or_else(|| ProxyError::AgentFailed(format!("relay node {}: {why}", holder.node_id)))
+    Err(Unanswered::NotSent)
 }
 
 /// Serve a request another node forwarded: check the cluster secret, then send it on a session of

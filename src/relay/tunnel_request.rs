@@ -49,6 +49,9 @@ pub async fn handle(
         Delivery::Forward(cluster, holders) => {
             forward::to_peer(state, &cluster, tunnel, &holders, req, target, limit).await
         }
+        Delivery::ForwardOrQueue(queue, cluster, holders) => {
+            queue::forward_or_queue(state, tunnel, &queue, &cluster, &holders, req, target).await
+        }
         Delivery::Queue(queue) => queue::accept(state, tunnel, &queue, req, target).await,
         Delivery::LiveOrQueue(queue, session) => {
             queue::live_or_queue(state, tunnel, &queue, session, req, target).await
@@ -71,6 +74,12 @@ enum Delivery {
     Live(Arc<Session>),
     /// No session here: pass it to one of these other nodes, which hold sessions of the tunnel.
     Forward(Arc<crate::cluster::Cluster>, Arc<Vec<crate::cluster::Holder>>),
+    /// No session here: try these other nodes live; if none answers, commit it and answer 202.
+    ForwardOrQueue(
+        Arc<TunnelQueue>,
+        Arc<crate::cluster::Cluster>,
+        Arc<Vec<crate::cluster::Holder>>,
+    ),
     /// Commit it and answer 202.
     Queue(Arc<TunnelQueue>),
     /// Try live on this session; if the tunnel fails before any answer, commit it and answer 202.
@@ -99,6 +108,14 @@ async fn choose(
             (Decision::Live, _) => {}
             (Decision::LiveOrQueue, Some(session)) => {
                 return Ok(Delivery::LiveOrQueue(queue.clone(), session));
+            }
+            // Queued only because no agent is here: one on another node may take it live.
+            (Decision::Queue, None)
+                if decide(&tunnel.config, queue, req, true) == Decision::LiveOrQueue
+                    && let Some(Delivery::Forward(cluster, holders)) =
+                        elsewhere(state, tunnel, req).await.ok() =>
+            {
+                return Ok(Delivery::ForwardOrQueue(queue.clone(), cluster, holders));
             }
             _ => return Ok(Delivery::Queue(queue.clone())),
         }
