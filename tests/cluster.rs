@@ -399,6 +399,15 @@ async fn entries_follow_the_agents_and_a_clean_shutdown_removes_the_node_at_once
     .await;
     let nodes = cluster.psql(db, "SELECT node_id || ' ' || advertise FROM nodes");
     assert_eq!(nodes.trim(), format!("a {}", a.url(true)));
+    // The admin status (behind `ponte status`) lists the nodes and what they hold.
+    let c = client(Some(&certs), false);
+    let status = admin_json(&c, &a.url(true), "GET", "status").await;
+    assert_eq!(status["cluster"]["node_id"], "a", "{status}");
+    let node = &status["cluster"]["nodes"][0];
+    assert_eq!(node["id"], "a", "{status}");
+    assert_eq!(node["advertise"], a.url(true), "{status}");
+    assert_eq!(node["tunnels"], serde_json::json!(["demo"]), "{status}");
+    assert!(node["heartbeat_age_secs"].as_u64().unwrap() < 10, "{status}");
 
     agent.stop().await;
     let left = Instant::now();
