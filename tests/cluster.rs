@@ -20,6 +20,8 @@ use support::*;
 const SECRET: &str = "cluster-secret-0123456789abcdef";
 /// The token of the queued tunnel `q`.
 const Q_TOKEN: &str = "queue-token-0123456789abcdef";
+/// The token of the tunnel `r`, whose agent is on node B in the crash test.
+const R_TOKEN: &str = "r-token-0123456789abcdef";
 
 /// `cluster:` for node `id` reachable at `port`, on `store`.
 fn cluster_yaml(certs: &Certs, store: &str, id: &str, port: u16, extra: &str) -> String {
@@ -100,6 +102,22 @@ async fn answering_upstream() -> Upstream {
     .await
 }
 
+/// The metrics token of the nodes that serve metrics.
+const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef";
+
+/// `ponte_forwarded_requests_total{tunnel="demo"}` on `node`.
+async fn forwarded_count(c: &Client, node: &RelayHandle) -> f64 {
+    let req = Request::get(format!("{}/_ponte/metrics", node.url(true)))
+        .header("authorization", format!("Bearer {METRICS_TOKEN}"))
+        .body(ponte::body::empty())
+        .unwrap();
+    let r = send(c, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let scrape = prometheus_parse::Scrape::parse(r.text().lines().map(|l| Ok(l.to_string())))
+        .expect("prometheus text");
+    support::prometheus::sample(&scrape, "ponte_forwarded_requests_total", &[("tunnel", "demo")])
+}
+
 /// The median of durations.
 fn p50(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -131,7 +149,7 @@ async fn a_request_to_a_node_without_the_agent_is_answered_through_the_node_with
     let store = cluster.database("");
     let up = answering_upstream().await;
     let a = start_node(&certs, &store, "a", "").await;
-    let b = start_node(&certs, &store, "b", "").await;
+    let b = start_node(&certs, &store, "b", &format!("metrics_token: {METRICS_TOKEN}\n")).await;
     let c_node = start_node(&certs, &store, "c", "").await;
     let c = client(Some(&certs), false);
 
@@ -208,6 +226,7 @@ async fn a_request_to_a_node_without_the_agent_is_answered_through_the_node_with
 
     // Cross-node overhead: p50 of sequential requests on warm connections.
     const N: usize = 200;
+    let before = forwarded_count(&c, &b).await;
     timed_gets(&c, &format!("{}/t/demo/warm", a.url(true)), 20).await;
     timed_gets(&c, &format!("{}/t/demo/warm", b.url(true)), 20).await;
     let local = p50(timed_gets(&c, &format!("{}/t/demo/lat", a.url(true)), N).await);
@@ -216,6 +235,11 @@ async fn a_request_to_a_node_without_the_agent_is_answered_through_the_node_with
         "p50 over {N} sequential GETs: to the node with the agent {local:?}, through another node {forwarded:?}, overhead {:?}",
         forwarded.saturating_sub(local)
     );
+    // Node B counted exactly the requests it passed on (counted once each body is done).
+    eventually("node B to count its forwarded requests", || async {
+        (forwarded_count(&c, &b).await - before == (N + 20) as f64).then_some(())
+    })
+    .await;
 
     agent.stop().await;
     for node in [a, b, c_node] {
@@ -449,7 +473,7 @@ async fn a_killed_node_drops_out_direct_answers_503_and_queued_webhooks_wait_for
     let db = db_name(&store);
     let (up, log) = recording_upstream(|_, _| StatusCode::CREATED).await;
     let tunnels = format!(
-        "tunnels:\n  demo:\n    token: {TOKEN}\n  q:\n    token: {Q_TOKEN}\n    delivery: queue\n    queue:\n      retry_schedule: [50ms, 100ms]\n      attempt_timeout: 2s\n"
+        "tunnels:\n  demo:\n    token: {TOKEN}\n  r:\n    token: {R_TOKEN}\n  q:\n    token: {Q_TOKEN}\n    delivery: queue\n    queue:\n      retry_schedule: [50ms, 100ms]\n      attempt_timeout: 2s\n"
     );
     let tls = format!(
         "tls:\n  cert: {}\n  key: {}\n",
@@ -495,6 +519,26 @@ async fn a_killed_node_drops_out_direct_answers_503_and_queued_webhooks_wait_for
         (live_entries(cluster, db, "a") == 2).then_some(())
     })
     .await;
+    // The other way round: node A forwards tunnel `r` to node B, and its access line says so.
+    let mut r_agent = start_agent(&agent_yaml(&b.url(true), Some(&certs), &ingress).replace(TOKEN, R_TOKEN));
+    r_agent.connected().await;
+    eventually("node A to forward to node B", || async {
+        let r = send(&c, request("POST", &format!("{url_a}/t/r/from-a"), "x")).await;
+        (r.status == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    let line = eventually("node A's access line of the forwarded request", || {
+        let found = node_a
+            .output()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "ponte::access" && v["tunnel"] == "r" && v["status"] == 201);
+        async move { found }
+    })
+    .await;
+    assert_eq!(line["forwarded_to"], "b", "{line}");
+    assert_eq!(line["path"], "/t/r/from-a", "{line}");
+    r_agent.stop().await;
 
     node_a.kill();
     let killed = Instant::now();

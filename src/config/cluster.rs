@@ -34,8 +34,10 @@ impl ClusterConfig {
         self.node_id.clone().unwrap_or_else(host_name)
     }
 
-    /// Checks that need the rest of the file: a PostgreSQL store, a long enough secret.
-    pub fn validate(&self, postgres_store: bool) -> Result<(), String> {
+    /// Checks that need the rest of the file: a PostgreSQL store, a long enough secret, and an
+    /// advertise host outside the tunnels' `domain` (a host there routes to a tunnel, not to the
+    /// relay's own endpoints).
+    pub fn validate(&self, postgres_store: bool, domain: Option<&str>) -> Result<(), String> {
         if !postgres_store {
             return Err("cluster: needs a PostgreSQL store that every node shares; set `store: postgres://USER:PASSWORD@HOST:5432/DATABASE`, or remove the `cluster:` section for a single relay".into());
         }
@@ -43,6 +45,17 @@ impl ClusterConfig {
             return Err(format!(
                 "cluster.secret must be at least {MIN_SECRET_LEN} characters; use the same long random value on every node (e.g. ${{PONTE_CLUSTER_SECRET}})"
             ));
+        }
+        if !self.secret.expose().chars().all(|c| c.is_ascii_graphic()) {
+            return Err("cluster.secret may hold only visible ASCII characters (no spaces); e.g. the output of `openssl rand -hex 32`".into());
+        }
+        if let (Some(domain), Some(host)) = (domain, self.advertise.host_str()) {
+            let host = host.to_ascii_lowercase();
+            if host.ends_with(&format!(".{domain}")) {
+                return Err(format!(
+                    "cluster.advertise host `{host}` is under the tunnels' domain `{domain}`, where every name is a tunnel; advertise the node's address or a name outside `{domain}`"
+                ));
+            }
         }
         Ok(())
     }
@@ -147,6 +160,16 @@ mod tests {
             .unwrap_err();
             assert!(err.contains("cluster.advertise"), "{bad}: {err}");
         }
+        let err = parse(&format!(
+            "{PG}domain: relay.example.com\ncluster:\n  advertise: https://node-1.relay.example.com\n  secret: ${{SECRET}}\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("under the tunnels' domain"), "{err}");
+        let err = parse(&format!(
+            "{PG}cluster:\n  advertise: https://a:1\n  secret: \"0123456789 abcdef-secret\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("visible ASCII"), "{err}");
         let err = parse(&format!(
             "{PG}cluster:\n  node_id: a b\n  advertise: https://a:1\n  secret: ${{SECRET}}\n"
         ))

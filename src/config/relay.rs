@@ -297,7 +297,7 @@ impl RelayConfig {
         if let Some(cluster) = &self.cluster {
             let postgres = matches!(self.store, Some(StoreUrl::Postgres(_)));
             cluster
-                .validate(postgres)
+                .validate(postgres, self.domain.as_deref())
                 .map_err(|why| super::ConfigError::invalid(origin, why))?;
         }
         self.validate_store(origin)

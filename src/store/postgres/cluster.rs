@@ -68,6 +68,18 @@ const UPSERT_ENTRIES: &str = concat!(
      ON CONFLICT (tunnel, node_id) DO UPDATE SET agents = EXCLUDED.agents, expires_at = EXCLUDED.expires_at"
 );
 
+/// A node silent this long is forgotten (`ponte status` shows it until then).
+pub const FORGET_NODE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Delete nodes silent for `$1` ms, and entries expired for longer than `$2` ms.
+const PRUNE: &str = concat!(
+    "WITH gone AS (DELETE FROM nodes WHERE heartbeat_at < ",
+    super::conn::db_now_ms!(),
+    " - $1) DELETE FROM tunnel_sessions WHERE expires_at < ",
+    super::conn::db_now_ms!(),
+    " - $2"
+);
+
 const DELETE_DROPPED: &str =
     "DELETE FROM tunnel_sessions WHERE node_id = $1 AND NOT (tunnel = ANY($2::text[]))";
 
@@ -103,6 +115,8 @@ impl ClusterDb {
                     .await
                     .map_err(db_err)?;
             }
+            let forget = FORGET_NODE_AFTER.as_millis() as i64;
+            tx.execute(PRUNE, &[&forget, &ttl]).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)
         })
         .await
