@@ -611,3 +611,24 @@ async fn a_killed_node_drops_out_direct_answers_503_and_queued_webhooks_wait_for
     })
     .await;
 }
+
+/// Two relay processes configured with the same `cluster.node_id` are told so in their logs.
+#[tokio::test]
+async fn two_nodes_with_one_node_id_are_reported() {
+    let Some(cluster) = pg::shared() else { return };
+    let certs = Certs::new();
+    let store = cluster.database("");
+    let config = certs.dir.path().join("same-id.yaml");
+    std::fs::write(
+        &config,
+        relay_yaml(Some(&certs), &cluster_yaml(&certs, &store, "same", 9, ""), ""),
+    )
+    .expect("write config");
+    let (mut first, _) = start_relay_process(&config, 0).await;
+    let (_second, _) = start_relay_process(&config, 0).await;
+    let line = first
+        .log_line("another relay node uses the same cluster.node_id; give every node its own (requests may be forwarded to the wrong node)")
+        .await
+        .expect("the clash is logged");
+    assert_eq!(line["level"], "ERROR", "{line}");
+}

@@ -30,6 +30,9 @@ pub async fn run(cluster: Arc<Cluster>, tunnels: Vec<Watched>, stop: Cancellatio
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    // Until this node's first write, the row may be its own from an earlier run.
+    let mut written = false;
+    let mut clash_logged = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -53,11 +56,19 @@ pub async fn run(cluster: Arc<Cluster>, tunnels: Vec<Watched>, stop: Cancellatio
             .heartbeat(&cluster.node_id, &cluster.advertise, cluster.started_at_ms, &held)
             .await
         {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!(node = %cluster.node_id, "cluster heartbeat written again");
+            Ok(previous) => {
+                // Another process rewrote this node's row since the last heartbeat: two nodes
+                // share one id, and each hides the other's tunnels.
+                if written && previous != Some(cluster.started_at_ms) && !clash_logged {
+                    clash_logged = true;
+                    tracing::error!(node = %cluster.node_id, "another relay node uses the same cluster.node_id; give every node its own (requests may be forwarded to the wrong node)");
+                }
+                written = true;
+                if failing {
+                    failing = false;
+                    tracing::info!(node = %cluster.node_id, "cluster heartbeat written again");
+                }
             }
-            Ok(()) => {}
             Err(e) if !failing => {
                 failing = true;
                 tracing::warn!(node = %cluster.node_id, error = %e, "cannot write the cluster heartbeat; other nodes stop forwarding to this one once its entries expire");

@@ -53,11 +53,15 @@ impl std::fmt::Debug for ClusterDb {
     }
 }
 
+/// Write the node's row; returns the `started_at` the row had before (none: a new row), which
+/// tells whether another process wrote it meanwhile.
 const UPSERT_NODE: &str = concat!(
-    "INSERT INTO nodes (node_id, advertise, started_at, heartbeat_at) VALUES ($1, $2, $3, ",
+    "WITH prev AS (SELECT started_at FROM nodes WHERE node_id = $1) \
+     INSERT INTO nodes (node_id, advertise, started_at, heartbeat_at) VALUES ($1, $2, $3, ",
     super::conn::db_now_ms!(),
     ") ON CONFLICT (node_id) DO UPDATE SET advertise = EXCLUDED.advertise, \
-     started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at"
+     started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at \
+     RETURNING (SELECT started_at FROM prev)"
 );
 
 const UPSERT_ENTRIES: &str = concat!(
@@ -91,22 +95,25 @@ impl ClusterDb {
 
     /// Record this node's heartbeat and the tunnels it holds sessions of (with their agent
     /// counts), valid for [`ENTRY_TTL`]; entries of tunnels it no longer holds are deleted.
+    /// Returns the `started_at` the node's row had before (`None`: there was none).
     pub async fn heartbeat(
         &self,
         node_id: &str,
         advertise: &str,
         started_at_ms: i64,
         held: &[(String, i32)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let tunnels: Vec<&str> = held.iter().map(|(t, _)| t.as_str()).collect();
         let agents: Vec<i32> = held.iter().map(|(_, a)| *a).collect();
         let ttl = ENTRY_TTL.as_millis() as i64;
         bounded(async {
             let mut client = self.pool.get().await.map_err(pool_err)?;
             let tx = client.transaction().await.map_err(db_err)?;
-            tx.execute(UPSERT_NODE, &[&node_id, &advertise, &started_at_ms])
+            let previous: Option<i64> = tx
+                .query_one(UPSERT_NODE, &[&node_id, &advertise, &started_at_ms])
                 .await
-                .map_err(db_err)?;
+                .map_err(db_err)?
+                .get(0);
             tx.execute(DELETE_DROPPED, &[&node_id, &tunnels])
                 .await
                 .map_err(db_err)?;
@@ -117,7 +124,8 @@ impl ClusterDb {
             }
             let forget = FORGET_NODE_AFTER.as_millis() as i64;
             tx.execute(PRUNE, &[&forget, &ttl]).await.map_err(db_err)?;
-            tx.commit().await.map_err(db_err)
+            tx.commit().await.map_err(db_err)?;
+            Ok(previous)
         })
         .await
     }
