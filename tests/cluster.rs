@@ -317,6 +317,25 @@ async fn the_forward_endpoint_refuses_a_missing_or_wrong_secret_and_never_forwar
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
     assert_eq!(up.hits(), 1, "no refused request reached the upstream");
 
+    // A node with another secret: node A refuses it, and the sender gets a 503 of this node's
+    // own, not node A's 403.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let odd = start_relay_on(
+        listener,
+        &relay_yaml(
+            Some(&certs),
+            &cluster_yaml(&certs, &store, "odd", port, "").replace(SECRET, "another-secret-0123456789abcdef"),
+            "",
+        ),
+    );
+    let r = send(&c, request("GET", &format!("{}/t/demo/x", odd.url(true)), "")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.header("ponte-error"), "unavailable", "{}", r.text());
+    assert!(r.text().contains("relay node a refused"), "{}", r.text());
+    assert_eq!(up.hits(), 1, "the refused request never reached the upstream");
+    odd.stop().await;
+
     // A relay without `cluster:` has no forwarding endpoint.
     let single = start_relay(&relay_yaml(Some(&certs), "", "")).await;
     let r = send(

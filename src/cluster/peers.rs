@@ -23,6 +23,8 @@ use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_SEND_BUF, STREAM
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// PING interval on an idle node-to-node connection, and how long an answer may take.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+/// At most one error line per this interval about nodes refusing forwarded requests.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a request could not be passed to a node.
 #[derive(Debug)]
@@ -38,6 +40,7 @@ pub enum PeerError {
 pub struct Peers {
     tls: TlsConnector,
     conns: Mutex<HashMap<String, SendRequest<Body>>>,
+    last_warning: Mutex<Option<std::time::Instant>>,
 }
 
 impl Peers {
@@ -47,7 +50,20 @@ impl Peers {
         Ok(Peers {
             tls: TlsConnector::from(Arc::new(config)),
             conns: Mutex::default(),
+            last_warning: Mutex::default(),
         })
+    }
+
+    /// Log a node's refusal of a forwarded request (a cluster misconfiguration) as an error, at
+    /// most once per [`WARN_EVERY`]; repeats go to the debug level.
+    pub fn warn_refusal(&self, why: &str) {
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            tracing::debug!("{why}");
+        } else {
+            *last = Some(std::time::Instant::now());
+            tracing::error!("{why}; repeats are logged at debug level for 10 s");
+        }
     }
 
     /// Send `req` (its URI already pointing at `advertise`) to the node at `advertise`.

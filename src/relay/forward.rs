@@ -56,6 +56,7 @@ pub async fn to_peer(
         Err(Unanswered::Failed(why)) => {
             Err(proxy::body_error(&outcome, limit).unwrap_or(ProxyError::AgentFailed(why)))
         }
+        Err(Unanswered::Refused(why)) => Err(ProxyError::Unavailable(why)),
     }
 }
 
@@ -67,6 +68,9 @@ pub enum Unanswered {
     Failed(String),
     /// No answer within `limits.response_timeout`.
     Timeout,
+    /// The node refused to serve it (a cluster misconfiguration: a different secret, no
+    /// `cluster:` or no such tunnel there); its answer is not the sender's business.
+    Refused(String),
 }
 
 /// The request to a peer: the stream's URI and headers as this node built them, the tunnel, the
@@ -123,6 +127,16 @@ pub async fn send(
         .await;
         match sent {
             Err(_) => return Err(Unanswered::Timeout),
+            Ok(Ok(resp)) if refused(&resp) => {
+                let why = format!(
+                    "relay node {} refused a forwarded request ({} {}); check that every node has the same cluster.secret and tunnels",
+                    holder.node_id,
+                    resp.status().as_u16(),
+                    error_code(&resp).unwrap_or("")
+                );
+                cluster.peers().warn_refusal(&why);
+                return Err(Unanswered::Refused(why));
+            }
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
@@ -144,6 +158,28 @@ pub async fn send(
         }
     }
     Err(Unanswered::NotSent)
+}
+
+/// Did the node refuse the request itself (the cluster secret, its login budget, no cluster or no
+/// such tunnel there), rather than answer it from its agent?
+fn refused<B>(resp: &Response<B>) -> bool {
+    let refusals = [
+        ProxyError::ClusterSecretMissing,
+        ProxyError::ClusterSecretRejected,
+        ProxyError::Throttled,
+        ProxyError::NotFound(String::new()),
+    ];
+    let code = error_code(resp);
+    refusals
+        .iter()
+        .any(|e| code == Some(e.code()) && resp.status() == e.status())
+}
+
+/// The `Ponte-Error` of an answer, if any.
+fn error_code<B>(resp: &Response<B>) -> Option<&str> {
+    resp.headers()
+        .get(&crate::protocol::PONTE_ERROR)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// Serve a request another node forwarded: check the cluster secret, then send it on a session of

@@ -112,7 +112,11 @@ pub async fn forward_or_queue(
         }
         Ok(resp) => Ok(resp),
         Err(super::forward::Unanswered::Timeout) => Err(ProxyError::Timeout),
-        Err(super::forward::Unanswered::NotSent | super::forward::Unanswered::Failed(_)) => {
+        Err(
+            super::forward::Unanswered::NotSent
+            | super::forward::Unanswered::Failed(_)
+            | super::forward::Unanswered::Refused(_),
+        ) => {
             tracing::info!(tunnel = %tunnel.name, "no relay node answered; queueing the request");
             commit(state, queue, new).await
         }
