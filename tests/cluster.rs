@@ -169,7 +169,7 @@ async fn a_request_to_a_node_without_the_agent_is_answered_through_the_node_with
     .await;
     let learned = joined.elapsed();
     eprintln!("node B forwarded to node A {learned:?} after the agent connected");
-    assert!(learned < Duration::from_secs(3), "took {learned:?}");
+    assert!(learned < Duration::from_secs(4), "took {learned:?}");
 
     let body: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     for node in [&b, &c_node] {

@@ -98,7 +98,7 @@ impl PgStore {
         time: TimeSource,
         metrics: Option<StoreMetrics>,
     ) -> Result<Self, StoreError> {
-        let pool = conn::pool(url)?;
+        let pool = conn::pool(url, conn::POOL_SIZE)?;
         let mut client = pool.get().await.map_err(|e| {
             let why = match pool_err(e) {
                 StoreError::Unavailable(why) => why,

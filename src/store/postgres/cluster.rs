@@ -72,6 +72,10 @@ const UPSERT_ENTRIES: &str = concat!(
      ON CONFLICT (tunnel, node_id) DO UPDATE SET agents = EXCLUDED.agents, expires_at = EXCLUDED.expires_at"
 );
 
+/// Connections the cluster's own pool keeps at most: a heartbeat every few seconds and a lookup
+/// per tunnel at most once a second.
+const POOL_SIZE: usize = 4;
+
 /// A node silent this long is forgotten (`ponte status` shows it until then).
 pub const FORGET_NODE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -90,7 +94,9 @@ const DELETE_DROPPED: &str =
 impl ClusterDb {
     /// A pool of its own on the store's database (whose schema the store has migrated).
     pub fn connect(url: &PostgresUrl) -> Result<Self, StoreError> {
-        Ok(ClusterDb { pool: pool(url)? })
+        Ok(ClusterDb {
+            pool: pool(url, POOL_SIZE)?,
+        })
     }
 
     /// Record this node's heartbeat and the tunnels it holds sessions of (with their agent
