@@ -5,7 +5,8 @@
 //! One public request: [`server`] accepts and terminates TLS → [`service`] finds the authority and
 //! routes → [`tunnel_request`] checks edge auth and the declared size, then decides once how the
 //! request is delivered: live over a session by [`proxy`], committed by [`queue`] (`202`), or live
-//! with the queue as the fallback. Streams are built and answers relayed in [`stream`]; every
+//! with the queue as the fallback, or passed by [`forward`] to another relay node of the cluster
+//! that holds the tunnel's agent. Streams are built and answers relayed in [`stream`]; every
 //! error becomes an HTTP answer in [`error`].
 //!
 //! Agents: [`connect`] upgrades agent logins into [`session`]s held in the [`registry`]. Queued

@@ -1,7 +1,9 @@
 //! One public request for a tunnel, from the dispatcher to the path that delivers it: edge auth,
 //! the size pre-check, then the one decision how it is delivered: live over an agent session
 //! ([`proxy`]), committed to the durable queue ([`queue::accept`]), or live with the queue as the
-//! fallback when the tunnel fails before any answer ([`queue::live_or_queue`]).
+//! fallback when the tunnel fails before any answer ([`queue::live_or_queue`]). With `cluster:`,
+//! a request for a tunnel with no session on this node goes to a node that has one
+//! ([`forward::to_peer`], or [`queue::forward_or_queue`] for `fallback`).
 
 use std::sync::Arc;
 
