@@ -240,6 +240,24 @@ async fn a_request_to_a_node_without_the_agent_is_answered_through_the_node_with
         (forwarded_count(&c, &b).await - before == (N + 20) as f64).then_some(())
     })
     .await;
+    // And a 1 MiB round trip (upload streamed to the upstream and back), local vs forwarded.
+    let mut mib = |node: String| {
+        let (c, body) = (c.clone(), body.clone());
+        async move {
+            let mut samples = Vec::new();
+            for _ in 0..10 {
+                let start = Instant::now();
+                let r = send(&c, request("POST", &format!("{node}/t/demo/mib"), body.clone())).await;
+                assert_eq!(r.body.len(), body.len());
+                samples.push(start.elapsed());
+            }
+            p50(samples)
+        }
+    };
+    let (local, forwarded) = (mib(a.url(true)).await, mib(b.url(true)).await);
+    eprintln!(
+        "p50 of 10 1 MiB round trips: to the node with the agent {local:?}, through another node {forwarded:?}"
+    );
 
     agent.stop().await;
     for node in [a, b, c_node] {
