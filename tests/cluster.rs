@@ -241,7 +241,7 @@ async fn a_request_to_a_node_without_the_agent_is_answered_through_the_node_with
     })
     .await;
     // And a 1 MiB round trip (upload streamed to the upstream and back), local vs forwarded.
-    let mut mib = |node: String| {
+    let mib = |node: String| {
         let (c, body) = (c.clone(), body.clone());
         async move {
             let mut samples = Vec::new();
