@@ -577,13 +577,52 @@ async fn a_killed_node_drops_out_direct_answers_503_and_queued_webhooks_wait_for
     assert_eq!(line["path"], "/t/r/from-a", "{line}");
     r_agent.stop().await;
 
+    // Node C holds a second agent of `demo`: two holders for node B to choose from.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port_c = listener.local_addr().expect("addr").port();
+    let node_c = start_relay_on(
+        listener,
+        &format!(
+            "listen: 127.0.0.1:0\n{tls}{}{tunnels}",
+            cluster_yaml(&certs, &store, "c", port_c, "")
+        ),
+    );
+    let mut c_agent = start_agent(&agent_yaml(&node_c.url(true), Some(&certs), &ingress));
+    c_agent.connected().await;
+    eventually("node C's entry", || async {
+        (live_entries(cluster, db, "c") == 1).then_some(())
+    })
+    .await;
+
     node_a.kill();
     let killed = Instant::now();
     demo_agent.shutdown.cancel();
     q_agent.shutdown.cancel();
     let first_q_agent = q_agent;
 
-    // Right after the kill: the entries still name A, but A refuses connections; B answers at once.
+    // Right after the kill the entries still name A, which refuses connections: node B passes
+    // every request to C instead, none fails.
+    for i in 0..10 {
+        let r = send(
+            &c,
+            request("POST", &format!("{}/t/demo/via-c/{i}", b.url(true)), "x"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "request {i}: {}", r.text());
+    }
+    assert!(
+        live_entries(cluster, db, "a") == 2,
+        "A's entries were still live during that"
+    );
+    c_agent.stop().await;
+    eventually("node C's entry to go with its agent", || async {
+        (live_entries(cluster, db, "c") == 0).then_some(())
+    })
+    .await;
+    // Past node B's one-second cache of the holders.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Now only A's stale entries remain: B answers 503 at once, it does not hang on them.
     let asked = Instant::now();
     let r = send(&c, request("POST", &format!("{}/t/demo/after", b.url(true)), "x")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
@@ -642,6 +681,7 @@ async fn a_killed_node_drops_out_direct_answers_503_and_queued_webhooks_wait_for
     .await;
     q_agent.stop().await;
     b.stop().await;
+    node_c.stop().await;
     let _ = within("the first agents to stop", async {
         let _ = demo_agent.join.await;
         let _ = first_q_agent.join.await;
