@@ -709,3 +709,53 @@ async fn two_nodes_with_one_node_id_are_reported() {
         .expect("the clash is logged");
     assert_eq!(line["level"], "ERROR", "{line}");
 }
+
+/// A node whose host takes connections but never answers (a hung machine): the first request
+/// waits one connect timeout, then 503; the next ones skip that node at once for a while.
+#[tokio::test]
+async fn a_node_that_never_answers_costs_one_connect_timeout_then_is_skipped() {
+    let Some(cluster) = pg::shared() else { return };
+    let certs = Certs::new();
+    let store = cluster.database("");
+    let db = db_name(&store);
+    let b = start_node(&certs, &store, "b", "").await;
+    let c = client(Some(&certs), false);
+    // Node B answers once its store is open (and the schema migrated).
+    let r = send(&c, request("GET", &format!("{}/_ponte/health", b.url(true)), "")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Accepts TCP connections and holds them, silent: the TLS handshake never completes.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            conns.push(s);
+        }
+    });
+    cluster.psql(
+        db,
+        &format!(
+            "INSERT INTO nodes VALUES ('hung', 'https://127.0.0.1:{silent_port}', 0, floor(extract(epoch FROM now()) * 1000)::bigint);
+             INSERT INTO tunnel_sessions VALUES ('hung', 'demo', 1, floor(extract(epoch FROM now()) * 1000)::bigint + 60000)"
+        ),
+    );
+    let first = Instant::now();
+    let r = send(&c, request("GET", &format!("{}/t/demo/x", b.url(true)), "")).await;
+    let first = first.elapsed();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.header("ponte-error"), "agent-offline");
+    assert!(
+        first >= Duration::from_secs(2) && first < Duration::from_secs(6),
+        "the first request waited {first:?}"
+    );
+    let next = Instant::now();
+    let r = send(&c, request("GET", &format!("{}/t/demo/x", b.url(true)), "")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert!(
+        next.elapsed() < Duration::from_millis(500),
+        "the next one waited {:?}",
+        next.elapsed()
+    );
+    held.abort();
+    b.stop().await;
+}

@@ -23,6 +23,9 @@ use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_SEND_BUF, STREAM
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// PING interval on an idle node-to-node connection, and how long an answer may take.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+/// A node that could not be reached is not dialed again for this long: requests skip it at once,
+/// so a node whose host vanished costs one [`CONNECT_TIMEOUT`], not one per request.
+pub const SKIP_UNREACHABLE: Duration = Duration::from_secs(2);
 /// At most one error line per this interval about nodes refusing forwarded requests.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -40,6 +43,8 @@ pub enum PeerError {
 pub struct Peers {
     tls: TlsConnector,
     conns: Mutex<HashMap<String, SendRequest<Body>>>,
+    /// Nodes that could not be reached, and until when they are skipped.
+    unreachable: Mutex<HashMap<String, std::time::Instant>>,
     last_warning: Mutex<Option<std::time::Instant>>,
 }
 
@@ -50,6 +55,7 @@ impl Peers {
         Ok(Peers {
             tls: TlsConnector::from(Arc::new(config)),
             conns: Mutex::default(),
+            unreachable: Mutex::default(),
             last_warning: Mutex::default(),
         })
     }
@@ -83,9 +89,35 @@ impl Peers {
     }
 
     async fn send_fresh(&self, advertise: &str, req: Request<Body>) -> Result<Response<Incoming>, PeerError> {
+        let skipped = {
+            let mut unreachable = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+            match unreachable.get(advertise) {
+                Some(until) if *until > std::time::Instant::now() => true,
+                Some(_) => {
+                    unreachable.remove(advertise);
+                    false
+                }
+                None => false,
+            }
+        };
+        if skipped {
+            return Err(PeerError::NotSent(
+                Box::new(req),
+                format!(
+                    "unreachable a moment ago; not dialed again for {}s",
+                    SKIP_UNREACHABLE.as_secs()
+                ),
+            ));
+        }
         match self.connect(advertise).await {
             Ok(sender) => self.try_send(advertise, sender, req).await,
-            Err(e) => Err(PeerError::NotSent(Box::new(req), format!("{e:#}"))),
+            Err(e) => {
+                self.unreachable.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    advertise.to_string(),
+                    std::time::Instant::now() + SKIP_UNREACHABLE,
+                );
+                Err(PeerError::NotSent(Box::new(req), format!("{e:#}")))
+            }
         }
     }
 
