@@ -6,6 +6,7 @@
 //! check that can run while deserialising does, so its error carries the line it came from.
 
 pub mod agent;
+pub mod cluster;
 pub mod inspect;
 pub mod keepalive;
 pub mod postgres;

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod bench;
 pub mod body;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod daemon;

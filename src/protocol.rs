@@ -8,6 +8,7 @@
 //! compatible.
 
 pub mod admin;
+pub mod cluster;
 pub mod handshake;
 pub mod headers;
 pub mod tunnel;

@@ -5,7 +5,8 @@
 //! One public request: [`server`] accepts and terminates TLS → [`service`] finds the authority and
 //! routes → [`tunnel_request`] checks edge auth and the declared size, then decides once how the
 //! request is delivered: live over a session by [`proxy`], committed by [`queue`] (`202`), or live
-//! with the queue as the fallback. Streams are built and answers relayed in [`stream`]; every
+//! with the queue as the fallback, or passed by [`forward`] to another relay node of the cluster
+//! that holds the tunnel's agent. Streams are built and answers relayed in [`stream`]; every
 //! error becomes an HTTP answer in [`error`].
 //!
 //! Agents: [`connect`] upgrades agent logins into [`session`]s held in the [`registry`]. Queued
@@ -27,6 +28,7 @@ mod console;
 mod delivery;
 mod edge_auth;
 mod error;
+mod forward;
 pub mod metrics;
 mod monitor;
 mod proxy;
@@ -108,12 +110,28 @@ pub async fn serve_with_metrics(
         }
         None => None,
     };
-    let state = Arc::new(state::RelayState::new(
-        config,
-        queues,
-        metrics,
-        shutdown.child_token(),
-    ));
+    let cluster = match (&config.cluster, &config.store) {
+        (Some(c), Some(crate::config::relay::StoreUrl::Postgres(url))) => Some(Arc::new(
+            crate::cluster::Cluster::new(c, url)
+                .context("setting up the cluster (`cluster:` in relay.yaml)")?,
+        )),
+        _ => None,
+    };
+    let state = Arc::new(
+        state::RelayState::new(config, queues, metrics, shutdown.child_token()).with_cluster(cluster),
+    );
+    // The node's rows go as soon as it starts draining: its listener closes, so other nodes
+    // could not forward to it any more.
+    let cluster_stop = shutdown.child_token();
+    let membership = state.cluster.clone().map(|c| {
+        tracing::info!(node = %c.node_id, advertise = %c.advertise, "joining the relay cluster");
+        let tunnels = state
+            .registry
+            .tunnels()
+            .map(|t| (t.name.to_string(), t.watch_connected()))
+            .collect();
+        tokio::spawn(crate::cluster::membership::run(c, tunnels, cluster_stop.clone()))
+    });
     // The metrics address outlives the drain, so probes see `/ready` turn 503.
     let monitor_stop = CancellationToken::new();
     let monitor =
@@ -124,6 +142,10 @@ pub async fn serve_with_metrics(
         .map(|q| tokio::spawn(store_watch::run(q, monitor_stop.clone())));
     let workers = delivery::start(&state, shutdown.clone());
     let result = server::run(listener, tls, state, shutdown).await;
+    cluster_stop.cancel();
+    if let Some(task) = membership {
+        let _ = task.await;
+    }
     // Sessions are closed by now, so in-flight attempts end quickly; bound the wait anyway.
     if tokio::time::timeout(WORKER_STOP, workers.wait()).await.is_err() {
         tracing::warn!(

@@ -9,7 +9,7 @@ use http::Method;
 
 use super::CommandError;
 use super::deliveries::{AdminArgs, AdminClient};
-use crate::protocol::admin::{StatusResponse, TunnelStatus};
+use crate::protocol::admin::{ClusterStatus, StatusResponse, TunnelStatus};
 
 /// Run `ponte status`.
 pub fn run(args: AdminArgs) -> Result<(), CommandError> {
@@ -69,6 +69,9 @@ pub fn render(s: &StatusResponse) -> String {
             oldest
         ));
     }
+    if let Some(c) = &s.cluster {
+        out.push_str(&nodes(c));
+    }
     let online: Vec<_> = s
         .tunnels
         .iter()
@@ -89,6 +92,42 @@ pub fn render(s: &StatusResponse) -> String {
                 a.streams_in_use
             ));
         }
+    }
+    out
+}
+
+/// The cluster's nodes: id (this one marked), advertise URL, last heartbeat, tunnels held.
+fn nodes(c: &ClusterStatus) -> String {
+    let mut out = format!(
+        "\n{:<22} {:<30} {:<15} TUNNELS\n",
+        "NODE", "ADVERTISE", "HEARTBEAT"
+    );
+    if let Some(e) = &c.error {
+        out.push_str(&format!("(the nodes could not be read: {e})\n"));
+    }
+    for n in &c.nodes {
+        let id = if n.id == c.node_id {
+            format!("{} (this)", n.id)
+        } else {
+            n.id.clone()
+        };
+        let stale = if n.heartbeat_age_secs >= crate::cluster::ENTRY_TTL.as_secs() {
+            " (gone?)"
+        } else {
+            ""
+        };
+        let tunnels = if n.tunnels.is_empty() {
+            "-".to_string()
+        } else {
+            n.tunnels.join(",")
+        };
+        out.push_str(&format!(
+            "{:<22} {:<30} {:<15} {}\n",
+            id,
+            n.advertise,
+            format!("{} ago{stale}", short(Duration::from_secs(n.heartbeat_age_secs))),
+            tunnels
+        ));
     }
     out
 }
@@ -164,6 +203,7 @@ mod tests {
             draining: false,
             store: true,
             tunnels: vec![tunnel("offline", 0, 3), tunnel("online", 1, 3)],
+            cluster: None,
         };
         let text = render(&s);
         let line = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap().to_string();
@@ -181,6 +221,45 @@ mod tests {
         assert!(!line("online ").contains("waiting"), "{text}");
         assert!(
             text.contains("203.0.113.5:51234") && text.contains("1h 0m ago"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_lists_its_nodes_and_marks_this_one_and_silent_ones() {
+        use crate::protocol::admin::NodeStatus;
+        let node = |id: &str, age: u64, tunnels: &[&str]| NodeStatus {
+            id: id.into(),
+            advertise: format!("https://{id}.internal:443"),
+            started_at: "2026-01-01T07:00:00Z".into(),
+            last_heartbeat: "2026-01-01T09:59:58Z".into(),
+            heartbeat_age_secs: age,
+            tunnels: tunnels.iter().map(|t| t.to_string()).collect(),
+        };
+        let s = StatusResponse {
+            version: "0.1.0".into(),
+            now: "2026-01-01T10:00:00Z".into(),
+            started_at: "2026-01-01T07:00:00Z".into(),
+            draining: false,
+            store: true,
+            tunnels: vec![tunnel("online", 1, 0)],
+            cluster: Some(ClusterStatus {
+                node_id: "relay-1".into(),
+                nodes: vec![node("relay-1", 2, &["online"]), node("relay-2", 95, &[])],
+                error: None,
+            }),
+        };
+        let text = render(&s);
+        let line = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+        assert!(text.contains("NODE"), "{text}");
+        assert!(line("relay-1").contains("relay-1 (this)"), "{text}");
+        assert!(line("relay-1").contains("https://relay-1.internal:443"), "{text}");
+        assert!(
+            line("relay-1").contains("2s ago") && line("relay-1").ends_with("online"),
+            "{text}"
+        );
+        assert!(
+            line("relay-2").contains("1m 35s ago (gone?)") && line("relay-2").ends_with(" -"),
             "{text}"
         );
     }

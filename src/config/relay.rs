@@ -69,6 +69,10 @@ pub struct RelayConfig {
     /// network), e.g. `127.0.0.1:9464`.
     #[serde(default, deserialize_with = "opt_socket_addr")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Several relay nodes sharing one PostgreSQL store: this node's id, how the others reach
+    /// it, and their shared secret.
+    #[serde(default)]
+    pub cluster: Option<super::cluster::ClusterConfig>,
     /// The tunnels, by name.
     #[serde(default)]
     pub tunnels: BTreeMap<TunnelName, TunnelConfig>,
@@ -290,6 +294,12 @@ impl RelayConfig {
         }
         self.validate_limits(origin)?;
         self.validate_metrics(origin)?;
+        if let Some(cluster) = &self.cluster {
+            let postgres = matches!(self.store, Some(StoreUrl::Postgres(_)));
+            cluster
+                .validate(postgres, self.domain.as_deref())
+                .map_err(|why| super::ConfigError::invalid(origin, why))?;
+        }
         self.validate_store(origin)
     }
 

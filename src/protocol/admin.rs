@@ -218,6 +218,39 @@ pub struct StatusResponse {
     pub store: bool,
     /// Every configured tunnel, by name.
     pub tunnels: Vec<TunnelStatus>,
+    /// The relay nodes sharing this relay's database (`cluster:` configured; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The cluster in [`StatusResponse`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The id of the node that answered.
+    pub node_id: String,
+    /// Every node with a row in the database, by id (a crashed node stays listed, its heartbeat
+    /// growing old, until it starts again or is removed).
+    pub nodes: Vec<NodeStatus>,
+    /// Why the nodes could not be read, if they could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One relay node in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// `cluster.node_id`.
+    pub id: String,
+    /// `cluster.advertise`.
+    pub advertise: String,
+    /// When it started (its own clock), RFC 3339.
+    pub started_at: String,
+    /// Its last heartbeat (the database's clock), RFC 3339.
+    pub last_heartbeat: String,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_secs: u64,
+    /// The tunnels it holds agent sessions of (entries not expired).
+    pub tunnels: Vec<String>,
 }
 
 /// One tunnel in [`StatusResponse`].

@@ -28,6 +28,10 @@ pub static PONTE_PUBLIC_URL: HeaderName = HeaderName::from_static("ponte-public-
 /// serve the tunnel. More than one splits requests between them, which is a mistake when they
 /// were meant to serve different upstreams. Absent from older relays: read it as 1.
 pub static PONTE_TUNNEL_AGENTS: HeaderName = HeaderName::from_static("ponte-tunnel-agents");
+/// Relay → agent (in the 101): the id of the relay node that took the login (`cluster.node_id`, or
+/// a random id per relay process when no cluster is configured), so an agent with several sessions
+/// can tell whether two of them reached the same node.
+pub static PONTE_NODE: HeaderName = HeaderName::from_static("ponte-node");
 /// On responses Ponte itself generated (not the upstream): a short machine-readable cause.
 pub static PONTE_ERROR: HeaderName = HeaderName::from_static("ponte-error");
 /// Agent → relay, on the answer to a websocket CONNECT that the upstream did not upgrade: the

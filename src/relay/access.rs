@@ -3,7 +3,7 @@
 //! duration and the byte counts cover the whole exchange and not just the headers.
 //!
 //! Lines go to the `ponte::access` log target at INFO with one field per fact (tunnel, method,
-//! path, status, error, duration_ms, bytes_in, bytes_out, delivery_id, peer). The query string is
+//! path, status, error, duration_ms, bytes_in, bytes_out, delivery_id, forwarded_to, peer). The query string is
 //! never logged: it can carry a sender's secret (edge auth by query parameter, signed URLs).
 
 use std::net::SocketAddr;
@@ -76,12 +76,17 @@ impl Exchange {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(MAX_ERROR_CODE).collect());
         let delivery_id = resp.extensions().get::<Queued>().map(|q| q.0.clone());
+        let forwarded_to = resp
+            .extensions()
+            .get::<super::forward::Forwarded>()
+            .map(|f| f.0.clone());
         let record = Record {
             exchange: self,
             tunnel,
             status: resp.status().as_u16(),
             error,
             delivery_id,
+            forwarded_to,
             log,
             metrics,
         };
@@ -102,6 +107,8 @@ struct Record {
     status: u16,
     error: Option<String>,
     delivery_id: Option<String>,
+    /// The node that answered, when the request was passed to another relay node.
+    forwarded_to: Option<String>,
     log: bool,
     metrics: Option<Arc<RelayMetrics>>,
 }
@@ -116,6 +123,9 @@ impl Record {
                 None => m.unrouted(),
             };
             series.request(self.status, elapsed, bytes_in, bytes_out);
+            if self.forwarded_to.is_some() {
+                series.forwarded();
+            }
         }
         if self.log {
             let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
@@ -130,6 +140,7 @@ impl Record {
                 bytes_in,
                 bytes_out,
                 delivery_id = self.delivery_id.as_deref(),
+                forwarded_to = self.forwarded_to.as_deref(),
                 peer = %self.exchange.peer.ip(),
                 "request"
             );

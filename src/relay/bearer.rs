@@ -32,11 +32,22 @@ pub fn check<B>(
     expected: &str,
     what: &str,
 ) -> Result<(), Refused> {
+    check_presented(state, conn, presented(req), expected, what)
+}
+
+/// Check a token taken from wherever the endpoint carries it against `expected`.
+pub fn check_presented(
+    state: &RelayState,
+    conn: ConnInfo,
+    presented: Option<&str>,
+    expected: &str,
+    what: &str,
+) -> Result<(), Refused> {
     let ip = conn.peer.ip();
     if state.registry.login_throttled(ip) {
         return Err(Refused::Throttled);
     }
-    let presented = presented(req).ok_or(Refused::Missing)?;
+    let presented = presented.ok_or(Refused::Missing)?;
     // Hash both sides so the comparison takes the same time whatever the lengths.
     if TokenHash::of(presented).matches(&TokenHash::of(expected)) {
         Ok(())

@@ -16,8 +16,8 @@ use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
 use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
 use crate::protocol::{
-    PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS, PONTE_VERSION,
-    UPGRADE_TOKEN,
+    PONTE_AGENT_ID, PONTE_ERROR, PONTE_NODE, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS,
+    PONTE_VERSION, UPGRADE_TOKEN,
 };
 
 /// Longest agent version kept from the handshake (it is shown to operators).
@@ -100,6 +100,7 @@ pub async fn accept(
     // The connection's slot moves to the session, which holds it for as long as it lives.
     let slot = req.extensions_mut().remove::<super::slots::ConnSlot>();
     let public_url = public_url(state, conn, authority, &tunnel);
+    let node = HeaderValue::from_str(&state.node_id).ok();
     let state = state.clone();
     let peer = conn.peer;
     let session_tunnel = tunnel.clone();
@@ -133,6 +134,9 @@ pub async fn accept(
         h.insert(PONTE_PUBLIC_URL.clone(), v);
     }
     h.insert(PONTE_TUNNEL_AGENTS.clone(), HeaderValue::from(agents));
+    if let Some(v) = node {
+        h.insert(PONTE_NODE.clone(), v);
+    }
     Ok(resp)
 }
 

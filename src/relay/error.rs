@@ -76,6 +76,12 @@ pub enum ProxyError {
     /// Admin API: wrong token.
     #[error("the admin token was not accepted")]
     AdminTokenRejected,
+    /// A forwarded request without the cluster secret.
+    #[error("this endpoint is for the relay nodes of a cluster: send `Ponte-Cluster-Secret`")]
+    ClusterSecretMissing,
+    /// A forwarded request with a wrong cluster secret.
+    #[error("the cluster secret was not accepted; every node needs the same `cluster.secret`")]
+    ClusterSecretRejected,
     /// `/_ponte/metrics` without a `metrics_token` configured.
     #[error(
         "metrics are not served on this port: set `metrics_token:` in relay.yaml, or `metrics_listen:` for a private address"
@@ -118,8 +124,12 @@ impl ProxyError {
             ProxyError::NoSuchDelivery(_) | ProxyError::AdminDisabled(_) | ProxyError::MetricsDisabled => {
                 StatusCode::NOT_FOUND
             }
-            ProxyError::AdminTokenMissing | ProxyError::MetricsTokenMissing => StatusCode::UNAUTHORIZED,
-            ProxyError::AdminTokenRejected | ProxyError::MetricsTokenRejected => StatusCode::FORBIDDEN,
+            ProxyError::AdminTokenMissing
+            | ProxyError::MetricsTokenMissing
+            | ProxyError::ClusterSecretMissing => StatusCode::UNAUTHORIZED,
+            ProxyError::AdminTokenRejected
+            | ProxyError::MetricsTokenRejected
+            | ProxyError::ClusterSecretRejected => StatusCode::FORBIDDEN,
             ProxyError::AgentFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Throttled => StatusCode::TOO_MANY_REQUESTS,
@@ -148,6 +158,8 @@ impl ProxyError {
             ProxyError::AdminTokenMissing => "admin-token-missing",
             ProxyError::AdminTokenRejected => "admin-token-rejected",
             ProxyError::MetricsDisabled => "metrics-disabled",
+            ProxyError::ClusterSecretMissing => "cluster-secret-missing",
+            ProxyError::ClusterSecretRejected => "cluster-secret-rejected",
             ProxyError::MetricsTokenMissing => "metrics-token-missing",
             ProxyError::MetricsTokenRejected => "metrics-token-rejected",
         }

@@ -182,6 +182,7 @@ pub struct TunnelMetrics {
     bytes_in: Counter,
     bytes_out: Counter,
     attempts: [Counter; 4],
+    forwarded: Counter,
 }
 
 impl TunnelMetrics {
@@ -192,6 +193,11 @@ impl TunnelMetrics {
         self.duration.observe(elapsed.as_secs_f64());
         self.bytes_in.inc_by(bytes_in);
         self.bytes_out.inc_by(bytes_out);
+    }
+
+    /// Count one public request passed to another relay node.
+    pub fn forwarded(&self) {
+        self.forwarded.inc();
     }
 
     /// Time from opening a stream on an agent session to the response headers.
@@ -235,6 +241,7 @@ impl RelayMetrics {
         let bytes_in = Family::<TunnelLabel, Counter>::default();
         let bytes_out = Family::<TunnelLabel, Counter>::default();
         let attempts = Family::<AttemptLabels, Counter>::default();
+        let forwarded = Family::<TunnelLabel, Counter>::default();
         let agents = Family::<TunnelLabel, Gauge>::default();
         let queue = Family::<QueueLabels, Gauge>::default();
         let oldest_pending = Family::<TunnelLabel, FloatGauge>::default();
@@ -272,6 +279,11 @@ impl RelayMetrics {
             "Response body bytes sent to public senders",
             Unit::Bytes,
             bytes_out.clone(),
+        );
+        r.register(
+            "ponte_forwarded_requests",
+            "Public requests passed to another relay node that holds the tunnel's agent sessions",
+            forwarded.clone(),
         );
         r.register(
             "ponte_agents_connected",
@@ -342,6 +354,7 @@ impl RelayMetrics {
                     })
                     .clone()
             }),
+            forwarded: forwarded.get_or_create(&label(tunnel)).clone(),
         };
         let tunnels = config
             .tunnels

@@ -29,12 +29,44 @@ pub async fn live(
     limit: u64,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, incoming) = req.into_parts();
+    let uri = target.uri()?;
+    let headers = target.headers(state, parts.headers);
+    live_prepared(
+        state,
+        tunnel,
+        session,
+        parts.method,
+        uri,
+        headers,
+        incoming,
+        limit,
+    )
+    .await
+}
+
+/// [`live`] for a request whose stream URI and headers are already built (by this node, or by
+/// the node that forwarded it here).
+#[allow(clippy::too_many_arguments)]
+pub async fn live_prepared<B>(
+    state: &Arc<RelayState>,
+    tunnel: &Arc<TunnelState>,
+    session: Arc<Session>,
+    method: Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    incoming: B,
+    limit: u64,
+) -> Result<Response<Body>, ProxyError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<crate::BoxError>,
+{
     let (guarded, outcome) = GuardedBody::new(incoming, limit, state.config.limits.body_idle_timeout);
     let mut out = Request::new(body::boxed(guarded));
-    *out.method_mut() = parts.method;
-    *out.uri_mut() = target.uri()?;
+    *out.method_mut() = method;
+    *out.uri_mut() = uri;
     *out.version_mut() = Version::HTTP_2;
-    *out.headers_mut() = target.headers(state, parts.headers);
+    *out.headers_mut() = headers;
 
     let sent = std::time::Instant::now();
     let (resp, permit) = tunnel
@@ -48,20 +80,30 @@ pub async fn live(
 /// Map a failed stream to the sender's answer, preferring what the body guard saw: a body cut
 /// for size is a 413, and a malformed one a 400, even if the agent saw only a reset stream.
 fn send_error(e: SendError, outcome: &BodyOutcome, limit: u64) -> ProxyError {
-    if outcome.was_too_large() {
-        return ProxyError::TooLarge { limit };
-    }
-    if outcome.was_idle() {
-        return ProxyError::BodyStalled;
-    }
-    if outcome.was_broken() {
-        return ProxyError::BadRequest("the request body is malformed or was cut off".into());
+    if let Some(e) = body_error(outcome, limit) {
+        return e;
     }
     match e {
         SendError::Timeout => ProxyError::Timeout,
         SendError::Busy(n) => ProxyError::AgentFailed(format!("all {n} streams busy")),
         SendError::Failed(e) => ProxyError::AgentFailed(e.to_string()),
     }
+}
+
+/// What the body guard saw, if the sender's body was at fault.
+pub(super) fn body_error(outcome: &BodyOutcome, limit: u64) -> Option<ProxyError> {
+    if outcome.was_too_large() {
+        return Some(ProxyError::TooLarge { limit });
+    }
+    if outcome.was_idle() {
+        return Some(ProxyError::BodyStalled);
+    }
+    if outcome.was_broken() {
+        return Some(ProxyError::BadRequest(
+            "the request body is malformed or was cut off".into(),
+        ));
+    }
+    None
 }
 
 /// A websocket: extended CONNECT on the tunnel (through the same send path as any request, so a

@@ -81,6 +81,58 @@ pub async fn live_or_queue(
     }
 }
 
+/// Read the request whole; try it live through another node that holds the tunnel's agent; if
+/// none answers, commit it and answer 202 instead (`fallback` with no agent on this node).
+pub async fn forward_or_queue(
+    state: &Arc<RelayState>,
+    tunnel: &Arc<TunnelState>,
+    queue: &Arc<TunnelQueue>,
+    cluster: &crate::cluster::Cluster,
+    holders: &[crate::cluster::Holder],
+    req: Request<PublicBody>,
+    target: Target,
+) -> Result<Response<Body>, ProxyError> {
+    let new = read_request(state, tunnel, req, target).await?;
+    let method = http::Method::from_bytes(new.method.as_bytes())
+        .map_err(|_| ProxyError::BadRequest("the request method cannot be forwarded".into()))?;
+    let out = super::forward::prepare(
+        cluster,
+        tunnel,
+        method,
+        &new.uri,
+        new.headers.clone(),
+        body::full(new.body.clone()),
+    )?;
+    match super::forward::send(state, cluster, tunnel, holders, out).await {
+        // The other node's own session failed (or was gone) before any answer: as on one node,
+        // the request is kept rather than lost.
+        Ok(resp) if tunnel_failed(&resp) => {
+            tracing::info!(tunnel = %tunnel.name, "the other relay node's agent did not answer; queueing the request");
+            commit(state, queue, new).await
+        }
+        Ok(resp) => Ok(resp),
+        Err(super::forward::Unanswered::Timeout) => Err(ProxyError::Timeout),
+        Err(
+            super::forward::Unanswered::NotSent
+            | super::forward::Unanswered::Failed(_)
+            | super::forward::Unanswered::Refused(_),
+        ) => {
+            tracing::info!(tunnel = %tunnel.name, "no relay node answered; queueing the request");
+            commit(state, queue, new).await
+        }
+    }
+}
+
+/// Did the answering node fail to reach its agent (rather than relay the upstream's answer)?
+fn tunnel_failed<B>(resp: &Response<B>) -> bool {
+    let code = resp
+        .headers()
+        .get(&crate::protocol::PONTE_ERROR)
+        .and_then(|v| v.to_str().ok());
+    let ours = |e: ProxyError| code == Some(e.code()) && resp.status() == e.status();
+    ours(ProxyError::AgentOffline) || ours(ProxyError::AgentFailed(String::new()))
+}
+
 async fn commit(
     state: &RelayState,
     queue: &TunnelQueue,

@@ -16,10 +16,11 @@ use super::registry::TunnelState;
 use super::routing::{self, Route};
 use super::state::{ConnInfo, RelayState};
 use super::stream::Target;
-use super::{admin, connect, monitor, request, tunnel_request};
+use super::{admin, connect, forward, monitor, request, tunnel_request};
 use crate::body::{self, Body};
 use crate::inspect::console::{CONSOLE_PREFIX, Caller};
 use crate::protocol::admin::ADMIN_PREFIX;
+use crate::protocol::cluster::FORWARD_PATH;
 use crate::protocol::{CONNECT_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH};
 
 /// The console without its trailing slash (redirected to [`CONSOLE_PREFIX`]).
@@ -133,6 +134,7 @@ async fn internal(
 ) -> Result<Response<Body>, ProxyError> {
     match path {
         CONNECT_PATH => connect::accept(state, conn, req, authority).await,
+        FORWARD_PATH => forward::accept(state, conn, req).await,
         HEALTH_PATH => Ok(health(state)),
         READY_PATH => Ok(monitor::ready(state)),
         METRICS_PATH => monitor::public_metrics(state, conn, &req).await,

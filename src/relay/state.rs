@@ -35,6 +35,10 @@ pub struct RelayState {
     pub draining: CancellationToken,
     /// When this relay started (for `ponte status`).
     pub started_at: SystemTime,
+    /// This node's id, sent to agents in the 101 (`cluster.node_id`, or random per process).
+    pub node_id: String,
+    /// This node's place among several sharing one database (`cluster:` configured).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl RelayState {
@@ -52,8 +56,14 @@ impl RelayState {
         metrics: Option<Arc<RelayMetrics>>,
         draining: CancellationToken,
     ) -> Self {
+        let node_id = match &config.cluster {
+            Some(c) => c.node_id(),
+            None => format!("relay-{:016x}", rand::random::<u64>()),
+        };
         RelayState {
             registry: Registry::new(&config),
+            node_id,
+            cluster: None,
             config,
             sessions_shutdown: CancellationToken::new(),
             queues,
@@ -62,6 +72,15 @@ impl RelayState {
             draining,
             started_at: SystemTime::now(),
         }
+    }
+
+    /// Join the cluster: forward to other nodes, accept their forwarded requests.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        if let Some(c) = &cluster {
+            self.node_id = c.node_id.clone();
+        }
+        self.cluster = cluster;
+        self
     }
 
     /// Record an agent round trip (stream opened → response headers) of `tunnel`.

@@ -1,11 +1,13 @@
 //! The operator's overview behind `GET /_ponte/admin/status`, `ponte status` and the console's
 //! tunnels panel: every tunnel with its agents (address, version, since when), when one was last
-//! seen, its requests per minute, and its queue.
+//! seen, its requests per minute, and its queue; with `cluster:`, every relay node of the cluster.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::state::RelayState;
-use crate::protocol::admin::{AgentStatus, QueueStatus, StatusResponse, TunnelStatus};
+use crate::protocol::admin::{
+    AgentStatus, ClusterStatus, NodeStatus, QueueStatus, StatusResponse, TunnelStatus,
+};
 use crate::store::{QueueStats, StoreError};
 
 /// Build the answer from the registry and (with a store) the queue's counts.
@@ -14,7 +16,37 @@ pub async fn collect(state: &RelayState) -> Result<StatusResponse, StoreError> {
         Some(q) => Some(q.store.stats().await?),
         None => None,
     };
-    Ok(build(state, stats.as_ref()))
+    let mut status = build(state, stats.as_ref());
+    if let Some(cluster) = &state.cluster {
+        status.cluster = Some(cluster_status(cluster).await);
+    }
+    Ok(status)
+}
+
+/// The nodes as the database lists them; a database that cannot be read is reported, not fatal.
+async fn cluster_status(cluster: &crate::cluster::Cluster) -> ClusterStatus {
+    let ms = |t: i64| time(UNIX_EPOCH + Duration::from_millis(u64::try_from(t).unwrap_or_default()));
+    let (nodes, error) = match cluster.db().nodes().await {
+        Ok(rows) => (
+            rows.into_iter()
+                .map(|n| NodeStatus {
+                    id: n.node_id,
+                    advertise: n.advertise,
+                    started_at: ms(n.started_at),
+                    last_heartbeat: ms(n.heartbeat_at),
+                    heartbeat_age_secs: u64::try_from(n.heartbeat_age_ms / 1000).unwrap_or_default(),
+                    tunnels: n.tunnels,
+                })
+                .collect(),
+            None,
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    ClusterStatus {
+        node_id: cluster.node_id.clone(),
+        nodes,
+        error,
+    }
 }
 
 /// The answer from the registry and the queue's counts, if read (`None`: no store, or the
@@ -63,6 +95,7 @@ pub fn build(state: &RelayState, stats: Option<&QueueStats>) -> StatusResponse {
         draining: state.draining.is_cancelled(),
         store: state.queues.is_some(),
         tunnels,
+        cluster: None,
     }
 }
 

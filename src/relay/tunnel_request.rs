@@ -1,7 +1,9 @@
 //! One public request for a tunnel, from the dispatcher to the path that delivers it: edge auth,
 //! the size pre-check, then the one decision how it is delivered: live over an agent session
 //! ([`proxy`]), committed to the durable queue ([`queue::accept`]), or live with the queue as the
-//! fallback when the tunnel fails before any answer ([`queue::live_or_queue`]).
+//! fallback when the tunnel fails before any answer ([`queue::live_or_queue`]). With `cluster:`,
+//! a request for a tunnel with no session on this node goes to a node that has one
+//! ([`forward::to_peer`], or [`queue::forward_or_queue`] for `fallback`).
 
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use super::request::PublicBody;
 use super::session::Session;
 use super::state::{RelayState, TunnelQueue};
 use super::stream::Target;
-use super::{edge_auth, proxy, queue, request};
+use super::{edge_auth, forward, proxy, queue, request};
 use crate::body::Body;
 use crate::config::relay::{DeliveryMode, TunnelConfig};
 
@@ -46,6 +48,12 @@ pub async fn handle(
             proxy::websocket(state, tunnel, session, req, target).await
         }
         Delivery::Live(session) => proxy::live(state, tunnel, session, req, target, limit).await,
+        Delivery::Forward(cluster, holders) => {
+            forward::to_peer(state, &cluster, tunnel, &holders, req, target, limit).await
+        }
+        Delivery::ForwardOrQueue(queue, cluster, holders) => {
+            queue::forward_or_queue(state, tunnel, &queue, &cluster, &holders, req, target).await
+        }
         Delivery::Queue(queue) => queue::accept(state, tunnel, &queue, req, target).await,
         Delivery::LiveOrQueue(queue, session) => {
             queue::live_or_queue(state, tunnel, &queue, session, req, target).await
@@ -54,7 +62,7 @@ pub async fn handle(
 }
 
 /// The largest body a live request of this tunnel may have.
-fn live_body_limit(state: &RelayState, tunnel: &TunnelState) -> u64 {
+pub(super) fn live_body_limit(state: &RelayState, tunnel: &TunnelState) -> u64 {
     tunnel
         .config
         .max_body_bytes
@@ -66,6 +74,14 @@ fn live_body_limit(state: &RelayState, tunnel: &TunnelState) -> u64 {
 enum Delivery {
     /// Proxy it live on this session.
     Live(Arc<Session>),
+    /// No session here: pass it to one of these other nodes, which hold sessions of the tunnel.
+    Forward(Arc<crate::cluster::Cluster>, Arc<Vec<crate::cluster::Holder>>),
+    /// No session here: try these other nodes live; if none answers, commit it and answer 202.
+    ForwardOrQueue(
+        Arc<TunnelQueue>,
+        Arc<crate::cluster::Cluster>,
+        Arc<Vec<crate::cluster::Holder>>,
+    ),
     /// Commit it and answer 202.
     Queue(Arc<TunnelQueue>),
     /// Try live on this session; if the tunnel fails before any answer, commit it and answer 202.
@@ -95,17 +111,45 @@ async fn choose(
             (Decision::LiveOrQueue, Some(session)) => {
                 return Ok(Delivery::LiveOrQueue(queue.clone(), session));
             }
+            // Queued only because no agent is here: one on another node may take it live.
+            (Decision::Queue, None)
+                if decide(&tunnel.config, queue, req, true) == Decision::LiveOrQueue
+                    && let Some(Delivery::Forward(cluster, holders)) =
+                        elsewhere(state, tunnel, req).await.ok() =>
+            {
+                return Ok(Delivery::ForwardOrQueue(queue.clone(), cluster, holders));
+            }
             _ => return Ok(Delivery::Queue(queue.clone())),
         }
     }
     let session = match session {
         Some(s) => s,
-        None => tunnel
-            .pick_or_wait(PENDING_LOGIN_WAIT)
-            .await
-            .ok_or(ProxyError::AgentOffline)?,
+        None => match tunnel.pick_or_wait(PENDING_LOGIN_WAIT).await {
+            Some(s) => s,
+            None => return elsewhere(state, tunnel, req).await,
+        },
     };
     Ok(Delivery::Live(session))
+}
+
+/// No session of the tunnel on this node: another node of the cluster may hold one. Websocket
+/// upgrades are not passed between nodes.
+async fn elsewhere(
+    state: &RelayState,
+    tunnel: &TunnelState,
+    req: &Request<PublicBody>,
+) -> Result<Delivery, ProxyError> {
+    let Some(cluster) = &state.cluster else {
+        return Err(ProxyError::AgentOffline);
+    };
+    if request::is_websocket_upgrade(req) {
+        return Err(ProxyError::AgentOffline);
+    }
+    let holders = cluster.holders(tunnel.name.as_str()).await;
+    if holders.is_empty() {
+        return Err(ProxyError::AgentOffline);
+    }
+    Ok(Delivery::Forward(cluster.clone(), holders))
 }
 
 /// What the delivery mode says about one request of a tunnel with a queue.

@@ -11,6 +11,7 @@
 //!   count the database keeps itself ([`schema`]); PostgreSQL's own files (indexes, rows waiting
 //!   for vacuum, WAL) come on top and are the database administrator's to size.
 
+pub mod cluster;
 mod conn;
 mod listen;
 mod ops;
@@ -97,7 +98,7 @@ impl PgStore {
         time: TimeSource,
         metrics: Option<StoreMetrics>,
     ) -> Result<Self, StoreError> {
-        let pool = conn::pool(url)?;
+        let pool = conn::pool(url, conn::POOL_SIZE)?;
         let mut client = pool.get().await.map_err(|e| {
             let why = match pool_err(e) {
                 StoreError::Unavailable(why) => why,

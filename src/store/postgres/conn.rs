@@ -11,8 +11,8 @@ use super::tls;
 use crate::config::postgres::PostgresUrl;
 use crate::store::{Clock, StoreError};
 
-/// Connections one relay keeps to the database at most.
-const POOL_SIZE: usize = 16;
+/// Connections one relay's store keeps to the database at most.
+pub(super) const POOL_SIZE: usize = 16;
 /// Longest wait for a free pooled connection, or for a new one to be made.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 /// Connection attempt limit when the URL sets no `connect_timeout`: a database that does not
@@ -45,8 +45,8 @@ pub(super) fn driver_config(url: &PostgresUrl) -> tokio_postgres::Config {
     config
 }
 
-/// The pool of connections (made on demand: none is opened here).
-pub(super) fn pool(url: &PostgresUrl) -> Result<Pool, StoreError> {
+/// The pool of at most `max_size` connections (made on demand: none is opened here).
+pub(super) fn pool(url: &PostgresUrl, max_size: usize) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         driver_config(url),
         tls::connector(url)?,
@@ -58,7 +58,7 @@ pub(super) fn pool(url: &PostgresUrl) -> Result<Pool, StoreError> {
         },
     );
     Pool::builder(manager)
-        .max_size(POOL_SIZE)
+        .max_size(max_size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(POOL_WAIT))

@@ -18,9 +18,10 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x706f_6e74_6501;
 
 /// Each migration: what it does, and its SQL. The schema version is the number applied.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "deliveries, their request bytes, their attempt log, and the counted size of the store",
-    "CREATE TABLE deliveries (
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "deliveries, their request bytes, their attempt log, and the counted size of the store",
+        "CREATE TABLE deliveries (
         seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         id TEXT NOT NULL UNIQUE,
         tunnel TEXT NOT NULL,
@@ -89,7 +90,27 @@ const MIGRATIONS: &[(&str, &str)] = &[(
     CREATE TRIGGER deliveries_count_deleted AFTER DELETE ON deliveries
         REFERENCING OLD TABLE AS changed_rows
         FOR EACH STATEMENT EXECUTE FUNCTION ponte_count_stored_bytes();",
-)];
+    ),
+    (
+        "cluster membership: relay nodes and where each tunnel's agent sessions are",
+        "CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY,
+        advertise TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL
+    );
+    -- One entry per (node, tunnel) while that node holds agent sessions of the tunnel. Readers
+    -- ignore entries past expires_at, so a crashed node's entries vanish on their own.
+    CREATE TABLE tunnel_sessions (
+        node_id TEXT NOT NULL,
+        tunnel TEXT NOT NULL,
+        agents INTEGER NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (tunnel, node_id)
+    );
+    CREATE INDEX tunnel_sessions_node ON tunnel_sessions (node_id);",
+    ),
+];
 
 /// Bring the schema up to date. Refuses a database migrated by a newer Ponte rather than guess.
 pub(super) async fn migrate(client: &mut Object, shown: &str) -> Result<u32, StoreError> {
