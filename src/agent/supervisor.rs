@@ -1,6 +1,10 @@
-//! The reconnect loop. One task owns it: dial, serve until the session ends, wait a jittered
-//! backoff, dial again — forever, until the shutdown token is cancelled. Status changes are
-//! published for systemd and tests; a refused token is reported once, then retried slowly.
+//! The reconnect loops. The agent keeps `ha_connections` sessions, each in its own slot with its
+//! own loop: pick a target (a relay URL of the list, or an address the one relay name resolves
+//! to), dial, claim the node on the [`Board`], serve until the session ends, wait a jittered
+//! backoff, dial again, forever, until the shutdown token is cancelled. A session that lands on
+//! a node another slot already holds is closed and the next target tried; when every reachable
+//! node is taken the slot waits [`SPARE_RETRY`] (one node: the agent runs with one session).
+//! Losing one session never touches the others: each is served by its own task.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +13,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::dial::Connector;
+use super::board::Board;
+use super::dial::{Connector, DialError};
 use super::heartbeat::Heartbeat;
 use super::ingress::Ingress;
 use super::session::{self, SessionEnd};
@@ -20,19 +25,53 @@ use crate::config::agent::AgentConfig;
 /// seconds, and hammering the relay with a bad token only trips its login throttle.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
-/// Owner of the reconnect loop.
+/// Wait of a slot that found every reachable relay node already holding a session of this agent
+/// (a single-node relay, or a node down): a node that comes back is joined within this.
+pub const SPARE_RETRY: Duration = Duration::from_secs(30);
+
+/// Owner of the reconnect loops.
 pub struct Supervisor {
+    shared: Arc<Shared>,
+    heartbeat: Option<Heartbeat>,
+}
+
+/// What every slot's loop shares.
+struct Shared {
     config: Arc<AgentConfig>,
     connector: Connector,
     ingress: Arc<Ingress>,
-    status: watch::Sender<AgentStatus>,
     shutdown: CancellationToken,
-    heartbeat: Option<Heartbeat>,
+    board: Board,
+    /// Stays the same across reconnects and slots: the relay replaces a slot's stale session by
+    /// (agent id, slot) and counts agents by this id.
     agent_id: String,
+    /// Set once slot 0 finished its first attempt. The other slots start after it, so they know
+    /// which node slot 0 took and do not all dial the same one at once.
+    first_attempt: watch::Sender<bool>,
+    /// What the user was last told (banner, shared tunnel), so reconnects do not repeat it.
+    announced: std::sync::Mutex<Announced>,
+}
+
+#[derive(Default)]
+struct Announced {
+    url: Option<String>,
+    agents: usize,
+}
+
+/// How one round over the targets ended.
+enum Round {
+    /// A session was served and ended.
+    Lost { error: String, stable: bool },
+    /// The agent is stopping.
+    Stopped,
+    /// Every target failed (and none was a duplicate only).
+    Failed { error: String, min_wait: Duration },
+    /// Every reachable node already holds a session of this agent.
+    AllHeld,
 }
 
 impl Supervisor {
-    /// Prepare the loop.
+    /// Prepare the loops.
     pub fn new(
         config: Arc<AgentConfig>,
         connector: Connector,
@@ -41,104 +80,214 @@ impl Supervisor {
         shutdown: CancellationToken,
         heartbeat: Option<Heartbeat>,
     ) -> Self {
+        let slots = config.ha_connections.max(1);
         Supervisor {
-            config,
-            connector,
-            ingress,
-            status,
-            shutdown,
+            shared: Arc::new(Shared {
+                board: Board::new(slots, status),
+                config,
+                connector,
+                ingress,
+                shutdown,
+                agent_id: uuid::Uuid::new_v4().to_string(),
+                first_attempt: watch::Sender::new(false),
+                announced: std::sync::Mutex::new(Announced { url: None, agents: 1 }),
+            }),
             heartbeat,
-            agent_id: uuid::Uuid::new_v4().to_string(),
         }
     }
 
     /// Run until shutdown.
     pub async fn run(mut self) {
-        // Beats for the systemd watchdog while this loop runs (see heartbeat.rs).
+        // Beats for the systemd watchdog while the loops run (see heartbeat.rs).
         match self.heartbeat.take() {
-            Some(heartbeat) => heartbeat.beat_while(self.run_loop()).await,
-            None => self.run_loop().await,
+            Some(heartbeat) => heartbeat.beat_while(self.run_slots()).await,
+            None => self.run_slots().await,
         }
     }
 
-    async fn run_loop(self) {
-        let relay = self.connector.relay().display();
-        for line in self.ingress.describe() {
+    async fn run_slots(self) {
+        for line in self.shared.ingress.describe() {
             tracing::info!(rule = %line, "ingress");
+        }
+        let wanted = self.shared.board.wanted();
+        if wanted > 1 {
+            let relays: Vec<String> = self.shared.connector.relays().map(|r| r.display()).collect();
+            tracing::info!(sessions = wanted, relays = %relays.join(", "), "keeping sessions to distinct relay nodes");
+        }
+        // Each slot on its own task: a session's connection is polled apart from the others.
+        let mut slots = tokio::task::JoinSet::new();
+        for slot in 0..wanted {
+            let shared = self.shared.clone();
+            slots.spawn(async move { shared.run_slot(slot).await });
+        }
+        while let Some(done) = slots.join_next().await {
+            if let Err(e) = done
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "a session loop failed");
+            }
+        }
+        self.shared.board.stopping();
+        tracing::info!("agent stopped");
+    }
+}
+
+impl Shared {
+    async fn run_slot(&self, slot: usize) {
+        if slot > 0 {
+            let mut first = self.first_attempt.subscribe();
+            tokio::select! {
+                _ = first.wait_for(|done| *done) => {},
+                _ = self.shutdown.cancelled() => return,
+            }
         }
         let mut backoff = Backoff::new(&self.config.reconnect);
         let mut last_rejection: Option<String> = None;
-        // What the user was last told, so reconnects do not repeat it.
-        let mut announced_url: Option<String> = None;
-        let mut announced_agents = 1;
-        let mut connects = 0;
+        // After a wait for a node to come back, dial even the addresses other slots hold: behind
+        // one address (an L4 load balancer) the next connection may reach another node.
+        let mut probe = false;
         while !self.shutdown.is_cancelled() {
-            let started = Instant::now();
-            let dialed = tokio::select! {
-                res = self.connector.connect(&self.agent_id) => res,
-                _ = self.shutdown.cancelled() => break,
-            };
-            let (error, min_wait) = match dialed {
-                Ok((handshake, conn)) => {
-                    last_rejection = None;
-                    tracing::info!(%relay, tunnel = %handshake.tunnel, public_url = %handshake.public_url, agents = handshake.agents, "tunnel connected");
-                    if announced_url.as_deref() != Some(handshake.public_url.as_str()) {
-                        for line in self.ingress.forwarding(&handshake.public_url, self.config.lang) {
-                            tracing::info!("{line}");
-                        }
-                        announced_url = Some(handshake.public_url.clone());
+            let round = self.round(slot, probe, &mut last_rejection).await;
+            if slot == 0 {
+                self.first_attempt.send_replace(true);
+            }
+            probe = false;
+            let (delay, error, all_held) = match round {
+                Round::Stopped => break,
+                Round::Lost { error, stable } => {
+                    if stable {
+                        backoff.reset();
                     }
-                    if handshake.agents != announced_agents && handshake.agents > 1 {
-                        tracing::warn!(
-                            tunnel = %handshake.tunnel,
-                            "{} agents share this tunnel: requests are split between them (if they serve different upstreams, give each its own tunnel and token)",
-                            handshake.agents
+                    (backoff.next_delay(), error, false)
+                }
+                Round::Failed { error, min_wait } => (backoff.next_delay().max(min_wait), error, false),
+                Round::AllHeld => {
+                    probe = true;
+                    let live = self.board.live_count();
+                    let wanted = self.board.wanted();
+                    if self.board.first_time_fewer() {
+                        tracing::info!(
+                            sessions = live,
+                            wanted,
+                            "running with {live} of {wanted} sessions: every relay node reachable now already has one; trying again every {}",
+                            humantime::format_duration(SPARE_RETRY)
                         );
                     }
-                    announced_agents = handshake.agents;
-                    connects += 1;
-                    self.status.send_replace(AgentStatus::Connected {
-                        relay: relay.clone(),
-                        tunnel: handshake.tunnel,
-                        public_url: handshake.public_url,
-                        connects,
-                        since: std::time::SystemTime::now(),
-                    });
-                    match session::serve(conn, self.ingress.clone(), &self.config, &self.shutdown).await {
-                        SessionEnd::Stopped => break,
-                        SessionEnd::Lost(reason) => {
-                            if started.elapsed() >= self.config.reconnect.stable_after {
-                                backoff.reset();
-                            }
-                            tracing::warn!(%relay, %reason, "tunnel lost");
-                            (format!("connection lost: {reason}"), Duration::ZERO)
-                        }
-                    }
-                }
-                Err(e) if e.needs_a_person() => {
-                    let text = e.to_string();
-                    if last_rejection.as_deref() != Some(&text) {
-                        tracing::error!(%relay, "{text}");
-                    } else {
-                        tracing::debug!(%relay, "{text}");
-                    }
-                    last_rejection = Some(text.clone());
-                    (text, REJECTED_RETRY)
-                }
-                Err(e) => {
-                    tracing::warn!(%relay, error = %e, "cannot connect");
-                    (e.to_string(), Duration::ZERO)
+                    let error = format!(
+                        "every reachable relay node already has a session of this agent ({live} of {wanted})"
+                    );
+                    (SPARE_RETRY, error, true)
                 }
             };
-            let delay = backoff.next_delay().max(min_wait);
-            tracing::info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
-            self.status.send_replace(AgentStatus::Retrying { delay, error });
+            if !all_held {
+                tracing::info!(slot, delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
+            }
+            self.board.waiting(slot, delay, error, all_held);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {},
                 _ = self.shutdown.cancelled() => break,
             }
         }
-        self.status.send_replace(AgentStatus::Stopping);
-        tracing::info!("agent stopped");
+    }
+
+    /// Try the targets in turn (each slot starts at its own, to spread), skipping those another
+    /// slot holds unless `probe`; serve the first session that lands on a node of its own.
+    async fn round(&self, slot: usize, probe: bool, last_rejection: &mut Option<String>) -> Round {
+        let targets = self.connector.targets().await;
+        let count = targets.len().max(1);
+        let mut failure: Option<(String, Duration)> = None;
+        let mut held = 0;
+        for i in 0..targets.len() {
+            let target = &targets[(slot + i) % count];
+            if !probe && self.board.key_held_by_other(slot, &target.key()) {
+                held += 1;
+                continue;
+            }
+            let relay = target.display();
+            let started = Instant::now();
+            let dialed = tokio::select! {
+                res = self.connector.connect_to(target, &self.agent_id, slot) => res,
+                _ = self.shutdown.cancelled() => return Round::Stopped,
+            };
+            let (handshake, conn) = match dialed {
+                Ok(pair) => pair,
+                Err(e) => {
+                    failure = Some(self.report(&relay, slot, e, last_rejection));
+                    continue;
+                }
+            };
+            *last_rejection = None;
+            if let Err(other) = self.board.claim(slot, target, &handshake) {
+                // Dropping the connection closes it; the relay forgets the session at once.
+                tracing::debug!(%relay, slot, node = handshake.node.as_deref().unwrap_or("unknown"), held_by = other.slot, "this relay node already has a session of this agent; trying another");
+                held += 1;
+                continue;
+            }
+            if slot == 0 {
+                self.first_attempt.send_replace(true);
+            }
+            self.announce(&relay, slot, &handshake);
+            return match session::serve(conn, self.ingress.clone(), &self.config, &self.shutdown).await {
+                SessionEnd::Stopped => Round::Stopped,
+                SessionEnd::Lost(reason) => {
+                    tracing::warn!(%relay, slot, %reason, "tunnel lost");
+                    Round::Lost {
+                        error: format!("connection lost: {reason}"),
+                        stable: started.elapsed() >= self.config.reconnect.stable_after,
+                    }
+                }
+            };
+        }
+        match failure {
+            Some((error, min_wait)) => Round::Failed { error, min_wait },
+            None if held > 0 => Round::AllHeld,
+            None => Round::Failed {
+                error: "no relay address to dial".to_string(),
+                min_wait: Duration::ZERO,
+            },
+        }
+    }
+
+    /// Log a failed dial (a refusal once, then quietly) and say how long to wait at least.
+    fn report(
+        &self,
+        relay: &str,
+        slot: usize,
+        e: DialError,
+        last_rejection: &mut Option<String>,
+    ) -> (String, Duration) {
+        let text = e.to_string();
+        if e.needs_a_person() {
+            if last_rejection.as_deref() != Some(&text) {
+                tracing::error!(%relay, slot, "{text}");
+            } else {
+                tracing::debug!(%relay, slot, "{text}");
+            }
+            *last_rejection = Some(text.clone());
+            (text, REJECTED_RETRY)
+        } else {
+            tracing::warn!(%relay, slot, error = %e, "cannot connect");
+            (text, Duration::ZERO)
+        }
+    }
+
+    /// Say a session is up; the banner and the shared-tunnel warning only when they change.
+    fn announce(&self, relay: &str, slot: usize, handshake: &super::dial::Handshake) {
+        tracing::info!(%relay, slot, node = handshake.node.as_deref().unwrap_or("unknown"), tunnel = %handshake.tunnel, public_url = %handshake.public_url, agents = handshake.agents, "tunnel connected");
+        let mut told = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+        if told.url.as_deref() != Some(handshake.public_url.as_str()) {
+            for line in self.ingress.forwarding(&handshake.public_url, self.config.lang) {
+                tracing::info!("{line}");
+            }
+            told.url = Some(handshake.public_url.clone());
+        }
+        if handshake.agents != told.agents && handshake.agents > 1 {
+            tracing::warn!(
+                tunnel = %handshake.tunnel,
+                "{} agents share this tunnel: requests are split between them (if they serve different upstreams, give each its own tunnel and token)",
+                handshake.agents
+            );
+        }
+        told.agents = handshake.agents;
     }
 }

@@ -20,6 +20,14 @@ pub static PONTE_VERSION: HeaderName = HeaderName::from_static("ponte-version");
 /// Agent → relay: an id that stays the same across reconnects of one agent process, so the relay
 /// can evict the stale session of a connection that died silently.
 pub static PONTE_AGENT_ID: HeaderName = HeaderName::from_static("ponte-agent-id");
+/// Agent → relay: which of the agent's concurrent sessions this is (`0`, `1`, … below its
+/// `ha_connections`). The relay replaces an older session of the same agent *and* slot (a dead
+/// connection being re-dialled), never a sibling slot. Absent from older agents: read it as 0.
+pub static PONTE_AGENT_SLOT: HeaderName = HeaderName::from_static("ponte-agent-slot");
+/// Relay → agent (in the 101): the relay node's id, so an agent holding several sessions can tell
+/// whether two addresses reached the same node. Absent from older relays: the agent then takes
+/// each address for its own node.
+pub static PONTE_NODE: HeaderName = HeaderName::from_static("ponte-node");
 /// Relay → agent (in the 101): the tunnel the token belongs to.
 pub static PONTE_TUNNEL: HeaderName = HeaderName::from_static("ponte-tunnel");
 /// Relay → agent (in the 101): where the public can reach the tunnel.

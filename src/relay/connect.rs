@@ -16,8 +16,8 @@ use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
 use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
 use crate::protocol::{
-    PONTE_AGENT_ID, PONTE_ERROR, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS, PONTE_VERSION,
-    UPGRADE_TOKEN,
+    PONTE_AGENT_ID, PONTE_AGENT_SLOT, PONTE_ERROR, PONTE_NODE, PONTE_PUBLIC_URL, PONTE_TUNNEL,
+    PONTE_TUNNEL_AGENTS, PONTE_VERSION, UPGRADE_TOKEN,
 };
 
 /// Longest agent version kept from the handshake (it is shown to operators).
@@ -73,6 +73,13 @@ pub async fn accept(
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // Which of the agent's HA sessions this is; older agents send none and have one.
+    let agent_slot = req
+        .headers()
+        .get(&PONTE_AGENT_SLOT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
 
     let version = req
         .headers()
@@ -100,6 +107,7 @@ pub async fn accept(
     // The connection's slot moves to the session, which holds it for as long as it lives.
     let slot = req.extensions_mut().remove::<super::slots::ConnSlot>();
     let public_url = public_url(state, conn, authority, &tunnel);
+    let node_id = state.node_id.clone();
     let state = state.clone();
     let peer = conn.peer;
     let session_tunnel = tunnel.clone();
@@ -111,6 +119,7 @@ pub async fn accept(
                 }
                 let agent = Agent {
                     id: agent_id,
+                    slot: agent_slot,
                     version,
                     peer,
                 };
@@ -133,12 +142,16 @@ pub async fn accept(
         h.insert(PONTE_PUBLIC_URL.clone(), v);
     }
     h.insert(PONTE_TUNNEL_AGENTS.clone(), HeaderValue::from(agents));
+    if let Ok(v) = HeaderValue::from_str(&node_id) {
+        h.insert(PONTE_NODE.clone(), v);
+    }
     Ok(resp)
 }
 
-/// Who logged in: the agent's instance id and version, and where it connected from.
+/// Who logged in: the agent's instance id, session slot and version, and where it connected from.
 struct Agent {
     id: String,
+    slot: u32,
     version: Option<String>,
     peer: std::net::SocketAddr,
 }
@@ -153,6 +166,7 @@ async fn run_session(
 ) {
     let Agent {
         id: agent_id,
+        slot,
         version,
         peer,
     } = agent;
@@ -190,7 +204,8 @@ async fn run_session(
             sender,
             state.config.limits.max_streams_per_agent,
         )
-        .with_version(version.clone()),
+        .with_version(version.clone())
+        .with_slot(slot),
     );
     tunnel.register(session.clone());
     drop(pending);
@@ -199,6 +214,7 @@ async fn run_session(
         session = id,
         %peer,
         agent = %agent_id,
+        slot,
         version = version.as_deref().unwrap_or("unknown"),
         "agent connected"
     );

@@ -35,6 +35,9 @@ pub struct RelayState {
     pub draining: CancellationToken,
     /// When this relay started (for `ponte status`).
     pub started_at: SystemTime,
+    /// This node's id, sent to agents in the 101 (`Ponte-Node`) so one agent's sessions can
+    /// land on distinct nodes. A random id per process until the cluster configuration names it.
+    pub node_id: String,
 }
 
 impl RelayState {
@@ -61,6 +64,7 @@ impl RelayState {
             metrics,
             draining,
             started_at: SystemTime::now(),
+            node_id: uuid::Uuid::new_v4().to_string(),
         }
     }
 
