@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
+use support::faults::Blackhole;
 use support::process::{Process, start_relay_process};
 use support::*;
 
@@ -42,8 +43,18 @@ fn agent_process(certs: &Certs, relays: &[String], up: &Upstream, extra: &str) -
         &format!("inspect: off\n{extra}ingress:\n  - upstream: {}\n", up.url()),
     );
     let path = write(certs.dir.path(), "agent.yaml", &yaml);
-    Process::spawn(&["agent", "--config", path.to_str().unwrap()])
+    // The supervisor's debug lines say each time a spare slot looked for a free node.
+    Process::spawn(&[
+        "--log-level",
+        "info,ponte::agent::supervisor=debug",
+        "agent",
+        "--config",
+        path.to_str().unwrap(),
+    ])
 }
+
+/// Logged (debug) each time a spare slot found no free relay node.
+const LOOKED_AGAIN: &str = "no free relay node; looking again later";
 
 /// The `node` field of every "tunnel connected" line the agent logged.
 fn connected_nodes(agent: &Process) -> Vec<String> {
@@ -68,6 +79,41 @@ async fn echoes(client: &HttpsClient, base: &str, body: &str) {
         (200, body),
         "through {base}"
     );
+}
+
+/// Requests one after the other to `url` until `stop` is set; the task returns every failure
+/// (anything but 200 with the echoed body). `sent` counts requests finished.
+fn steady_stream(
+    client: &HttpsClient,
+    url: &str,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (client, url, flag, count) = (client.clone(), url.to_string(), stop.clone(), sent.clone());
+    let task = tokio::spawn(async move {
+        let mut failures = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            let outcome = tokio::time::timeout(WAIT, async {
+                let resp = client.request(request("POST", &url, "tick")).await?;
+                let status = resp.status();
+                let body = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+            })
+            .await;
+            match outcome {
+                Ok(Ok((status, body))) if status == 200 && body == "tick" => {}
+                other => failures.push(format!("{other:?}")),
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        failures
+    });
+    (stop, sent, task)
 }
 
 /// A relay process listening on `listen` (an address of our choice, e.g. 127.0.0.2:PORT).
@@ -111,35 +157,7 @@ async fn two_relays_each_hold_a_session_and_a_killed_relay_is_rejoined() {
     echoes(&client, &b, "via-b").await;
 
     // A steady stream of requests to B while A is killed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let stream = {
-        let (client, url, stop, sent) = (
-            client.clone(),
-            format!("{b}/t/demo/steady"),
-            stop.clone(),
-            sent.clone(),
-        );
-        tokio::spawn(async move {
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let outcome = tokio::time::timeout(WAIT, async {
-                    let resp = client.request(request("POST", &url, "tick")).await?;
-                    let status = resp.status();
-                    let body = resp.into_body().collect().await?.to_bytes();
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-                })
-                .await;
-                match outcome {
-                    Ok(Ok((status, body))) if status == 200 && body == "tick" => {}
-                    other => failures.push(format!("{other:?}")),
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            failures
-        })
-    };
+    let (stop, sent, stream) = steady_stream(&client, &format!("{b}/t/demo/steady"));
     let before_kill = sent.load(Ordering::Relaxed);
     eventually("requests flowing", || async {
         (sent.load(Ordering::Relaxed) >= before_kill + 20).then_some(())
@@ -234,16 +252,15 @@ async fn sessions_spread_over_addresses_of_one_port() {
 }
 
 /// One relay, `ha_connections: 2`: the agent keeps one session (the second would land on the
-/// same node), says once that it runs with fewer, and the relay sees one agent: no "another
-/// agent joined" warning, no eviction. The relay URL is a name (`localhost`), so the agent's
-/// resolve-every-address path runs.
+/// same node), says once that it runs with fewer, and never dials the node again for the spare
+/// slot; the relay sees one agent: no "another agent joined" warning, no eviction.
 #[tokio::test]
 async fn one_relay_runs_with_one_session_and_no_shared_tunnel_warning() {
     let certs = Certs::new();
     let config = write(certs.dir.path(), "relay.yaml", &relay_yaml(Some(&certs), "", ""));
     let (relay, port) = start_relay_process(&config, 0).await;
     let up = echo_upstream().await;
-    let url = format!("https://localhost:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let agent = agent_process(&certs, std::slice::from_ref(&url), &up, "");
     let client = client(Some(&certs), false);
     let said = eventually("the fewer-sessions note", || async {
@@ -256,19 +273,73 @@ async fn one_relay_runs_with_one_session_and_no_shared_tunnel_warning() {
     .await;
     assert!(said.contains("\"level\":\"INFO\""), "{said}");
     echoes(&client, &url, "single").await;
+
+    // Requests flow while the spare slot looks for a free node several times (every 300 ms).
+    let (stop, sent, stream) = steady_stream(&client, &format!("{url}/t/demo/steady"));
+    let looked = agent.count(LOOKED_AGAIN);
+    agent.wait_count(LOOKED_AGAIN, looked + 4).await;
+    stop.store(true, Ordering::Relaxed);
+    let failures = within("the request stream", stream).await.unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(sent.load(Ordering::Relaxed) > 0);
     assert_eq!(sessions(&client, &url).await, 1);
-    for _ in 0..5 {
-        echoes(&client, &url, "again").await;
-    }
+    assert_eq!(relay.count("agent connected"), 1, "{}", relay.output());
     assert_eq!(agent.count("tunnel connected"), 1, "{}", agent.output());
     let relay_log = relay.output();
     assert!(!relay_log.contains("another agent joined"), "{relay_log}");
     assert!(!relay_log.contains("evicting its stale session"), "{relay_log}");
-    assert!(
-        agent.output().matches("running with 1 of 2 sessions").count() == 1,
+    assert_eq!(
+        agent.output().matches("running with 1 of 2 sessions").count(),
+        1,
         "{}",
         agent.output()
     );
+}
+
+/// One relay node reached at two addresses (directly, and through a TCP forwarder): the relay's
+/// node id tells the agent both are one node. The second session is closed gracefully (requests
+/// the relay sent on it meanwhile are answered) and that address is not dialled again while the
+/// node is held.
+#[tokio::test]
+async fn a_node_reached_at_two_addresses_holds_one_session() {
+    let certs = Certs::new();
+    let config = write(certs.dir.path(), "relay.yaml", &relay_yaml(Some(&certs), "", ""));
+    let (relay, port) = start_relay_process(&config, 0).await;
+    let direct = format!("https://127.0.0.1:{port}");
+    let forwarder = Blackhole::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let forwarded = format!("https://127.0.0.1:{}", forwarder.addr.port());
+    let up = echo_upstream().await;
+    let client = client(Some(&certs), false);
+    let agent = agent_process(&certs, &[direct.clone(), forwarded], &up, "");
+    eventually("the first session", || async {
+        (sessions(&client, &direct).await >= 1).then_some(())
+    })
+    .await;
+    let (stop, sent, stream) = steady_stream(&client, &format!("{direct}/t/demo/steady"));
+    let said = eventually("the fewer-sessions note", || async {
+        agent
+            .output()
+            .lines()
+            .find(|l| l.contains("running with 1 of 2 sessions"))
+            .map(String::from)
+    })
+    .await;
+    assert!(said.contains("INFO"), "{said}");
+    let looked = agent.count(LOOKED_AGAIN);
+    agent.wait_count(LOOKED_AGAIN, looked + 4).await;
+    stop.store(true, Ordering::Relaxed);
+    let failures = within("the request stream", stream).await.unwrap();
+    let total = sent.load(Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} failed: {failures:?}",
+        failures.len()
+    );
+    // The real session and the one duplicate, never a second duplicate.
+    assert_eq!(relay.count("agent connected"), 2, "{}", relay.output());
+    assert_eq!(relay.count("agent disconnected"), 1, "{}", relay.output());
+    assert_eq!(sessions(&client, &direct).await, 1);
+    assert_eq!(agent.count("tunnel connected"), 1, "{}", agent.output());
 }
 
 /// Two sessions of one agent instance on one relay (slots 0 and 1, as when a cluster has a

@@ -32,6 +32,9 @@ pub struct AlreadyHeld {
 #[derive(Default)]
 struct Table {
     live: Vec<Option<Live>>,
+    /// Targets found to lead to a node a slot held at the time (another address of that node):
+    /// (key, node). Skipped while that node is held, so they are not dialled over and over.
+    aliases: Vec<(String, String)>,
     /// The last real failure (not "every node is taken"), shown while no session is up.
     last_error: Option<(Duration, String)>,
     /// Sessions opened by a slot that had one before: reconnects, for the status.
@@ -73,13 +76,22 @@ impl Board {
         self.lock().live.len()
     }
 
-    /// Does a slot other than `slot` hold a session dialled at `key`?
+    /// Does a slot other than `slot` hold the node `key` leads to: a session dialled at `key`,
+    /// or one on the node a session dialled at `key` landed on before?
     pub fn key_held_by_other(&self, slot: usize, key: &str) -> bool {
-        self.lock()
-            .live
-            .iter()
-            .enumerate()
-            .any(|(i, l)| i != slot && l.as_ref().is_some_and(|l| l.key == key))
+        let table = self.lock();
+        let held = |pred: &dyn Fn(&Live) -> bool| {
+            table
+                .live
+                .iter()
+                .enumerate()
+                .any(|(i, l)| i != slot && l.as_ref().is_some_and(pred))
+        };
+        held(&|l| l.key == key)
+            || table
+                .aliases
+                .iter()
+                .any(|(k, node)| k == key && held(&|l| l.node == *node))
     }
 
     /// Record `slot`'s new session on `target`, unless another slot holds that node already.
@@ -98,14 +110,19 @@ impl Board {
             .find(|(i, l)| *i != slot && l.as_ref().is_some_and(|l| l.node == node))
             .map(|(i, _)| i)
         {
+            let key = target.key();
+            table.aliases.retain(|(k, _)| *k != key);
+            table.aliases.push((key, node));
             return Err(AlreadyHeld { slot: other });
         }
+        let key = target.key();
+        table.aliases.retain(|(k, _)| *k != key);
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         if std::mem::replace(&mut opened[slot], true) {
             table.reconnects += 1;
         }
         table.live[slot] = Some(Live {
-            key: target.key(),
+            key,
             node,
             view: SessionView {
                 slot,
@@ -240,6 +257,8 @@ mod tests {
         }
         assert!(board.key_held_by_other(1, "127.0.0.1:1"));
         assert!(!board.key_held_by_other(0, "127.0.0.1:1"));
+        // 127.0.0.2 led to node a once, but now leads to node b: no longer an alias of a.
+        assert!(!board.key_held_by_other(1, "127.0.0.2:1"));
         // Slot 0 lost: still connected through slot 1; its return counts as a reconnect.
         board.waiting(0, Duration::from_secs(1), "lost".into(), false);
         assert!(rx.borrow().is_connected());
@@ -266,5 +285,21 @@ mod tests {
             AgentStatus::Retrying { error, .. } => assert_eq!(error, "down"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn another_address_of_a_held_node_is_skipped_until_that_node_is_lost() {
+        let (tx, _rx) = watch::channel(AgentStatus::Starting);
+        let board = Board::new(2, tx);
+        board
+            .claim(0, &target("127.0.0.1:1"), &handshake(Some("a")))
+            .unwrap();
+        assert!(!board.key_held_by_other(1, "127.0.0.2:1"), "not known yet");
+        board
+            .claim(1, &target("127.0.0.2:1"), &handshake(Some("a")))
+            .unwrap_err();
+        assert!(board.key_held_by_other(1, "127.0.0.2:1"), "known alias of node a");
+        board.waiting(0, Duration::from_secs(1), "lost".into(), false);
+        assert!(!board.key_held_by_other(1, "127.0.0.2:1"), "node a is free again");
     }
 }

@@ -69,11 +69,12 @@ impl fmt::Display for AgentStatus {
                 wanted,
                 ..
             } => {
-                write!(f, "connected to {relay}; public URL {public_url}")?;
+                // The public URL stays last: scripts read it from the end of STATUS=.
+                write!(f, "connected to {relay}")?;
                 if *wanted > 1 {
-                    write!(f, "; {} of {wanted} sessions", sessions.len())?;
+                    write!(f, " ({} of {wanted} sessions)", sessions.len())?;
                 }
-                Ok(())
+                write!(f, "; public URL {public_url}")
             }
             AgentStatus::Retrying { delay, error } => {
                 write!(

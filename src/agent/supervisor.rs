@@ -3,7 +3,9 @@
 //! to), dial, claim the node on the [`Board`], serve until the session ends, wait a jittered
 //! backoff, dial again, forever, until the shutdown token is cancelled. A session that lands on
 //! a node another slot already holds is closed and the next target tried; when every reachable
-//! node is taken the slot waits [`SPARE_RETRY`] (one node: the agent runs with one session).
+//! node is taken the slot looks again every `reconnect.max` (30 s by default) without dialling a
+//! held node (one node: the agent runs with one session; a node that comes back, or a new
+//! address of the name, is joined).
 //! Losing one session never touches the others: each is served by its own task.
 
 use std::sync::Arc;
@@ -25,9 +27,11 @@ use crate::config::agent::AgentConfig;
 /// seconds, and hammering the relay with a bad token only trips its login throttle.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
-/// Wait of a slot that found every reachable relay node already holding a session of this agent
-/// (a single-node relay, or a node down): a node that comes back is joined within this.
-pub const SPARE_RETRY: Duration = Duration::from_secs(30);
+/// How long a session that landed on an already-held node is served before its GOAWAY. hyper
+/// closes a connection abruptly (failing what the relay already sent on it) when asked to shut
+/// down before the HTTP/2 handshake finished; the relay's preface follows its 101 at once, so a
+/// second is far more than the handshake needs.
+const DUPLICATE_SETTLE: Duration = Duration::from_secs(1);
 
 /// Owner of the reconnect loops.
 pub struct Supervisor {
@@ -142,16 +146,12 @@ impl Shared {
             }
         }
         let mut backoff = Backoff::new(&self.config.reconnect);
-        let mut last_rejection: Option<String> = None;
-        // After a wait for a node to come back, dial even the addresses other slots hold: behind
-        // one address (an L4 load balancer) the next connection may reach another node.
-        let mut probe = false;
+        let mut last_told: Option<String> = None;
         while !self.shutdown.is_cancelled() {
-            let round = self.round(slot, probe, &mut last_rejection).await;
+            let round = self.round(slot, &mut last_told).await;
             if slot == 0 {
                 self.first_attempt.send_replace(true);
             }
-            probe = false;
             let (delay, error, all_held) = match round {
                 Round::Stopped => break,
                 Round::Lost { error, stable } => {
@@ -162,21 +162,24 @@ impl Shared {
                 }
                 Round::Failed { error, min_wait } => (backoff.next_delay().max(min_wait), error, false),
                 Round::AllHeld => {
-                    probe = true;
+                    // Nothing is dialled then (held nodes are skipped): the wait only bounds how
+                    // soon a node added to the name's addresses is noticed.
+                    let spare_retry = self.config.reconnect.max.max(self.config.reconnect.initial);
                     let live = self.board.live_count();
                     let wanted = self.board.wanted();
+                    tracing::debug!(slot, "no free relay node; looking again later");
                     if self.board.first_time_fewer() {
                         tracing::info!(
                             sessions = live,
                             wanted,
                             "running with {live} of {wanted} sessions: every relay node reachable now already has one; trying again every {}",
-                            humantime::format_duration(SPARE_RETRY)
+                            humantime::format_duration(spare_retry)
                         );
                     }
                     let error = format!(
                         "every reachable relay node already has a session of this agent ({live} of {wanted})"
                     );
-                    (SPARE_RETRY, error, true)
+                    (spare_retry, error, true)
                 }
             };
             if !all_held {
@@ -190,16 +193,18 @@ impl Shared {
         }
     }
 
-    /// Try the targets in turn (each slot starts at its own, to spread), skipping those another
-    /// slot holds unless `probe`; serve the first session that lands on a node of its own.
-    async fn round(&self, slot: usize, probe: bool, last_rejection: &mut Option<String>) -> Round {
+    /// Try the targets in turn (each slot starts at its own, to spread), skipping those that
+    /// lead to a node another slot holds; serve the first session that lands on a node of its
+    /// own. Behind one address that reaches several nodes (an L4 load balancer) the agent cannot
+    /// tell them apart before connecting, and keeps one session there.
+    async fn round(&self, slot: usize, last_told: &mut Option<String>) -> Round {
         let targets = self.connector.targets().await;
         let count = targets.len().max(1);
         let mut failure: Option<(String, Duration)> = None;
         let mut held = 0;
         for i in 0..targets.len() {
             let target = &targets[(slot + i) % count];
-            if !probe && self.board.key_held_by_other(slot, &target.key()) {
+            if self.board.key_held_by_other(slot, &target.key()) {
                 held += 1;
                 continue;
             }
@@ -212,14 +217,14 @@ impl Shared {
             let (handshake, conn) = match dialed {
                 Ok(pair) => pair,
                 Err(e) => {
-                    failure = Some(self.report(&relay, slot, e, last_rejection));
+                    failure = Some(self.report(&relay, slot, e, last_told));
                     continue;
                 }
             };
-            *last_rejection = None;
+            *last_told = None;
             if let Err(other) = self.board.claim(slot, target, &handshake) {
-                // Dropping the connection closes it; the relay forgets the session at once.
                 tracing::debug!(%relay, slot, node = handshake.node.as_deref().unwrap_or("unknown"), held_by = other.slot, "this relay node already has a session of this agent; trying another");
+                self.close_duplicate(conn).await;
                 held += 1;
                 continue;
             }
@@ -248,25 +253,51 @@ impl Shared {
         }
     }
 
-    /// Log a failed dial (a refusal once, then quietly) and say how long to wait at least.
+    /// Close a session that landed on a node another slot holds. The relay may already have
+    /// registered it and sent a request on it: rather than drop the connection under that
+    /// request, serve it like any session for [`DUPLICATE_SETTLE`], then shut it down
+    /// gracefully (GOAWAY: what was sent is answered, nothing new is accepted). The slot waits
+    /// for it, so its next session (same slot: the relay would replace this one abruptly) comes
+    /// after it is gone.
+    async fn close_duplicate(&self, conn: hyper::upgrade::Upgraded) {
+        let stop = self.shutdown.child_token();
+        let serve = session::serve(conn, self.ingress.clone(), &self.config, &stop);
+        tokio::pin!(serve);
+        tokio::select! {
+            _ = &mut serve => return,
+            _ = tokio::time::sleep(DUPLICATE_SETTLE) => {},
+        }
+        stop.cancel();
+        serve.await;
+    }
+
+    /// Log a failed dial (a refusal once, then quietly; an unreachable node once while other
+    /// sessions serve) and say how long to wait at least.
     fn report(
         &self,
         relay: &str,
         slot: usize,
         e: DialError,
-        last_rejection: &mut Option<String>,
+        last_told: &mut Option<String>,
     ) -> (String, Duration) {
         let text = e.to_string();
         if e.needs_a_person() {
-            if last_rejection.as_deref() != Some(&text) {
+            if last_told.as_deref() != Some(&text) {
                 tracing::error!(%relay, slot, "{text}");
             } else {
                 tracing::debug!(%relay, slot, "{text}");
             }
-            *last_rejection = Some(text.clone());
+            *last_told = Some(text.clone());
             (text, REJECTED_RETRY)
         } else {
-            tracing::warn!(%relay, slot, error = %e, "cannot connect");
+            // While other sessions serve, a node that stays unreachable (down, or an address not
+            // routed from here) is said once, not at every retry.
+            if self.board.live_count() > 0 && last_told.as_deref() == Some(&text) {
+                tracing::debug!(%relay, slot, error = %e, "cannot connect");
+            } else {
+                tracing::warn!(%relay, slot, error = %e, "cannot connect");
+            }
+            *last_told = Some(text.clone());
             (text, Duration::ZERO)
         }
     }
