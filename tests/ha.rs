@@ -40,7 +40,15 @@ fn agent_process(certs: &Certs, relays: &[String], up: &Upstream, extra: &str) -
     let yaml = agent_yaml(
         &list,
         Some(certs),
-        &format!("inspect: off\n{extra}ingress:\n  - upstream: {}\n", up.url()),
+        &format!(
+            "{}{extra}ingress:\n  - upstream: {}\n",
+            if extra.contains("inspect:") {
+                ""
+            } else {
+                "inspect: off\n"
+            },
+            up.url()
+        ),
     );
     let path = write(certs.dir.path(), "agent.yaml", &yaml);
     // The supervisor's debug lines say each time a spare slot looked for a free node.
@@ -141,7 +149,12 @@ async fn two_relays_each_hold_a_session_and_a_killed_relay_is_rejoined() {
         format!("https://127.0.0.1:{port_b}"),
     );
     let up = echo_upstream().await;
-    let agent = agent_process(&certs, &[a.clone(), b.clone()], &up, "ha_connections: 2\n");
+    let agent = agent_process(
+        &certs,
+        &[a.clone(), b.clone()],
+        &up,
+        "ha_connections: 2\ninspect: 127.0.0.1:0\n",
+    );
     let client = client(Some(&certs), false);
     eventually("a session on each relay", || async {
         (sessions(&client, &a).await == 1 && sessions(&client, &b).await == 1).then_some(())
@@ -156,6 +169,32 @@ async fn two_relays_each_hold_a_session_and_a_killed_relay_is_rejoined() {
     echoes(&client, &a, "via-a").await;
     echoes(&client, &b, "via-b").await;
 
+    // The inspector lists both sessions with their nodes.
+    let inspector = eventually("the inspector address", || async {
+        agent.output().lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["message"]
+                .as_str()?
+                .strip_prefix("Inspector: ")
+                .map(String::from)
+        })
+    })
+    .await;
+    let status = send(&client, request("GET", &format!("{inspector}api/status"), "")).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(status["state"], "connected", "{status}");
+    assert_eq!(status["ha_connections"], 2, "{status}");
+    let mut shown: Vec<String> = status["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["node"].as_str().unwrap_or_default().to_string())
+        .collect();
+    shown.sort();
+    let mut logged = nodes.clone();
+    logged.sort();
+    assert_eq!(shown, logged, "{status}");
+
     // A steady stream of requests to B while A is killed.
     let (stop, sent, stream) = steady_stream(&client, &format!("{b}/t/demo/steady"));
     let before_kill = sent.load(Ordering::Relaxed);
@@ -163,9 +202,11 @@ async fn two_relays_each_hold_a_session_and_a_killed_relay_is_rejoined() {
         (sent.load(Ordering::Relaxed) >= before_kill + 20).then_some(())
     })
     .await;
+    let kill = Instant::now();
     relay_a.kill();
     let killed_at = sent.load(Ordering::Relaxed);
     agent.wait_count("tunnel lost", 1).await;
+    let noticed = kill.elapsed();
     // Keep the stream going well past the agent noticing the loss.
     eventually("requests after the kill", || async {
         (sent.load(Ordering::Relaxed) >= killed_at + 150).then_some(())
@@ -195,7 +236,9 @@ async fn two_relays_each_hold_a_session_and_a_killed_relay_is_rejoined() {
     })
     .await;
     let rejoin = restarted.elapsed();
-    println!("failover: {total} requests to B, none failed; rejoined A {rejoin:?} after its restart");
+    println!(
+        "failover: agent noticed A's death after {noticed:?}; {total} requests to B, none failed; rejoined A {rejoin:?} after its restart"
+    );
     assert!(rejoin < Duration::from_secs(5), "rejoined after {rejoin:?}");
     echoes(&client, &a, "a-again").await;
     assert_eq!(sessions(&client, &b).await, 1);
