@@ -245,6 +245,34 @@ async fn two_relays_each_hold_a_session_and_a_killed_relay_is_rejoined() {
     drop(agent);
 }
 
+/// The first listed node accepts TCP but never answers (a dial there lasts the whole 20 s dial
+/// timeout): the other slot does not wait for it, and the agent serves through the second node
+/// within a few seconds.
+#[tokio::test]
+async fn a_silent_first_node_does_not_hold_up_the_second() {
+    let certs = Certs::new();
+    // Bound and listening, never accepted: the kernel completes the handshakes, TLS gets nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("https://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let config = write(certs.dir.path(), "relay.yaml", &relay_yaml(Some(&certs), "", ""));
+    let (_relay, port) = start_relay_process(&config, 0).await;
+    let live = format!("https://127.0.0.1:{port}");
+    let up = echo_upstream().await;
+    let client = client(Some(&certs), false);
+    let started = Instant::now();
+    let agent = agent_process(&certs, &[silent_url, live.clone()], &up, "");
+    eventually("a session on the live node", || async {
+        (sessions(&client, &live).await == 1).then_some(())
+    })
+    .await;
+    let online = started.elapsed();
+    println!("online through the second node {online:?} after start, the first one silent");
+    assert!(online < Duration::from_secs(10), "{online:?}");
+    echoes(&client, &live, "second").await;
+    assert_eq!(agent.count("tunnel connected"), 1, "{}", agent.output());
+    drop(silent);
+}
+
 /// Two relay nodes on one port at two loopback addresses. The agent's single-name path (one URL
 /// whose name resolves to several addresses) needs a name with several loopback addresses: here
 /// `localhost` resolves to 127.0.0.1 only (/etc/hosts, no ::1 entry), so when it does, the two

@@ -27,6 +27,9 @@ use crate::config::agent::AgentConfig;
 /// seconds, and hammering the relay with a bad token only trips its login throttle.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
 
+/// Longest wait of the other slots for slot 0's first dial, so they know which node it took.
+const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a session that landed on an already-held node is served before its GOAWAY. hyper
 /// closes a connection abruptly (failing what the relay already sent on it) when asked to shut
 /// down before the HTTP/2 handshake finished; the relay's preface follows its 101 at once, so a
@@ -139,9 +142,11 @@ impl Supervisor {
 impl Shared {
     async fn run_slot(&self, slot: usize) {
         if slot > 0 {
+            // Not for long: a first dial into a blackhole takes its whole timeout, and the other
+            // slots must not be offline that long.
             let mut first = self.first_attempt.subscribe();
             tokio::select! {
-                _ = first.wait_for(|done| *done) => {},
+                _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, first.wait_for(|done| *done)) => {},
                 _ = self.shutdown.cancelled() => return,
             }
         }
@@ -149,9 +154,7 @@ impl Shared {
         let mut last_told: Option<String> = None;
         while !self.shutdown.is_cancelled() {
             let round = self.round(slot, &mut last_told).await;
-            if slot == 0 {
-                self.first_attempt.send_replace(true);
-            }
+            self.first_attempt_done(slot);
             let (delay, error, all_held) = match round {
                 Round::Stopped => break,
                 Round::Lost { error, stable } => {
@@ -182,8 +185,12 @@ impl Shared {
                     (spare_retry, error, true)
                 }
             };
-            if !all_held {
-                tracing::info!(slot, delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
+            let shown = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
+            if all_held || self.board.live_count() > 0 {
+                // Other sessions serve: this slot's retries are not news.
+                tracing::debug!(slot, delay = %shown, "reconnecting");
+            } else {
+                tracing::info!(slot, delay = %shown, "reconnecting");
             }
             self.board.waiting(slot, delay, error, all_held);
             tokio::select! {
@@ -217,19 +224,19 @@ impl Shared {
             let (handshake, conn) = match dialed {
                 Ok(pair) => pair,
                 Err(e) => {
+                    self.first_attempt_done(slot);
                     failure = Some(self.report(&relay, slot, e, last_told));
                     continue;
                 }
             };
             *last_told = None;
-            if let Err(other) = self.board.claim(slot, target, &handshake) {
+            let claimed = self.board.claim(slot, target, &handshake);
+            self.first_attempt_done(slot);
+            if let Err(other) = claimed {
                 tracing::debug!(%relay, slot, node = handshake.node.as_deref().unwrap_or("unknown"), held_by = other.slot, "this relay node already has a session of this agent; trying another");
                 self.close_duplicate(conn).await;
                 held += 1;
                 continue;
-            }
-            if slot == 0 {
-                self.first_attempt.send_replace(true);
             }
             self.announce(&relay, slot, &handshake);
             return match session::serve(conn, self.ingress.clone(), &self.config, &self.shutdown).await {
@@ -250,6 +257,14 @@ impl Shared {
                 error: "no relay address to dial".to_string(),
                 min_wait: Duration::ZERO,
             },
+        }
+    }
+
+    /// After slot 0's first dial (or round), let the other slots start.
+    fn first_attempt_done(&self, slot: usize) {
+        if slot == 0 {
+            self.first_attempt
+                .send_if_modified(|done| !std::mem::replace(done, true));
         }
     }
 
