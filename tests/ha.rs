@@ -194,6 +194,11 @@ async fn two_relays_each_hold_a_session_and_a_killed_relay_is_rejoined() {
     let mut logged = nodes.clone();
     logged.sort();
     assert_eq!(shown, logged, "{status}");
+    let page = send(&client, request("GET", &inspector, "")).await.text();
+    assert!(
+        page.contains("Connected — 2 of 2 sessions (relay nodes)"),
+        "{page}"
+    );
 
     // A steady stream of requests to B while A is killed.
     let (stop, sent, stream) = steady_stream(&client, &format!("{b}/t/demo/steady"));
