@@ -250,6 +250,36 @@ async fn two_relays_each_hold_a_session_and_a_killed_relay_is_rejoined() {
     drop(agent);
 }
 
+/// `ha_connections: 1` with a list: one session, on the first node; when that node dies the
+/// session moves to the next one.
+#[tokio::test]
+async fn one_session_over_a_list_moves_to_the_next_node() {
+    let certs = Certs::new();
+    let config = write(certs.dir.path(), "relay.yaml", &relay_yaml(Some(&certs), "", ""));
+    let (mut relay_a, port_a) = start_relay_process(&config, 0).await;
+    let (_relay_b, port_b) = start_relay_process(&config, 0).await;
+    let (a, b) = (
+        format!("https://127.0.0.1:{port_a}"),
+        format!("https://127.0.0.1:{port_b}"),
+    );
+    let up = echo_upstream().await;
+    let agent = agent_process(&certs, &[a.clone(), b.clone()], &up, "ha_connections: 1\n");
+    let client = client(Some(&certs), false);
+    eventually("the session on A", || async {
+        (sessions(&client, &a).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(sessions(&client, &b).await, 0);
+    echoes(&client, &a, "on-a").await;
+    relay_a.kill();
+    eventually("the session on B", || async {
+        (sessions(&client, &b).await == 1).then_some(())
+    })
+    .await;
+    echoes(&client, &b, "on-b").await;
+    assert!(!agent.output().contains("running with"), "{}", agent.output());
+}
+
 /// The first listed node accepts TCP but never answers (a dial there lasts the whole 20 s dial
 /// timeout): the other slot does not wait for it, and the agent serves through the second node
 /// within a few seconds.
