@@ -232,6 +232,7 @@ pub struct Connector {
 impl Connector {
     /// Prepare TLS and proxy settings from the configuration.
     pub fn new(config: &AgentConfig) -> anyhow::Result<Self> {
+        // Never empty from here on: every lookup of `relays[0]` below relies on it.
         if config.relay.is_empty() {
             anyhow::bail!("no relay configured");
         }
@@ -262,11 +263,6 @@ impl Connector {
             tls,
             advice: config.trust_advice(),
         })
-    }
-
-    /// The (first) relay this connector dials.
-    pub fn relay(&self) -> &RelayUrl {
-        &self.relays[0].url
     }
 
     /// Every configured relay URL.
@@ -509,5 +505,38 @@ mod tests {
             rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
         ));
         assert!(!alert.needs_a_person());
+    }
+
+    fn connector(yaml: &str) -> Connector {
+        let cfg: AgentConfig = crate::config::parse_with_env(yaml, "agent.yaml", &|_| None).unwrap();
+        let cfg = cfg
+            .merge_for(
+                Default::default(),
+                crate::config::agent::Given::File("agent.yaml".into()),
+                crate::config::agent::Purpose::Check,
+            )
+            .unwrap();
+        Connector::new(&cfg).unwrap()
+    }
+
+    /// A list gives one target per URL, dialled by name; one URL with one address is dialled by
+    /// name too (so the dial's own error names the host).
+    #[tokio::test]
+    async fn targets_are_the_urls_of_a_list_or_the_addresses_of_one_name() {
+        let list = connector("relay:\n  - https://127.0.0.1:8443\n  - https://127.0.0.2:8443\ntoken: t\n");
+        let targets = list.targets().await;
+        let keys: Vec<String> = targets.iter().map(Target::key).collect();
+        assert_eq!(keys, ["https://127.0.0.1:8443", "https://127.0.0.2:8443"]);
+        assert!(targets.iter().all(|t| t.addr.is_none()));
+        let one = connector("relay: https://127.0.0.1:8443\ntoken: t\n");
+        let targets = one.targets().await;
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].display(), "https://127.0.0.1:8443");
+        // Several addresses of one name: one target each, keyed and shown by address.
+        let t = Target::at("https://relay.test:443", "[::1]:443".parse().unwrap());
+        assert_eq!(
+            (t.key().as_str(), t.display().as_str()),
+            ("[::1]:443", "https://relay.test:443 ([::1]:443)")
+        );
     }
 }
