@@ -474,9 +474,17 @@ async fn slots_of_one_agent_share_a_relay_without_evicting_each_other() {
     .await;
     // Slot 0 again (its old connection "died silently"): replaces slot 0 only.
     let (_, s0b) = connector.connect_to(&target, "agent-1", 0).await.unwrap();
-    let _third = serve_nothing(s0b);
+    let third = serve_nothing(s0b);
     within("stale slot 0 to be closed", first).await.unwrap();
     eventually("two sessions again", || async {
+        (sessions(&client, &base).await == 2).then_some(())
+    })
+    .await;
+    // Slots are bounded: slot 8 is slot 0 again, so one agent id cannot pile up sessions.
+    let (_, s8) = connector.connect_to(&target, "agent-1", 8).await.unwrap();
+    let _fourth = serve_nothing(s8);
+    within("slot 0 replaced by slot 8", third).await.unwrap();
+    eventually("still two sessions", || async {
         (sessions(&client, &base).await == 2).then_some(())
     })
     .await;

@@ -101,8 +101,9 @@ fn default_grace() -> Duration {
 /// Default number of sessions to distinct relay nodes (cloudflared keeps four; two survive the
 /// loss of one node, which is what a two- or three-node cluster offers).
 pub const DEFAULT_HA_CONNECTIONS: usize = 2;
-/// Most sessions one agent may keep: each is a connection the relay cluster has to hold.
-pub const MAX_HA_CONNECTIONS: usize = 8;
+/// Most sessions one agent may keep: each is a connection the relay cluster has to hold (the
+/// relay holds no more per agent either).
+pub const MAX_HA_CONNECTIONS: usize = crate::protocol::MAX_AGENT_SLOTS as usize;
 
 fn default_ha_connections() -> usize {
     DEFAULT_HA_CONNECTIONS

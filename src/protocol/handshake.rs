@@ -24,6 +24,10 @@ pub static PONTE_AGENT_ID: HeaderName = HeaderName::from_static("ponte-agent-id"
 /// `ha_connections`). The relay replaces an older session of the same agent *and* slot (a dead
 /// connection being re-dialled), never a sibling slot. Absent from older agents: read it as 0.
 pub static PONTE_AGENT_SLOT: HeaderName = HeaderName::from_static("ponte-agent-slot");
+/// Most sessions one agent instance may hold on a relay (slots `0..MAX_AGENT_SLOTS`): the most
+/// `ha_connections` allows. The relay folds a higher slot into this range, so one agent id never
+/// holds more connections than this.
+pub const MAX_AGENT_SLOTS: u32 = 8;
 /// Relay → agent (in the 101): the relay node's id, so an agent holding several sessions can tell
 /// whether two addresses reached the same node. Absent from older relays: the agent then takes
 /// each address for its own node.

@@ -16,8 +16,8 @@ use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
 use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
 use crate::protocol::{
-    PONTE_AGENT_ID, PONTE_AGENT_SLOT, PONTE_ERROR, PONTE_NODE, PONTE_PUBLIC_URL, PONTE_TUNNEL,
-    PONTE_TUNNEL_AGENTS, PONTE_VERSION, UPGRADE_TOKEN,
+    MAX_AGENT_SLOTS, PONTE_AGENT_ID, PONTE_AGENT_SLOT, PONTE_ERROR, PONTE_NODE, PONTE_PUBLIC_URL,
+    PONTE_TUNNEL, PONTE_TUNNEL_AGENTS, PONTE_VERSION, UPGRADE_TOKEN,
 };
 
 /// Longest agent version kept from the handshake (it is shown to operators).
@@ -73,13 +73,15 @@ pub async fn accept(
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    // Which of the agent's HA sessions this is; older agents send none and have one.
+    // Which of the agent's HA sessions this is; older agents send none and have one. Folded into
+    // the slots an agent may have, so one agent id holds a bounded number of sessions.
     let agent_slot = req
         .headers()
         .get(&PONTE_AGENT_SLOT)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or(0);
+        .unwrap_or(0)
+        % MAX_AGENT_SLOTS;
 
     let version = req
         .headers()
