@@ -52,14 +52,13 @@ struct Shared {
     /// Stays the same across reconnects and slots: the relay replaces a slot's stale session by
     /// (agent id, slot) and counts agents by this id.
     agent_id: String,
-    /// Set once slot 0 finished its first attempt. The other slots start after it, so they know
-    /// which node slot 0 took and do not all dial the same one at once.
+    /// Set once slot 0's first dial ended. The other slots start after it (or after
+    /// [`FIRST_ATTEMPT_WAIT`]), so they know which node slot 0 took and do not all dial it.
     first_attempt: watch::Sender<bool>,
     /// What the user was last told (banner, shared tunnel), so reconnects do not repeat it.
     announced: std::sync::Mutex<Announced>,
 }
 
-#[derive(Default)]
 struct Announced {
     url: Option<String>,
     agents: usize,
