@@ -4,6 +4,7 @@
 //! request; [`upstream`] is the HTTP origin.
 
 mod backoff;
+mod board;
 pub mod dial;
 pub mod heartbeat;
 mod hooks_origin;
@@ -27,7 +28,7 @@ pub use dial::{DialError, Handshake, TlsFailure};
 pub use heartbeat::Heartbeat;
 pub use ingress::Ingress;
 pub use origin::{Origin, OriginLayer};
-pub use status::AgentStatus;
+pub use status::{AgentStatus, SessionView};
 
 /// Run the agent until `shutdown` is cancelled, reconnecting forever. Connection state is
 /// published on `status` (systemd `STATUS=`, readiness, tests); `heartbeat`, when given, beats
@@ -64,4 +65,23 @@ pub async fn check(config: &AgentConfig) -> Result<Handshake, DialError> {
     let connector = dial::Connector::new(config).map_err(DialError::Setup)?;
     let (handshake, _conn) = connector.connect(&uuid::Uuid::new_v4().to_string()).await?;
     Ok(handshake)
+}
+
+/// `ponte check` with several relays: log in once at every target the agent would use (each URL
+/// of the list, or each address the one name resolves to), as one agent instance on distinct
+/// slots, and report each answer.
+pub async fn check_all(
+    config: &AgentConfig,
+) -> Result<Vec<(String, Result<Handshake, DialError>)>, DialError> {
+    let connector = dial::Connector::new(config).map_err(DialError::Setup)?;
+    let agent_id = uuid::Uuid::new_v4().to_string();
+    let mut answers = Vec::new();
+    for (slot, target) in connector.targets().await.iter().enumerate() {
+        let answer = connector
+            .connect_to(target, &agent_id, slot)
+            .await
+            .map(|(handshake, _conn)| handshake);
+        answers.push((target.display(), answer));
+    }
+    Ok(answers)
 }

@@ -100,8 +100,8 @@ fn run_relay(config: &Path, listen: Option<&str>) -> Result<(), CommandError> {
 pub struct AgentArgs {
     /// `--config`.
     pub config: Option<PathBuf>,
-    /// `--relay`.
-    pub relay: Option<String>,
+    /// `--relay` (repeatable: one per relay node).
+    pub relay: Vec<String>,
     /// `--token` / `PONTE_TOKEN`.
     pub token: Option<String>,
     /// `--token-from`: wins over `--token` and `PONTE_TOKEN`.
@@ -209,7 +209,7 @@ pub fn inlets_upstreams(spec: &str) -> Result<Vec<IngressRule>, ConfigError> {
 pub fn client_config(args: ClientArgs) -> Result<AgentConfig, ConfigError> {
     let mut cfg = AgentConfig::empty().merge_for(
         AgentOverrides {
-            relay: Some(args.url),
+            relay: vec![args.url],
             token: token(args.token, args.token_from.as_deref())?,
             // Replaced below by the rules `--upstream` describes.
             upstream: Some("http://localhost:8000".into()),
@@ -257,21 +257,72 @@ pub fn check(args: AgentArgs) -> Result<(), CommandError> {
         }
     }
     runtime()?.block_on(async move {
-        let relay = cfg.relay.as_ref().map(|r| r.display()).unwrap_or_default();
-        let h = agent::check(&cfg).await.map_err(|e| match e {
-            DialError::Rejected { .. } => CommandError::Refused(e.into()),
-            DialError::Setup(e) => {
-                CommandError::Config(ConfigError::invalid(cfg.given.origin(), format!("{e:#}")))
-            }
+        let setup = |e: anyhow::Error| {
+            CommandError::Config(ConfigError::invalid(cfg.given.origin(), format!("{e:#}")))
+        };
+        let answers = agent::check_all(&cfg).await.map_err(|e| match e {
+            DialError::Setup(e) => setup(e),
             other => CommandError::Unreachable(other.into()),
         })?;
-        println!("ok: {relay} accepted the token");
-        println!("tunnel: {}", h.tunnel);
-        println!("public URL: {}", h.public_url);
-        if h.agents > 1 {
+        // A list names each node on purpose: every one must accept. The addresses of one name
+        // are checked too, but one answering is enough (an IPv6 address may not be routed here).
+        let listed = cfg.relay.len() > 1;
+        let several = answers.len() > 1;
+        let mut failed: Option<CommandError> = None;
+        let mut nodes: Vec<String> = Vec::new();
+        let mut accepted = 0;
+        for (relay, answer) in answers {
+            let h = match answer {
+                Ok(h) => h,
+                Err(e) => {
+                    if several {
+                        println!("FAILED: {relay}: {e}");
+                    }
+                    let err = match e {
+                        DialError::Rejected { .. } => CommandError::Refused(e.into()),
+                        DialError::Setup(e) => setup(e),
+                        other => CommandError::Unreachable(other.into()),
+                    };
+                    // A refused token is the more useful exit code.
+                    if !matches!(failed, Some(CommandError::Refused(_))) {
+                        failed = Some(err);
+                    }
+                    continue;
+                }
+            };
+            accepted += 1;
+            println!("ok: {relay} accepted the token");
+            if let Some(node) = &h.node {
+                println!("node: {node}");
+                nodes.push(node.clone());
+            }
+            println!("tunnel: {}", h.tunnel);
+            println!("public URL: {}", h.public_url);
+            if h.agents > 1 {
+                println!(
+                    "{} agents share this tunnel, counting this check: requests are split between them",
+                    h.agents
+                );
+            }
+        }
+        if let Some(err) = failed
+            && (listed || accepted == 0)
+        {
+            return Err(err);
+        }
+        if cfg.ha_connections > 1 {
+            // Relays that send no node id count one node per address.
+            let distinct = if nodes.len() == accepted {
+                nodes.sort_unstable();
+                nodes.dedup();
+                nodes.len()
+            } else {
+                accepted
+            };
+            let sessions = distinct.min(cfg.ha_connections);
             println!(
-                "{} agents share this tunnel, counting this check: requests are split between them",
-                h.agents
+                "sessions: {sessions} of {} (ha_connections) on distinct relay nodes",
+                cfg.ha_connections
             );
         }
         let upstreams: Vec<_> = cfg.ingress.iter().filter_map(|r| r.upstream.as_ref()).collect();

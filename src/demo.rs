@@ -61,7 +61,7 @@ pub async fn start(upstream: Option<String>, shutdown: CancellationToken) -> any
     let agent_cfg = AgentConfig::empty().merge(
         AgentOverrides {
             inspect: None,
-            relay: Some(format!("http://{relay_addr}")),
+            relay: vec![format!("http://{relay_addr}")],
             token: Some(Secret::new(token)),
             upstream: Some(upstream.clone()),
             ca_file: None,

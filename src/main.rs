@@ -115,9 +115,9 @@ struct AgentFlags {
     /// The agent's configuration file.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Relay URL, e.g. https://relay.example.com.
+    /// Relay URL, e.g. https://relay.example.com; repeat it for each node of a relay cluster.
     #[arg(long)]
-    relay: Option<String>,
+    relay: Vec<String>,
     /// The tunnel's token (visible in `ps`: prefer --token-from or PONTE_TOKEN).
     #[arg(long, env = "PONTE_TOKEN", hide_env_values = true)]
     token: Option<String>,

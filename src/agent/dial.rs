@@ -2,6 +2,7 @@
 //! TLS, and the `Upgrade: ponte-h2` handshake. The result is the raw upgraded connection on which
 //! the agent will be the HTTP/2 server.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +22,8 @@ use crate::config::Secret;
 use crate::config::agent::{AgentConfig, RelayUrl};
 use crate::config::proxy::ProxyRoute;
 use crate::protocol::{
-    CONNECT_PATH, MAX_REASON_BYTES, PONTE_AGENT_ID, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS,
-    PONTE_VERSION, UPGRADE_TOKEN,
+    CONNECT_PATH, MAX_REASON_BYTES, PONTE_AGENT_ID, PONTE_AGENT_SLOT, PONTE_NODE, PONTE_PUBLIC_URL,
+    PONTE_TUNNEL, PONTE_TUNNEL_AGENTS, PONTE_VERSION, UPGRADE_TOKEN,
 };
 
 /// Time allowed for one whole dial (TCP, proxy, TLS, handshake).
@@ -37,6 +38,49 @@ pub struct Handshake {
     pub public_url: String,
     /// Agents serving the tunnel now, this one included (requests are split between them).
     pub agents: usize,
+    /// The relay node's id (`Ponte-Node`), absent from older relays.
+    pub node: Option<String>,
+}
+
+/// One place a session can be dialled: a relay URL, and, when the agent spreads its sessions over
+/// the addresses one name resolves to, the address to use (TLS still checks the name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Index of the relay URL in the configuration.
+    relay: usize,
+    /// The address to dial instead of resolving the name again.
+    pub addr: Option<SocketAddr>,
+    /// The URL, for logs.
+    pub url: String,
+}
+
+impl Target {
+    /// `url` dialled at `addr` (tests of the session table).
+    #[cfg(test)]
+    pub(super) fn at(url: &str, addr: SocketAddr) -> Self {
+        Target {
+            relay: 0,
+            addr: Some(addr),
+            url: url.to_string(),
+        }
+    }
+
+    /// What identifies this target among the agent's sessions: the address when there is one,
+    /// else the URL. A relay that does not send its node id is taken for one node per target.
+    pub fn key(&self) -> String {
+        match self.addr {
+            Some(addr) => addr.to_string(),
+            None => self.url.clone(),
+        }
+    }
+
+    /// The URL, with the address when it was picked among several, for logs and status.
+    pub fn display(&self) -> String {
+        match self.addr {
+            Some(addr) => format!("{} ({addr})", self.url),
+            None => self.url.clone(),
+        }
+    }
 }
 
 /// Why a dial failed. The supervisor's one question: is it worth retrying soon?
@@ -169,93 +213,181 @@ impl TlsFailure {
     }
 }
 
-/// Everything needed to dial the relay, built once.
+/// One configured relay URL and the proxy route to it (`NO_PROXY` may differ per host).
+#[derive(Clone)]
+struct Relay {
+    url: RelayUrl,
+    proxy: Option<ProxyRoute>,
+}
+
+/// Everything needed to dial the relay (each URL of the list), built once.
 #[derive(Clone)]
 pub struct Connector {
-    relay: RelayUrl,
+    relays: Vec<Relay>,
     token: Secret,
     tls: Option<TlsConnector>,
-    proxy: Option<ProxyRoute>,
     advice: String,
 }
 
 impl Connector {
     /// Prepare TLS and proxy settings from the configuration.
     pub fn new(config: &AgentConfig) -> anyhow::Result<Self> {
-        let relay = config
-            .relay
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no relay configured"))?;
+        // Never empty from here on: every lookup of `relays[0]` below relies on it.
+        if config.relay.is_empty() {
+            anyhow::bail!("no relay configured");
+        }
         let token = config
             .token
             .clone()
             .ok_or_else(|| anyhow::anyhow!("no token configured"))?;
-        let tls = if relay.tls {
+        let tls = if config.relay.iter().any(|r| r.tls) {
             let cfg = crate::tls::client_config(config.ca_file.as_deref(), &[b"http/1.1"])?;
             Some(TlsConnector::from(Arc::new(cfg)))
         } else {
             None
         };
-        let proxy = config
-            .proxy
-            .as_ref()
-            .and_then(|p| p.route(&relay.host, relay.port, relay.tls));
+        let relays = config
+            .relay
+            .iter()
+            .map(|url| Relay {
+                proxy: config
+                    .proxy
+                    .as_ref()
+                    .and_then(|p| p.route(&url.host, url.port, url.tls)),
+                url: url.clone(),
+            })
+            .collect();
         Ok(Connector {
-            relay,
+            relays,
             token,
             tls,
-            proxy,
             advice: config.trust_advice(),
         })
     }
 
-    /// The relay this connector dials.
-    pub fn relay(&self) -> &RelayUrl {
-        &self.relay
+    /// Every configured relay URL.
+    pub fn relays(&self) -> impl Iterator<Item = &RelayUrl> {
+        self.relays.iter().map(|r| &r.url)
     }
 
-    /// Dial and log in. Returns the relay's answer and the upgraded connection.
+    /// Where sessions can go right now: each URL of a list; for a single URL, each address its
+    /// name resolves to (looked up again on every call, so nodes added to or removed from DNS
+    /// are followed). Through a proxy, or when the lookup fails, the URL itself (the dial then
+    /// reports the failure in full).
+    pub async fn targets(&self) -> Vec<Target> {
+        let by_url = |(i, r): (usize, &Relay)| Target {
+            relay: i,
+            addr: None,
+            url: r.url.display(),
+        };
+        if self.relays.len() > 1 || self.relays[0].proxy.is_some() {
+            return self.relays.iter().enumerate().map(by_url).collect();
+        }
+        let relay = &self.relays[0];
+        let mut addrs: Vec<SocketAddr> = match tokio::net::lookup_host(relay.url.authority()).await {
+            Ok(found) => found.collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut seen = Vec::new();
+        addrs.retain(|a| {
+            let new = !seen.contains(a);
+            seen.push(*a);
+            new
+        });
+        if addrs.len() < 2 {
+            // One address: dial by name as ever (the lookup is repeated by the dial itself).
+            return vec![by_url((0, relay))];
+        }
+        addrs
+            .into_iter()
+            .map(|addr| Target {
+                relay: 0,
+                addr: Some(addr),
+                url: relay.url.display(),
+            })
+            .collect()
+    }
+
+    /// Dial the first relay and log in (slot 0). Returns the relay's answer and the upgraded
+    /// connection.
     pub async fn connect(&self, agent_id: &str) -> Result<(Handshake, Upgraded), DialError> {
-        tokio::time::timeout(DIAL_TIMEOUT, self.connect_inner(agent_id))
-            .await
-            .map_err(|_| DialError::Timeout(self.relay.display()))?
+        let target = Target {
+            relay: 0,
+            addr: None,
+            url: self.relays[0].url.display(),
+        };
+        self.connect_to(&target, agent_id, 0).await
     }
 
-    async fn connect_inner(&self, agent_id: &str) -> Result<(Handshake, Upgraded), DialError> {
-        let target = self.relay.authority();
-        let tcp = match &self.proxy {
-            Some(route) => proxy::connect(route, &target).await?,
+    /// Dial `target` and log in as session `slot` of agent `agent_id`.
+    pub async fn connect_to(
+        &self,
+        target: &Target,
+        agent_id: &str,
+        slot: usize,
+    ) -> Result<(Handshake, Upgraded), DialError> {
+        let relay = self.relays.get(target.relay).unwrap_or(&self.relays[0]);
+        tokio::time::timeout(
+            DIAL_TIMEOUT,
+            self.connect_inner(relay, target.addr, agent_id, slot),
+        )
+        .await
+        .map_err(|_| DialError::Timeout(target.display()))?
+    }
+
+    async fn connect_inner(
+        &self,
+        relay: &Relay,
+        addr: Option<SocketAddr>,
+        agent_id: &str,
+        slot: usize,
+    ) -> Result<(Handshake, Upgraded), DialError> {
+        let url = &relay.url;
+        let target = url.authority();
+        let tcp = match (&relay.proxy, addr) {
+            (Some(route), _) => proxy::connect(route, &target).await?,
+            (None, Some(addr)) => {
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| DialError::Unreachable {
+                        target: format!("{target} ({addr})"),
+                        source,
+                    })?
+            }
             // A fresh lookup on every attempt: a relay that moved is found on the next dial.
-            None => TcpStream::connect(&target)
+            (None, None) => TcpStream::connect(&target)
                 .await
                 .map_err(|source| DialError::Unreachable { target, source })?,
         };
         let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            Some(tls) => {
-                let name = ServerName::try_from(self.relay.host.clone()).map_err(|e| {
-                    DialError::Setup(anyhow!(
-                        "`{}` is not a valid TLS server name: {e}",
-                        self.relay.host
-                    ))
+        match (&self.tls, url.tls) {
+            (Some(tls), true) => {
+                let name = ServerName::try_from(url.host.clone()).map_err(|e| {
+                    DialError::Setup(anyhow!("`{}` is not a valid TLS server name: {e}", url.host))
                 })?;
                 let stream = tls.connect(name, tcp).await.map_err(|source| TlsFailure {
-                    relay: self.relay.display(),
+                    relay: url.display(),
                     source,
                     advice: self.advice.clone(),
                 })?;
-                self.upgrade(stream, agent_id).await
+                self.upgrade(url, stream, agent_id, slot).await
             }
-            None => self.upgrade(tcp, agent_id).await,
+            _ => self.upgrade(url, tcp, agent_id, slot).await,
         }
     }
 
     /// Send `GET /_ponte/v1/connect` with `Upgrade: ponte-h2` and wait for the 101.
-    async fn upgrade<S>(&self, stream: S, agent_id: &str) -> Result<(Handshake, Upgraded), DialError>
+    async fn upgrade<S>(
+        &self,
+        url: &RelayUrl,
+        stream: S,
+        agent_id: &str,
+        slot: usize,
+    ) -> Result<(Handshake, Upgraded), DialError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let relay = self.relay.display();
+        let relay = url.display();
         let hs_err = |source: hyper::Error| DialError::Handshake {
             relay: relay.clone(),
             source,
@@ -267,19 +399,19 @@ impl Connector {
             // Resolves once the upgrade hands the connection over (or it fails).
             let _ = conn.with_upgrades().await;
         });
-        let host = if (self.relay.tls && self.relay.port == 443) || (!self.relay.tls && self.relay.port == 80)
-        {
-            self.relay.host.clone()
+        let host = if (url.tls && url.port == 443) || (!url.tls && url.port == 80) {
+            url.host.clone()
         } else {
-            self.relay.authority()
+            url.authority()
         };
-        let req = Request::get(format!("{}{CONNECT_PATH}", self.relay.base_path))
+        let req = Request::get(format!("{}{CONNECT_PATH}", url.base_path))
             .header(header::HOST, host)
             .header(header::CONNECTION, "upgrade")
             .header(header::UPGRADE, UPGRADE_TOKEN)
             .header(header::USER_AGENT, format!("ponte/{}", crate::VERSION))
             .header(&PONTE_VERSION, crate::VERSION)
             .header(&PONTE_AGENT_ID, agent_id)
+            .header(&PONTE_AGENT_SLOT, slot)
             .header(
                 header::AUTHORIZATION,
                 HeaderValue::from_str(&format!("Bearer {}", self.token.expose())).map_err(|_| {
@@ -315,6 +447,7 @@ impl Connector {
             tunnel: header(&PONTE_TUNNEL),
             public_url: header(&PONTE_PUBLIC_URL),
             agents: header(&PONTE_TUNNEL_AGENTS).parse().unwrap_or(1).max(1),
+            node: Some(header(&PONTE_NODE)).filter(|n| !n.is_empty()),
         };
         let upgraded = hyper::upgrade::on(resp).await.map_err(hs_err)?;
         Ok((handshake, upgraded))
@@ -372,5 +505,38 @@ mod tests {
             rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
         ));
         assert!(!alert.needs_a_person());
+    }
+
+    fn connector(yaml: &str) -> Connector {
+        let cfg: AgentConfig = crate::config::parse_with_env(yaml, "agent.yaml", &|_| None).unwrap();
+        let cfg = cfg
+            .merge_for(
+                Default::default(),
+                crate::config::agent::Given::File("agent.yaml".into()),
+                crate::config::agent::Purpose::Check,
+            )
+            .unwrap();
+        Connector::new(&cfg).unwrap()
+    }
+
+    /// A list gives one target per URL, dialled by name; one URL with one address is dialled by
+    /// name too (so the dial's own error names the host).
+    #[tokio::test]
+    async fn targets_are_the_urls_of_a_list_or_the_addresses_of_one_name() {
+        let list = connector("relay:\n  - https://127.0.0.1:8443\n  - https://127.0.0.2:8443\ntoken: t\n");
+        let targets = list.targets().await;
+        let keys: Vec<String> = targets.iter().map(Target::key).collect();
+        assert_eq!(keys, ["https://127.0.0.1:8443", "https://127.0.0.2:8443"]);
+        assert!(targets.iter().all(|t| t.addr.is_none()));
+        let one = connector("relay: https://127.0.0.1:8443\ntoken: t\n");
+        let targets = one.targets().await;
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].display(), "https://127.0.0.1:8443");
+        // Several addresses of one name: one target each, keyed and shown by address.
+        let t = Target::at("https://relay.test:443", "[::1]:443".parse().unwrap());
+        assert_eq!(
+            (t.key().as_str(), t.display().as_str()),
+            ("[::1]:443", "https://relay.test:443 ([::1]:443)")
+        );
     }
 }

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 pub enum AgentStatus {
     /// Started, first attempt not finished.
     Starting,
-    /// A session is up.
+    /// At least one session is up.
     Connected {
-        /// The relay URL.
+        /// The relay URL (the URLs of every live session, comma-separated).
         relay: String,
         /// The tunnel the relay put us on.
         tunnel: String,
@@ -19,8 +19,12 @@ pub enum AgentStatus {
         /// Sessions this agent has opened since it started, this one included (so reconnects
         /// are `connects - 1`, however quickly they followed each other).
         connects: u64,
-        /// When this session came up.
+        /// When the oldest live session came up.
         since: SystemTime,
+        /// Every live session, by slot.
+        sessions: Vec<SessionView>,
+        /// Sessions the agent tries to keep (`ha_connections`).
+        wanted: usize,
     },
     /// The last attempt or session failed; waiting before the next attempt.
     Retrying {
@@ -31,6 +35,20 @@ pub enum AgentStatus {
     },
     /// Shutting down.
     Stopping,
+}
+
+/// One live session of the agent, as shown in the status and the inspector.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionView {
+    /// Which of the agent's sessions (0 .. ha_connections).
+    pub slot: usize,
+    /// The relay URL (and the address, when the name resolved to several).
+    pub relay: String,
+    /// The relay node's id, when the relay sends one.
+    pub node: Option<String>,
+    /// When it came up.
+    #[serde(skip)]
+    pub since: SystemTime,
 }
 
 impl AgentStatus {
@@ -45,9 +63,18 @@ impl fmt::Display for AgentStatus {
         match self {
             AgentStatus::Starting => f.write_str("connecting"),
             AgentStatus::Connected {
-                relay, public_url, ..
+                relay,
+                public_url,
+                sessions,
+                wanted,
+                ..
             } => {
-                write!(f, "connected to {relay}; public URL {public_url}")
+                // The public URL stays last: scripts read it from the end of STATUS=.
+                write!(f, "connected to {relay}")?;
+                if *wanted > 1 {
+                    write!(f, " ({} of {wanted} sessions)", sessions.len())?;
+                }
+                write!(f, "; public URL {public_url}")
             }
             AgentStatus::Retrying { delay, error } => {
                 write!(

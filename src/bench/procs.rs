@@ -163,11 +163,11 @@ impl Setup {
         let cfg = AgentConfig::empty().merge(
             AgentOverrides {
                 inspect: None,
-                relay: Some(format!(
+                relay: vec![format!(
                     "{}://localhost:{}",
                     if self.tls { "https" } else { "http" },
                     self.relay_addr.port()
-                )),
+                )],
                 token: Some(Secret::new(TOKEN)),
                 upstream: Some("http://127.0.0.1:9".into()),
                 ca_file: Some(self.ca.clone()),

@@ -10,7 +10,7 @@ use super::inspect::Inspect;
 use super::keepalive::Keepalive;
 use super::proxy::{ProxyEnv, ProxySettings};
 pub use super::urls::{RelayUrl, UpstreamUrl, is_loopback};
-use super::urls::{opt_relay_url, opt_upstream_url};
+use super::urls::{opt_upstream_url, relay_urls};
 use super::{ConfigError, EnvString, Secret, duration};
 use crate::protocol::tunnel::DEFAULT_MAX_STREAMS;
 
@@ -18,9 +18,13 @@ use crate::protocol::tunnel::DEFAULT_MAX_STREAMS;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The relay, `https://relay.example.com` (also `wss://`; plain `http://`/`ws://` only to loopback).
-    #[serde(default, deserialize_with = "opt_relay_url")]
-    pub relay: Option<RelayUrl>,
+    /// The relay, `https://relay.example.com` (also `wss://`; plain `http://`/`ws://` only to
+    /// loopback), or a list of URLs, one per relay node.
+    #[serde(default, deserialize_with = "relay_urls")]
+    pub relay: Vec<RelayUrl>,
+    /// Sessions kept open at once, each to a distinct relay node (1 turns high availability off).
+    #[serde(default = "default_ha_connections")]
+    pub ha_connections: usize,
     /// The tunnel's token.
     #[serde(default)]
     pub token: Option<Secret>,
@@ -93,6 +97,16 @@ fn default_upstream_body_idle_timeout() -> Duration {
 }
 fn default_grace() -> Duration {
     crate::shutdown::DEFAULT_GRACE_PERIOD
+}
+/// Default number of sessions to distinct relay nodes (cloudflared keeps four; two survive the
+/// loss of one node, which is what a two- or three-node cluster offers).
+pub const DEFAULT_HA_CONNECTIONS: usize = 2;
+/// Most sessions one agent may keep: each is a connection the relay cluster has to hold (the
+/// relay holds no more per agent either).
+pub const MAX_HA_CONNECTIONS: usize = crate::protocol::MAX_AGENT_SLOTS as usize;
+
+fn default_ha_connections() -> usize {
+    DEFAULT_HA_CONNECTIONS
 }
 fn default_max_streams() -> u32 {
     DEFAULT_MAX_STREAMS
@@ -184,8 +198,8 @@ impl IngressRule {
 /// Values given on the command line; each overrides the file.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOverrides {
-    /// `--relay`.
-    pub relay: Option<String>,
+    /// `--relay`, repeated for several relay nodes (replaces the file's list).
+    pub relay: Vec<String>,
     /// `--token` or `PONTE_TOKEN`.
     pub token: Option<Secret>,
     /// `--upstream`: replaces the ingress list with one catch-all rule.
@@ -301,14 +315,25 @@ impl AgentConfig {
     ) -> Result<Self, ConfigError> {
         let origin = given.origin().to_string();
         let flag_err = |m: String| ConfigError::invalid(COMMAND_LINE, m);
-        if let Some(r) = flags.relay {
+        if !flags.relay.is_empty() {
             let flag = if given == Given::Client {
                 "--url"
             } else {
                 "--relay"
             };
-            self.relay = Some(RelayUrl::parse(&r).map_err(|m| flag_err(format!("{flag}: {m}")))?);
+            self.relay = flags
+                .relay
+                .iter()
+                .map(|r| RelayUrl::parse(r).map_err(|m| flag_err(format!("{flag}: {m}"))))
+                .collect::<Result<_, _>>()?;
         }
+        // The same node listed twice would only make two sessions compete for it.
+        let mut seen = Vec::new();
+        self.relay.retain(|r| {
+            let new = !seen.contains(r);
+            seen.push(r.clone());
+            new
+        });
         if let Some(t) = flags.token {
             self.token = Some(t);
         }
@@ -328,7 +353,7 @@ impl AgentConfig {
             self.ca_file = Some(c);
         }
         self.given = given;
-        self.proxy = match (&self.proxy_url, &self.relay) {
+        self.proxy = match (&self.proxy_url, self.relay.first()) {
             (Some(url), _) => Some(
                 ProxySettings::from_url(url.as_str())
                     .map_err(|m| ConfigError::invalid(&origin, format!("proxy_url: {m}")))?,
@@ -356,8 +381,8 @@ impl AgentConfig {
         if token_placeholder {
             let relay_too = self
                 .relay
-                .as_ref()
-                .is_some_and(|r| r.host.eq_ignore_ascii_case(EXAMPLE_RELAY_HOST));
+                .iter()
+                .any(|r| r.host.eq_ignore_ascii_case(EXAMPLE_RELAY_HOST));
             let what = if relay_too {
                 format!(
                     "set {} and {} to the relay address and token your provider gave you",
@@ -374,7 +399,7 @@ impl AgentConfig {
                 "this is still the example configuration ({EXAMPLE_TOKEN}): {what}"
             ));
         }
-        if self.relay.is_none() {
+        if self.relay.is_empty() {
             problems.push(match given {
                 Given::File(f) => format!(
                     "no relay given: set `relay:` in {f} or pass --relay https://relay.example.com"
@@ -419,6 +444,12 @@ impl AgentConfig {
                 problems.push(format!("ingress[{i}].path `{p}` must start with `/`"));
             }
         }
+        if !(1..=MAX_HA_CONNECTIONS).contains(&self.ha_connections) {
+            problems.push(format!(
+                "ha_connections is {}: set it between 1 and {MAX_HA_CONNECTIONS} (1 keeps a single session, {DEFAULT_HA_CONNECTIONS} is the default)",
+                self.ha_connections
+            ));
+        }
         if self.max_streams == 0 {
             problems.push("max_streams must be at least 1".to_string());
         }
@@ -447,7 +478,7 @@ impl AgentConfig {
             (Given::Client, _) => {
                 let url = self
                     .relay
-                    .as_ref()
+                    .first()
                     .map(|r| format!("wss://{}{}", r.authority(), r.base_path))
                     .unwrap_or_default();
                 format!(
@@ -493,7 +524,7 @@ mod tests {
         let cfg = AgentConfig::empty()
             .merge(
                 AgentOverrides {
-                    relay: Some("https://r.example".into()),
+                    relay: vec!["https://r.example".into()],
                     token: Some(Secret::new("t")),
                     upstream: Some("http://localhost:8000".into()),
                     ca_file: None,
@@ -532,7 +563,7 @@ mod tests {
 
     fn flags(relay: Option<&str>, token: Option<&str>) -> AgentOverrides {
         AgentOverrides {
-            relay: relay.map(String::from),
+            relay: relay.map(String::from).into_iter().collect(),
             token: token.map(Secret::new),
             ..Default::default()
         }
@@ -661,5 +692,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--token-from") && e.contains("cannot read it"), "{e}");
+    }
+
+    #[test]
+    fn relay_is_one_url_or_a_list_and_flags_replace_it() {
+        let parse = |yaml: &str| parse_with_env::<AgentConfig>(yaml, "a.yaml", &|_| None);
+        let one = parse("relay: https://relay.example.net\n").unwrap();
+        assert_eq!(one.relay.len(), 1);
+        assert_eq!(one.ha_connections, DEFAULT_HA_CONNECTIONS);
+        let list =
+            parse("relay:\n  - https://a.example.net\n  - https://b.example.net:8443\nha_connections: 3\n")
+                .unwrap();
+        let hosts: Vec<(&str, u16)> = list.relay.iter().map(|r| (r.host.as_str(), r.port)).collect();
+        assert_eq!(hosts, [("a.example.net", 443), ("b.example.net", 8443)]);
+        assert_eq!(list.ha_connections, 3);
+        let e = parse("relay:\n  - https://a.example.net\n  - ftp://b.example.net\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a.yaml:3") && e.contains("scheme `ftp` is not supported"),
+            "{e}"
+        );
+        // Repeated --relay replaces the file's list; the same node twice counts once.
+        let cfg = list
+            .merge_for(
+                AgentOverrides {
+                    relay: vec![
+                        "https://c.example.net".into(),
+                        "https://d.example.net".into(),
+                        "https://c.example.net".into(),
+                    ],
+                    ..flags(None, Some("t"))
+                },
+                Given::File("a.yaml".into()),
+                Purpose::Check,
+            )
+            .unwrap();
+        let hosts: Vec<&str> = cfg.relay.iter().map(|r| r.host.as_str()).collect();
+        assert_eq!(hosts, ["c.example.net", "d.example.net"]);
+        let e = AgentConfig::empty()
+            .merge_for(flags(Some("gopher://x"), Some("t")), Given::Flags, Purpose::Check)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("command line: --relay: relay URL scheme `gopher`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ha_connections_out_of_range_is_named_with_its_bounds() {
+        for bad in ["0", "9"] {
+            let cfg: AgentConfig = parse_with_env(
+                &format!("relay: https://r.example.net\ntoken: t\nha_connections: {bad}\n"),
+                "a.yaml",
+                &|_| None,
+            )
+            .unwrap();
+            let e = cfg
+                .merge_for(
+                    AgentOverrides::default(),
+                    Given::File("a.yaml".into()),
+                    Purpose::Check,
+                )
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "a.yaml: ha_connections is {bad}: set it between 1 and 8 (1 keeps a single session, 2 is the default)"
+                )
+            );
+        }
+        let e = parse_with_env::<AgentConfig>("ha_connections: -1\n", "a.yaml", &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.yaml:1") && e.contains("ha_connections"), "{e}");
     }
 }

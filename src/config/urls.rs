@@ -88,8 +88,39 @@ pub fn is_loopback(host: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
-pub(super) fn opt_relay_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RelayUrl>, D::Error> {
-    Option::<RelayUrl>::deserialize(d)
+/// `relay:` as one URL, or a list of URLs (one per relay node of a cluster).
+pub(super) fn relay_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RelayUrl>, D::Error> {
+    struct OneOrMany;
+
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<RelayUrl>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a relay URL or a list of relay URLs")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            use serde::de::IntoDeserializer;
+            Ok(vec![RelayUrl::deserialize(v.into_deserializer())?])
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut urls = Vec::new();
+            while let Some(url) = seq.next_element::<RelayUrl>()? {
+                urls.push(url);
+            }
+            Ok(urls)
+        }
+    }
+
+    d.deserialize_any(OneOrMany)
 }
 
 impl<'de> Deserialize<'de> for RelayUrl {

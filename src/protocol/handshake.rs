@@ -20,6 +20,14 @@ pub static PONTE_VERSION: HeaderName = HeaderName::from_static("ponte-version");
 /// Agent → relay: an id that stays the same across reconnects of one agent process, so the relay
 /// can evict the stale session of a connection that died silently.
 pub static PONTE_AGENT_ID: HeaderName = HeaderName::from_static("ponte-agent-id");
+/// Agent → relay: which of the agent's concurrent sessions this is (`0`, `1`, … below its
+/// `ha_connections`). The relay replaces an older session of the same agent *and* slot (a dead
+/// connection being re-dialled), never a sibling slot. Absent from older agents: read it as 0.
+pub static PONTE_AGENT_SLOT: HeaderName = HeaderName::from_static("ponte-agent-slot");
+/// Most sessions one agent instance may hold on a relay (slots `0..MAX_AGENT_SLOTS`): the most
+/// `ha_connections` allows. The relay folds a higher slot into this range, so one agent id never
+/// holds more connections than this.
+pub const MAX_AGENT_SLOTS: u32 = 8;
 /// Relay → agent (in the 101): the tunnel the token belongs to.
 pub static PONTE_TUNNEL: HeaderName = HeaderName::from_static("ponte-tunnel");
 /// Relay → agent (in the 101): where the public can reach the tunnel.
@@ -30,7 +38,8 @@ pub static PONTE_PUBLIC_URL: HeaderName = HeaderName::from_static("ponte-public-
 pub static PONTE_TUNNEL_AGENTS: HeaderName = HeaderName::from_static("ponte-tunnel-agents");
 /// Relay → agent (in the 101): the id of the relay node that took the login (`cluster.node_id`, or
 /// a random id per relay process when no cluster is configured), so an agent with several sessions
-/// can tell whether two of them reached the same node.
+/// can tell whether two of them reached the same node. Absent from older relays: the agent then
+/// takes each address for its own node.
 pub static PONTE_NODE: HeaderName = HeaderName::from_static("ponte-node");
 /// On responses Ponte itself generated (not the upstream): a short machine-readable cause.
 pub static PONTE_ERROR: HeaderName = HeaderName::from_static("ponte-error");

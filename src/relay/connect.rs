@@ -16,8 +16,8 @@ use crate::body::{self, Body};
 use crate::config::relay::TokenHash;
 use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
 use crate::protocol::{
-    PONTE_AGENT_ID, PONTE_ERROR, PONTE_NODE, PONTE_PUBLIC_URL, PONTE_TUNNEL, PONTE_TUNNEL_AGENTS,
-    PONTE_VERSION, UPGRADE_TOKEN,
+    MAX_AGENT_SLOTS, PONTE_AGENT_ID, PONTE_AGENT_SLOT, PONTE_ERROR, PONTE_NODE, PONTE_PUBLIC_URL,
+    PONTE_TUNNEL, PONTE_TUNNEL_AGENTS, PONTE_VERSION, UPGRADE_TOKEN,
 };
 
 /// Longest agent version kept from the handshake (it is shown to operators).
@@ -73,6 +73,15 @@ pub async fn accept(
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // Which of the agent's HA sessions this is; older agents send none and have one. Folded into
+    // the slots an agent may have, so one agent id holds a bounded number of sessions.
+    let agent_slot = req
+        .headers()
+        .get(&PONTE_AGENT_SLOT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        % MAX_AGENT_SLOTS;
 
     let version = req
         .headers()
@@ -112,6 +121,7 @@ pub async fn accept(
                 }
                 let agent = Agent {
                     id: agent_id,
+                    slot: agent_slot,
                     version,
                     peer,
                 };
@@ -140,9 +150,10 @@ pub async fn accept(
     Ok(resp)
 }
 
-/// Who logged in: the agent's instance id and version, and where it connected from.
+/// Who logged in: the agent's instance id, session slot and version, and where it connected from.
 struct Agent {
     id: String,
+    slot: u32,
     version: Option<String>,
     peer: std::net::SocketAddr,
 }
@@ -157,6 +168,7 @@ async fn run_session(
 ) {
     let Agent {
         id: agent_id,
+        slot,
         version,
         peer,
     } = agent;
@@ -194,7 +206,8 @@ async fn run_session(
             sender,
             state.config.limits.max_streams_per_agent,
         )
-        .with_version(version.clone()),
+        .with_version(version.clone())
+        .with_slot(slot),
     );
     tunnel.register(session.clone());
     drop(pending);
@@ -203,6 +216,7 @@ async fn run_session(
         session = id,
         %peer,
         agent = %agent_id,
+        slot,
         version = version.as_deref().unwrap_or("unknown"),
         "agent connected"
     );

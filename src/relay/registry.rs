@@ -85,12 +85,13 @@ impl TunnelState {
         lock(&self.members)
     }
 
-    /// Add a session, evicting any earlier one from the same agent instance.
+    /// Add a session, evicting any earlier one from the same agent instance and slot (an agent
+    /// with `ha_connections` keeps one session per slot; a slot re-dialled replaces its own).
     pub fn register(&self, session: Arc<Session>) {
         let mut members = self.lock();
         let sessions = &mut members.sessions;
         sessions.retain(|old| {
-            let stale = old.agent_id == session.agent_id;
+            let stale = old.agent_id == session.agent_id && old.slot == session.slot;
             if stale {
                 tracing::info!(tunnel = %self.name, old = old.id, old_peer = %old.remote, new = session.id, "agent reconnected; evicting its stale session");
                 old.close();
@@ -386,5 +387,56 @@ mod tests {
         drop(b);
         assert!(tunnel.try_login("agent-3", 2).is_some());
         drop(a);
+    }
+
+    fn demo_tunnel() -> TunnelState {
+        let cfg: crate::config::relay::RelayConfig = crate::config::parse_with_env(
+            "tunnels:\n  t:\n    token: 0123456789abcdef0123\n",
+            "relay.yaml",
+            &|_| None,
+        )
+        .unwrap();
+        let (name, tcfg) = cfg.tunnels.into_iter().next().unwrap();
+        TunnelState::new(name, tcfg)
+    }
+
+    /// Two HA sessions of one agent (slots 0 and 1) live side by side and count as one agent; the
+    /// same slot dialled again replaces its stale session.
+    #[tokio::test]
+    async fn sessions_are_replaced_per_agent_and_slot() {
+        use super::super::session::testing::agent_session;
+        let tunnel = demo_tunnel();
+        let (first, _c1) = agent_session(1, "agent-a", 0).await;
+        let (second, _c2) = agent_session(2, "agent-a", 1).await;
+        tunnel.register(first.clone());
+        tunnel.register(second.clone());
+        assert_eq!(tunnel.connected_count(), 2, "a sibling slot was evicted");
+        assert!(first.is_usable() && second.is_usable());
+        // Counted as one agent: a third slot's login is not "another agent".
+        let login = tunnel
+            .try_login("agent-a", 1)
+            .expect("same agent, not a second one");
+        assert_eq!(login.agents(), 1);
+        drop(login);
+        // Slot 0 re-dialled: its old session goes, slot 1 stays.
+        let (again, _c3) = agent_session(3, "agent-a", 0).await;
+        tunnel.register(again);
+        let ids: Vec<u64> = tunnel.sessions().iter().map(|s| s.id).collect();
+        assert_eq!(ids, [2, 3]);
+        assert!(!first.is_usable(), "the stale slot-0 session was kept open");
+    }
+
+    /// Streams are spread over a tunnel's sessions, one agent's slots included.
+    #[tokio::test]
+    async fn picks_alternate_between_sessions() {
+        use super::super::session::testing::agent_session;
+        let tunnel = demo_tunnel();
+        let (a, _c1) = agent_session(1, "agent-a", 0).await;
+        let (b, _c2) = agent_session(2, "agent-a", 1).await;
+        tunnel.register(a);
+        tunnel.register(b);
+        let picked: Vec<u64> = (0..6).map(|_| tunnel.pick().unwrap().id).collect();
+        assert_eq!(picked.iter().filter(|id| **id == 1).count(), 3, "{picked:?}");
+        assert_eq!(picked.iter().filter(|id| **id == 2).count(), 3, "{picked:?}");
     }
 }

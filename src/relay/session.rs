@@ -19,6 +19,9 @@ pub struct Session {
     pub id: u64,
     /// The agent's instance id (stable across its reconnects).
     pub agent_id: String,
+    /// Which of the agent's concurrent sessions this is (`Ponte-Agent-Slot`, 0 for older agents):
+    /// a new session replaces only the one of the same agent and slot.
+    pub slot: u32,
     /// Where the agent connected from.
     pub remote: SocketAddr,
     /// The Ponte version the agent announced in its handshake, if any.
@@ -57,6 +60,7 @@ impl Session {
         Session {
             id,
             agent_id,
+            slot: 0,
             remote,
             version: None,
             connected_at: SystemTime::now(),
@@ -65,6 +69,12 @@ impl Session {
             max_streams,
             closed: CancellationToken::new(),
         }
+    }
+
+    /// Record which of the agent's sessions this is.
+    pub fn with_slot(mut self, slot: u32) -> Self {
+        self.slot = slot;
+        self
     }
 
     /// Record the version the agent announced.
@@ -149,6 +159,15 @@ pub(super) mod testing {
     /// (abort it to kill the session's connection). The fake agent answers `200 served`, and a
     /// websocket extended CONNECT with `200`, then echoes whatever comes through the stream.
     pub async fn session_pair(id: u64) -> (Arc<Session>, tokio::task::JoinHandle<()>) {
+        agent_session(id, &format!("agent-{id}"), 0).await
+    }
+
+    /// [`session_pair`] for a given agent instance id and HA slot.
+    pub async fn agent_session(
+        id: u64,
+        agent_id: &str,
+        slot: u32,
+    ) -> (Arc<Session>, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|req| async {
@@ -168,11 +187,12 @@ pub(super) mod testing {
         });
         let session = Session::new(
             id,
-            format!("agent-{id}"),
+            agent_id.to_string(),
             "127.0.0.1:1".parse().unwrap(),
             sender,
             10,
-        );
+        )
+        .with_slot(slot);
         (Arc::new(session), task)
     }
 

@@ -58,6 +58,11 @@ pub struct Certs {
 
 impl Certs {
     pub fn new() -> Self {
+        Self::with_extra_names(&[])
+    }
+
+    /// [`Certs::new`], the server certificate also valid for `extra` (e.g. `127.0.0.2`).
+    pub fn with_extra_names(extra: &[&str]) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
         let dir = tempfile::tempdir().expect("tempdir");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
@@ -68,9 +73,11 @@ impl Certs {
             format!("Ponte Test CA {}", dir.path().display()),
         );
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-        let names = ["localhost", "127.0.0.1", "relay.test", "*.relay.test"]
-            .map(String::from)
-            .to_vec();
+        let names: Vec<String> = ["localhost", "127.0.0.1", "relay.test", "*.relay.test"]
+            .iter()
+            .chain(extra)
+            .map(|n| n.to_string())
+            .collect();
         let key = KeyPair::generate().expect("key");
         let cert = CertificateParams::new(names)
             .expect("params")

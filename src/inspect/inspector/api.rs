@@ -32,6 +32,10 @@ pub struct StatusView {
     pub connected_since: Option<String>,
     /// Sessions opened after the first.
     pub reconnects: u64,
+    /// Every live session (one per relay node with `ha_connections` above 1).
+    pub sessions: Vec<crate::agent::SessionView>,
+    /// Sessions the agent tries to keep (`ha_connections`).
+    pub ha_connections: usize,
     /// Why the last attempt failed, while retrying.
     pub error: Option<String>,
     /// Seconds until the next attempt, while retrying.
@@ -52,6 +56,8 @@ pub fn status(inspector: &Inspector) -> StatusView {
         public_url: None,
         connected_since: None,
         reconnects: 0,
+        sessions: Vec::new(),
+        ha_connections: 0,
         error: None,
         retry_in_secs: None,
         upstreams: inspector.ingress.describe(),
@@ -65,7 +71,11 @@ pub fn status(inspector: &Inspector) -> StatusView {
             public_url,
             connects,
             since,
+            sessions,
+            wanted,
         } => {
+            view.sessions = sessions;
+            view.ha_connections = wanted;
             view.state = "connected";
             view.relay = Some(relay);
             view.tunnel = Some(tunnel);

@@ -91,10 +91,18 @@ impl StatusBar {
         match status {
             AgentStatus::Starting => {}
             AgentStatus::Connected {
-                public_url, tunnel, ..
+                public_url,
+                tunnel,
+                sessions,
+                wanted,
+                ..
             } => {
                 bar.state = "connected";
-                bar.label = t.s("state.connected").to_string();
+                bar.label = if *wanted > 1 {
+                    t.f2("state.connected_sessions", sessions.len(), wanted)
+                } else {
+                    t.s("state.connected").to_string()
+                };
                 bar.public_url = Some(public_url.clone());
                 bar.tunnel = Some(tunnel.clone());
             }
