@@ -102,7 +102,9 @@ async fn dispatch(
         Route::Internal => {
             *reached = Reached::Internal;
             let path = path.path().to_owned();
-            internal(state, conn, req, &authority, &path).await
+            // Boxed: the console, admin API and agent login make a future several times the
+            // size of a tunnel request's, and hyper moves every request's future into place.
+            Box::pin(internal(state, conn, req, &authority, &path)).await
         }
         Route::Tunnel { name, path, .. } => {
             let tunnel = state

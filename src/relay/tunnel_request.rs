@@ -43,20 +43,28 @@ pub async fn handle(
     if declared_length(&req).is_some_and(|n| n > limit) {
         return Err(ProxyError::TooLarge { limit });
     }
+    // Only the common live request runs in place; the other paths are boxed so that every
+    // request's future (which hyper moves into place) stays the live path's size.
     match choose(state, tunnel, &req).await? {
         Delivery::Live(session) if request::is_websocket_upgrade(&req) => {
-            proxy::websocket(state, tunnel, session, req, target).await
+            Box::pin(proxy::websocket(state, tunnel, session, req, target)).await
         }
         Delivery::Live(session) => proxy::live(state, tunnel, session, req, target, limit).await,
         Delivery::Forward(cluster, holders) => {
-            forward::to_peer(state, &cluster, tunnel, &holders, req, target, limit).await
+            Box::pin(forward::to_peer(
+                state, &cluster, tunnel, &holders, req, target, limit,
+            ))
+            .await
         }
         Delivery::ForwardOrQueue(queue, cluster, holders) => {
-            queue::forward_or_queue(state, tunnel, &queue, &cluster, &holders, req, target).await
+            Box::pin(queue::forward_or_queue(
+                state, tunnel, &queue, &cluster, &holders, req, target,
+            ))
+            .await
         }
-        Delivery::Queue(queue) => queue::accept(state, tunnel, &queue, req, target).await,
+        Delivery::Queue(queue) => Box::pin(queue::accept(state, tunnel, &queue, req, target)).await,
         Delivery::LiveOrQueue(queue, session) => {
-            queue::live_or_queue(state, tunnel, &queue, session, req, target).await
+            Box::pin(queue::live_or_queue(state, tunnel, &queue, session, req, target)).await
         }
     }
 }
@@ -115,7 +123,7 @@ async fn choose(
             (Decision::Queue, None)
                 if decide(&tunnel.config, queue, req, true) == Decision::LiveOrQueue
                     && let Some(Delivery::Forward(cluster, holders)) =
-                        elsewhere(state, tunnel, req).await.ok() =>
+                        Box::pin(elsewhere(state, tunnel, req)).await.ok() =>
             {
                 return Ok(Delivery::ForwardOrQueue(queue.clone(), cluster, holders));
             }
@@ -126,7 +134,8 @@ async fn choose(
         Some(s) => s,
         None => match tunnel.pick_or_wait(PENDING_LOGIN_WAIT).await {
             Some(s) => s,
-            None => return elsewhere(state, tunnel, req).await,
+            // Boxed, as the other rare paths (see `handle`): a database lookup.
+            None => return Box::pin(elsewhere(state, tunnel, req)).await,
         },
     };
     Ok(Delivery::Live(session))
