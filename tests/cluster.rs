@@ -759,3 +759,146 @@ async fn a_node_that_never_answers_costs_one_connect_timeout_then_is_skipped() {
     held.abort();
     b.stop().await;
 }
+
+/// `Retry-After` and `Ponte-Error` of a queue webhook refused while the database is down.
+fn assert_refused_without_commit(r: &support::Reply, node: &str) {
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "node {node}: {}",
+        r.text()
+    );
+    assert!(
+        r.headers.contains_key("retry-after"),
+        "node {node}: {:?}",
+        r.headers
+    );
+    assert!(r.header("ponte-delivery-id").is_empty(), "node {node}");
+}
+
+/// PostgreSQL stopped under two nodes: the direct tunnel keeps working on the node holding its
+/// agent and through the other node (which forwards to the holder it knew), while both nodes'
+/// `/_ponte/ready` say 503; the queue tunnel answers 503 + Retry-After on both, never 202. Once
+/// the database is back, without restarting a relay: ready is 200 again, heartbeats are written,
+/// the queue accepts and delivers, forwarding still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_down_direct_tunnels_work_queues_refuse_and_all_recover_by_themselves() {
+    let cluster = match Cluster::start() {
+        Ok(c) => c,
+        Err(why) => return pg::skip(&why),
+    };
+    let certs = Certs::new();
+    let store = cluster.database("");
+    let db = db_name(&store).to_string();
+    let (up, log) = recording_upstream(|_, _| StatusCode::CREATED).await;
+    // A second tunnel `q` (queue) next to `demo` (direct).
+    let queue_tunnel = format!(
+        "  q:\n    token: {Q_TOKEN}\n    delivery: queue\n    queue:\n      retry_schedule: [50ms, 100ms]\n      attempt_timeout: 2s\n"
+    );
+    let a = start_node_with(&certs, &store, "a", "", &queue_tunnel).await;
+    let b = start_node_with(&certs, &store, "b", "", &queue_tunnel).await;
+    let c = client(Some(&certs), false);
+    let ingress = format!("ingress:\n  - upstream: {}\n", up.url());
+    let mut demo_agent = start_agent(&agent_yaml(&a.url(true), Some(&certs), &ingress));
+    let mut q_agent = start_agent(&agent_yaml(&a.url(true), Some(&certs), &ingress).replace(TOKEN, Q_TOKEN));
+    demo_agent.connected().await;
+    q_agent.connected().await;
+    eventually("node B to forward to node A", || async {
+        let r = send(&c, request("POST", &format!("{}/t/demo/x", b.url(true)), "x")).await;
+        (r.status == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    let ready = |node: String| {
+        let c = c.clone();
+        async move {
+            send(&c, request("GET", &format!("{node}/_ponte/ready"), ""))
+                .await
+                .status
+        }
+    };
+
+    cluster.stop();
+    for node in [&a, &b] {
+        eventually("/_ponte/ready to say the store is down", || async {
+            (ready(node.url(true)).await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        })
+        .await;
+    }
+    // Held down for longer than a heartbeat interval (5 s), under a steady stream of direct
+    // requests to both nodes: every one is answered by the agent.
+    let down_since = Instant::now();
+    let mut answered = 0;
+    while down_since.elapsed() < Duration::from_secs(6) {
+        for node in [&a, &b] {
+            let r = send(
+                &c,
+                request("POST", &format!("{}/t/demo/down/{answered}", node.url(true)), "x"),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+            answered += 1;
+        }
+        for (node, name) in [(&a, "a"), (&b, "b")] {
+            let r = send(
+                &c,
+                request("POST", &format!("{}/t/q/hook", node.url(true)), "refused"),
+            )
+            .await;
+            assert_refused_without_commit(&r, name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{answered} direct requests answered during the outage");
+    assert_eq!(ready(a.url(true)).await, StatusCode::SERVICE_UNAVAILABLE);
+
+    cluster.restart();
+    let back: i64 = cluster
+        .psql(&db, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint")
+        .parse()
+        .expect("a time");
+    for node in [&a, &b] {
+        eventually("/_ponte/ready to say the store is back", || async {
+            (ready(node.url(true)).await == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    // Both nodes write their heartbeats again (every 5 s), and A its entries.
+    eventually("both nodes' heartbeats after the restart", || async {
+        let fresh = cluster.psql(
+            &db,
+            &format!("SELECT count(*) FROM nodes WHERE heartbeat_at > {back}"),
+        );
+        (fresh == "2").then_some(())
+    })
+    .await;
+    assert_eq!(live_entries(&cluster, &db, "a"), 2);
+    let accepted = eventually("a queue webhook on node B accepted again", || async {
+        let r = send(&c, request("POST", &format!("{}/t/q/hook", b.url(true)), "after")).await;
+        match r.status {
+            StatusCode::ACCEPTED => Some(r),
+            StatusCode::SERVICE_UNAVAILABLE => None,
+            other => panic!("{other}: {}", r.text()),
+        }
+    })
+    .await;
+    let id = accepted.header("ponte-delivery-id").to_string();
+    eventually("the webhook delivered by node A's agent", || async {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.header("ponte-delivery-id") == id && r.body.as_ref() == b"after")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !log.lock().unwrap().iter().any(|r| r.body.as_ref() == b"refused"),
+        "a refused webhook was delivered"
+    );
+    let r = send(&c, request("POST", &format!("{}/t/demo/after", b.url(true)), "x")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    demo_agent.stop().await;
+    q_agent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
