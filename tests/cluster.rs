@@ -902,3 +902,121 @@ async fn with_the_database_down_direct_tunnels_work_queues_refuse_and_all_recove
     a.stop().await;
     b.stop().await;
 }
+
+/// Log in to a node's console with the admin token; returns the session cookie (`name=value`).
+async fn console_login(c: &Client, base: &str) -> String {
+    let r = Request::post(format!("{base}/_ponte/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", base)
+        .body(ponte::body::full(format!("token={ADMIN_TOKEN}")))
+        .unwrap();
+    let r = send(c, r).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let set = r.header("set-cookie").to_string();
+    set.split(';').next().unwrap_or_default().to_string()
+}
+
+/// The console's overview page of `base` in `lang`.
+async fn console_page(c: &Client, base: &str, cookie: &str, lang: &str) -> String {
+    let page = Request::get(format!("{base}/_ponte/console/"))
+        .header("cookie", cookie)
+        .header("accept-language", lang)
+        .body(ponte::body::empty())
+        .unwrap();
+    let page = send(c, page).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    page.text()
+}
+
+/// The `<tr>` of node `id` in the console's nodes table, if there is one.
+fn node_row<'a>(page: &'a str, id: &str) -> Option<&'a str> {
+    let start = page.find(&format!("<tr class=\"node\" data-node=\"{id}\">"))?;
+    let end = page[start..].find("</tr>")?;
+    Some(&page[start..start + end])
+}
+
+/// The console of a clustered node lists every node (id, advertise URL, last heartbeat, the
+/// tunnels it holds), marks itself and a silent node, in English and Portuguese; a relay without
+/// `cluster:` has no such panel.
+#[tokio::test]
+async fn the_console_lists_the_relay_nodes_with_their_heartbeats_and_tunnels() {
+    let Some(cluster) = pg::shared() else { return };
+    let certs = Certs::new();
+    let store = cluster.database("");
+    let db = db_name(&store);
+    let up = answering_upstream().await;
+    let a = start_node(&certs, &store, "a", "").await;
+    let b = start_node(&certs, &store, "b", "").await;
+    let mut agent = start_agent_to(&a.url(true), &certs, &up.url());
+    agent.connected().await;
+    // A node that stopped writing heartbeats a minute ago (a crashed machine).
+    cluster.psql(
+        db,
+        "INSERT INTO nodes VALUES ('gone', 'https://10.9.9.9:443', 0, floor(extract(epoch FROM now()) * 1000)::bigint - 60000)",
+    );
+    let c = client(Some(&certs), false);
+    let cookie = console_login(&c, &b.url(true)).await;
+    let page = eventually("node B's console to list both live nodes", || {
+        let (c, base, cookie) = (c.clone(), b.url(true), cookie.clone());
+        async move {
+            let page = console_page(&c, &base, &cookie, "en").await;
+            let holds =
+                node_row(&page, "a").is_some_and(|r| r.contains("<td class=\"node-tunnels\">demo</td>"));
+            (holds && node_row(&page, "b").is_some()).then_some(page)
+        }
+    })
+    .await;
+    assert!(page.contains("<h1>Relay nodes</h1>"), "{page}");
+    let row_a = node_row(&page, "a").expect("node a");
+    assert!(
+        row_a.contains(&format!("<code class=\"advertise\">{}</code>", a.url(true))),
+        "{row_a}"
+    );
+    assert!(!row_a.contains("this-node"), "{row_a}");
+    assert!(!row_a.contains("silent"), "{row_a}");
+    // Written within the last heartbeat interval (5 s), shown as `N s ago`.
+    let age: u64 = row_a
+        .split("<td class=\"heartbeat\"")
+        .nth(1)
+        .and_then(|s| s.split('>').nth(1))
+        .and_then(|s| s.strip_suffix(" s ago</td"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a heartbeat age in seconds: {row_a}"));
+    assert!(age <= 6, "{row_a}");
+    let row_b = node_row(&page, "b").expect("node b");
+    assert!(row_b.contains("(this node)"), "{row_b}");
+    assert!(row_b.contains("<td class=\"node-tunnels\">none</td>"), "{row_b}");
+    let gone = node_row(&page, "gone").expect("the silent node");
+    assert!(gone.contains("1 min ago"), "{gone}");
+    assert!(
+        gone.contains("<span class=\"error silent\">silent: no request is passed to it</span>"),
+        "{gone}"
+    );
+
+    let pt = console_page(&c, &b.url(true), &cookie, "pt-BR,pt;q=0.9").await;
+    assert!(pt.contains("<h1>Nós do relay</h1>"), "{pt}");
+    assert!(pt.contains("<th>Último sinal de vida</th>"), "{pt}");
+    assert!(node_row(&pt, "b").expect("node b").contains("(este nó)"), "{pt}");
+    assert!(
+        node_row(&pt, "b").expect("node b").contains(">nenhum</td>"),
+        "{pt}"
+    );
+    assert!(node_row(&pt, "gone").expect("gone").contains("sem sinal"), "{pt}");
+
+    // One relay alone shows no nodes panel.
+    let single = start_relay(&relay_yaml(
+        Some(&certs),
+        &format!("admin_token: {ADMIN_TOKEN}\n"),
+        "",
+    ))
+    .await;
+    let cookie = console_login(&c, &single.url(true)).await;
+    let page = console_page(&c, &single.url(true), &cookie, "en").await;
+    assert!(page.contains("id=\"tunnels\""), "{page}");
+    assert!(!page.contains("id=\"nodes\""), "{page}");
+
+    agent.stop().await;
+    for node in [a, b, single] {
+        node.stop().await;
+    }
+}
