@@ -110,7 +110,11 @@ fn the_readme_shows_the_haproxy_example_as_shipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_through_haproxy_reach_the_agent_and_continue_when_its_node_stops() {
     let Some(haproxy) = haproxy() else { return };
-    let Some(cluster) = pg::shared() else { return };
+    // A server of its own: the test stops it.
+    let cluster = match pg::Cluster::start() {
+        Ok(c) => c,
+        Err(why) => return pg::skip(&why),
+    };
     let certs = Certs::new();
     let store = cluster.database("");
     let (up, log) = recording_upstream(|_, _| StatusCode::CREATED).await;
@@ -199,6 +203,35 @@ async fn webhooks_through_haproxy_reach_the_agent_and_continue_when_its_node_sto
         forwarded > 0.0,
         "the node without the agent passed webhooks on to the one with it"
     );
+
+    // PostgreSQL down: both nodes' /ready say `503 store unavailable`, which the example's
+    // health check does not count as down (it looks for `draining`), so HAProxy keeps both nodes
+    // and the direct tunnel keeps working through it, past the check's `fall 2` × `inter 1s`.
+    cluster.stop();
+    for (_, _, metrics) in &nodes {
+        let c = client(None, false);
+        eventually("/ready to say the store is down", || async {
+            let r = send(
+                &c,
+                request("GET", &format!("http://127.0.0.1:{metrics}/ready"), ""),
+            )
+            .await;
+            (r.status == StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+        })
+        .await;
+    }
+    let down = Instant::now();
+    let mut i = 50;
+    while down.elapsed() < Duration::from_secs(3) {
+        i += 1;
+        assert_eq!(
+            webhook(&certs, front, i).await,
+            StatusCode::CREATED,
+            "webhook {i}, database down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.restart();
 
     // Stop the agent's node (a clean shutdown, as on SIGTERM): the agent reconnects through
     // HAProxy to the other node, and webhooks continue there.
