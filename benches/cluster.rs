@@ -157,13 +157,13 @@ async fn run(store: &str, secs: f64, conns: usize, full: bool) {
     let (p50_f, p99_f) = percentiles(&forwarded.latencies);
     let (_, many_l, many_f) = &results[1];
     println!(
-        "summary: cross-node overhead at 1 connection p50 +{:.2} ms ({:.2} → {:.2} ms), p99 +{:.2} ms ({:.2} → {:.2} ms); at {conns} connections {:.0}/s to the agent's node, {:.0}/s through the other",
-        ms(p50_f.saturating_sub(p50_l)),
-        ms(p50_l),
-        ms(p50_f),
-        ms(p99_f.saturating_sub(p99_l)),
-        ms(p99_l),
-        ms(p99_f),
+        "summary: cross-node overhead at 1 connection p50 +{:.0} µs ({:.0} → {:.0} µs), p99 +{:.0} µs ({:.0} → {:.0} µs); at {conns} connections {:.0}/s to the agent's node, {:.0}/s through the other",
+        us(p50_f.saturating_sub(p50_l)),
+        us(p50_l),
+        us(p50_f),
+        us(p99_f.saturating_sub(p99_l)),
+        us(p99_l),
+        us(p99_f),
         many_l.ok as f64 / secs,
         many_f.ok as f64 / secs,
     );
@@ -198,6 +198,6 @@ fn percentiles(samples: &[Duration]) -> (Duration, Duration) {
     (pct(0.50), pct(0.99))
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
