@@ -107,6 +107,28 @@ fn the_readme_shows_the_haproxy_example_as_shipped() {
     );
 }
 
+/// The node's relay.yaml the deployment guide shows is a valid configuration (with a tunnel).
+#[test]
+fn the_guides_node_configuration_is_valid() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md");
+    let start = readme
+        .find("```yaml\n# relay.yaml on relay-1")
+        .expect("the guide's relay.yaml")
+        + "```yaml\n".len();
+    let end = start + readme[start..].find("```").expect("the block's end");
+    let yaml = format!("{}tunnels:\n  clinic:\n    token: {TOKEN}\n", &readme[start..end]);
+    let env = |name: &str| {
+        ["PONTE_DB_PASSWORD", "PONTE_CLUSTER_SECRET"]
+            .contains(&name)
+            .then(|| "a-long-secret-0123456789abcdef".to_string())
+    };
+    let cfg = ponte::config::relay::RelayConfig::from_str_with_env(&yaml, "README relay.yaml", &env)
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let cluster = cfg.cluster.expect("a cluster section");
+    assert_eq!(cluster.node_id(), "relay-1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_through_haproxy_reach_the_agent_and_continue_when_its_node_stops() {
     let Some(haproxy) = haproxy() else { return };
