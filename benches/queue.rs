@@ -18,19 +18,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use ponte::agent::AgentStatus;
-use ponte::config::agent::AgentConfig;
+use http::StatusCode;
 use ponte::config::relay::RelayConfig;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod common;
 #[path = "../tests/support/postgres.rs"]
 mod pg_cluster;
+
+use common::*;
 
 const QUEUE_TOKEN: &str = "bench-queue-token-0123456789";
 const LIVE_TOKEN: &str = "bench-live-token-0123456789";
@@ -114,7 +111,15 @@ async fn run(s: Settings, full: bool) {
     // Direct mode through the SQLite relay, agent connected.
     let live_stop = CancellationToken::new();
     start_agent(sqlite.relay, &ca, LIVE_TOKEN, upstream, live_stop.clone()).await;
-    let live = load(sqlite.relay, &tls, "live", &body, &s, StatusCode::OK).await;
+    let live = load(
+        sqlite.relay,
+        &tls,
+        "live",
+        &body,
+        (s.secs, s.conns),
+        StatusCode::OK,
+    )
+    .await;
     report("direct, agent connected: proxied", &live, s.secs);
     live_stop.cancel();
     sqlite.shutdown.cancel();
@@ -185,7 +190,15 @@ async fn queue_phases(
     let relay = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     tokio::spawn(ponte::relay::serve(listener, cfg.clone(), shutdown.clone()));
-    let queued = load(relay, tls, "queued", body, s, StatusCode::ACCEPTED).await;
+    let queued = load(
+        relay,
+        tls,
+        "queued",
+        body,
+        (s.secs, s.conns),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     report(
         &format!("{name}: queue, agent offline: accepted"),
         &queued,
@@ -302,195 +315,4 @@ fn postgres_store() -> Option<PostgresStore> {
             None
         }
     }
-}
-
-/// `/proc/loadavg` (the machine is shared: other work skews the figures).
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-struct LoadResult {
-    ok: usize,
-    failed: usize,
-    latencies: Vec<Duration>,
-}
-
-fn report(what: &str, r: &LoadResult, secs: f64) {
-    let mut l = r.latencies.clone();
-    l.sort();
-    let pct = |p: f64| {
-        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    println!(
-        "{what} {} in {secs} s = {:.0}/s (p50 {:.1} ms, p99 {:.1} ms, {} errors)",
-        r.ok,
-        r.ok as f64 / secs,
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        r.failed
-    );
-}
-
-/// `conns` keep-alive HTTP/1.1 TLS connections posting `body` to `/t/<tunnel>/hook` for the
-/// phase's duration; a response with `expect` counts as ok.
-async fn load(
-    addr: SocketAddr,
-    tls: &Arc<rustls::ClientConfig>,
-    tunnel: &str,
-    body: &Bytes,
-    s: &Settings,
-    expect: StatusCode,
-) -> LoadResult {
-    let deadline = Instant::now() + Duration::from_secs_f64(s.secs);
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..s.conns {
-        let (tls, body, uri) = (tls.clone(), body.clone(), format!("/t/{tunnel}/hook"));
-        tasks.spawn(async move {
-            let mut r = LoadResult {
-                ok: 0,
-                failed: 0,
-                latencies: Vec::new(),
-            };
-            let tcp = TcpStream::connect(addr).await.expect("connect");
-            let _ = tcp.set_nodelay(true);
-            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await
-                .expect("tls");
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .expect("handshake");
-            tokio::spawn(conn);
-            while Instant::now() < deadline {
-                let req = Request::post(uri.as_str())
-                    .header("host", "localhost")
-                    .header("content-type", "application/json")
-                    .body(Full::new(body.clone()))
-                    .expect("request");
-                let t = Instant::now();
-                match sender.send_request(req).await {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let _ = resp.into_body().collect().await;
-                        if status == expect {
-                            r.ok += 1;
-                            r.latencies.push(t.elapsed());
-                        } else {
-                            r.failed += 1;
-                        }
-                    }
-                    Err(_) => {
-                        r.failed += 1;
-                        break;
-                    }
-                }
-            }
-            r
-        });
-    }
-    let mut total = LoadResult {
-        ok: 0,
-        failed: 0,
-        latencies: Vec::new(),
-    };
-    while let Some(r) = tasks.join_next().await {
-        let r = r.expect("load task");
-        total.ok += r.ok;
-        total.failed += r.failed;
-        total.latencies.extend(r.latencies);
-    }
-    total
-}
-
-async fn start_agent(
-    relay: SocketAddr,
-    ca: &std::path::Path,
-    token: &str,
-    upstream: SocketAddr,
-    stop: CancellationToken,
-) {
-    let yaml = format!(
-        "relay: https://127.0.0.1:{}\ntoken: {token}\nca_file: {}\ningress:\n  - upstream: http://{upstream}\n",
-        relay.port(),
-        ca.display()
-    );
-    let cfg: AgentConfig =
-        ponte::config::parse_with_env(&yaml, "bench agent", &|_| None).expect("agent config");
-    let cfg = cfg
-        .merge(Default::default(), "bench agent")
-        .expect("agent config");
-    let (tx, mut rx) = watch::channel(AgentStatus::Starting);
-    tokio::spawn(ponte::agent::run(cfg, stop, tx, None));
-    tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|s| s.is_connected()))
-        .await
-        .expect("agent connects in time")
-        .expect("status");
-}
-
-/// A minimal upstream: 200 for everything, counting requests.
-async fn upstream(count: Arc<AtomicUsize>, stop: CancellationToken) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let count = count.clone();
-                    async move {
-                        let _ = req.into_body().collect().await;
-                        count.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// A JSON webhook body of exactly `size` bytes.
-fn json_body(size: usize) -> Bytes {
-    let head = r#"{"event":"invoice.paid","id":"evt_0123456789","data":{"note":""#;
-    let tail = r#""}}"#;
-    let pad = size.saturating_sub(head.len() + tail.len());
-    Bytes::from(format!("{head}{}{tail}", "x".repeat(pad)))
-}
-
-fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("cert");
-    let write = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).expect("write pem");
-        p
-    };
-    (
-        write("ca.pem", ca.pem()),
-        write("cert.pem", cert.pem()),
-        write("key.pem", key.serialize_pem()),
-    )
-}
-
-fn client_tls(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
-    Arc::new(ponte::tls::client_config(Some(ca), &[b"http/1.1"]).expect("client tls"))
 }

@@ -759,3 +759,264 @@ async fn a_node_that_never_answers_costs_one_connect_timeout_then_is_skipped() {
     held.abort();
     b.stop().await;
 }
+
+/// `Retry-After` and `Ponte-Error` of a queue webhook refused while the database is down.
+fn assert_refused_without_commit(r: &support::Reply, node: &str) {
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "node {node}: {}",
+        r.text()
+    );
+    assert!(
+        r.headers.contains_key("retry-after"),
+        "node {node}: {:?}",
+        r.headers
+    );
+    assert!(r.header("ponte-delivery-id").is_empty(), "node {node}");
+}
+
+/// PostgreSQL stopped under two nodes: the direct tunnel keeps working on the node holding its
+/// agent and through the other node (which forwards to the holder it knew), while both nodes'
+/// `/_ponte/ready` say 503; the queue tunnel answers 503 + Retry-After on both, never 202. Once
+/// the database is back, without restarting a relay: ready is 200 again, heartbeats are written,
+/// the queue accepts and delivers, forwarding still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_down_direct_tunnels_work_queues_refuse_and_all_recover_by_themselves() {
+    let cluster = match Cluster::start() {
+        Ok(c) => c,
+        Err(why) => return pg::skip(&why),
+    };
+    let certs = Certs::new();
+    let store = cluster.database("");
+    let db = db_name(&store).to_string();
+    let (up, log) = recording_upstream(|_, _| StatusCode::CREATED).await;
+    // A second tunnel `q` (queue) next to `demo` (direct).
+    let queue_tunnel = format!(
+        "  q:\n    token: {Q_TOKEN}\n    delivery: queue\n    queue:\n      retry_schedule: [50ms, 100ms]\n      attempt_timeout: 2s\n"
+    );
+    let a = start_node_with(&certs, &store, "a", "", &queue_tunnel).await;
+    let b = start_node_with(&certs, &store, "b", "", &queue_tunnel).await;
+    let c = client(Some(&certs), false);
+    let ingress = format!("ingress:\n  - upstream: {}\n", up.url());
+    let mut demo_agent = start_agent(&agent_yaml(&a.url(true), Some(&certs), &ingress));
+    let mut q_agent = start_agent(&agent_yaml(&a.url(true), Some(&certs), &ingress).replace(TOKEN, Q_TOKEN));
+    demo_agent.connected().await;
+    q_agent.connected().await;
+    eventually("node B to forward to node A", || async {
+        let r = send(&c, request("POST", &format!("{}/t/demo/x", b.url(true)), "x")).await;
+        (r.status == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    let ready = |node: String| {
+        let c = c.clone();
+        async move {
+            send(&c, request("GET", &format!("{node}/_ponte/ready"), ""))
+                .await
+                .status
+        }
+    };
+
+    cluster.stop();
+    for node in [&a, &b] {
+        eventually("/_ponte/ready to say the store is down", || async {
+            (ready(node.url(true)).await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        })
+        .await;
+    }
+    // Held down for longer than a heartbeat interval (5 s), under a steady stream of direct
+    // requests to both nodes: every one is answered by the agent.
+    let down_since = Instant::now();
+    let mut answered = 0;
+    while down_since.elapsed() < Duration::from_secs(6) {
+        for node in [&a, &b] {
+            let r = send(
+                &c,
+                request("POST", &format!("{}/t/demo/down/{answered}", node.url(true)), "x"),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+            answered += 1;
+        }
+        for (node, name) in [(&a, "a"), (&b, "b")] {
+            let r = send(
+                &c,
+                request("POST", &format!("{}/t/q/hook", node.url(true)), "refused"),
+            )
+            .await;
+            assert_refused_without_commit(&r, name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{answered} direct requests answered during the outage");
+    assert_eq!(ready(a.url(true)).await, StatusCode::SERVICE_UNAVAILABLE);
+
+    cluster.restart();
+    let back: i64 = cluster
+        .psql(&db, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint")
+        .parse()
+        .expect("a time");
+    for node in [&a, &b] {
+        eventually("/_ponte/ready to say the store is back", || async {
+            (ready(node.url(true)).await == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    // Both nodes write their heartbeats again (every 5 s), and A its entries.
+    eventually("both nodes' heartbeats after the restart", || async {
+        let fresh = cluster.psql(
+            &db,
+            &format!("SELECT count(*) FROM nodes WHERE heartbeat_at > {back}"),
+        );
+        (fresh == "2").then_some(())
+    })
+    .await;
+    assert_eq!(live_entries(&cluster, &db, "a"), 2);
+    let accepted = eventually("a queue webhook on node B accepted again", || async {
+        let r = send(&c, request("POST", &format!("{}/t/q/hook", b.url(true)), "after")).await;
+        match r.status {
+            StatusCode::ACCEPTED => Some(r),
+            StatusCode::SERVICE_UNAVAILABLE => None,
+            other => panic!("{other}: {}", r.text()),
+        }
+    })
+    .await;
+    let id = accepted.header("ponte-delivery-id").to_string();
+    eventually("the webhook delivered by node A's agent", || async {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.header("ponte-delivery-id") == id && r.body.as_ref() == b"after")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !log.lock().unwrap().iter().any(|r| r.body.as_ref() == b"refused"),
+        "a refused webhook was delivered"
+    );
+    let r = send(&c, request("POST", &format!("{}/t/demo/after", b.url(true)), "x")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    demo_agent.stop().await;
+    q_agent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Log in to a node's console with the admin token; returns the session cookie (`name=value`).
+async fn console_login(c: &Client, base: &str) -> String {
+    let r = Request::post(format!("{base}/_ponte/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", base)
+        .body(ponte::body::full(format!("token={ADMIN_TOKEN}")))
+        .unwrap();
+    let r = send(c, r).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let set = r.header("set-cookie").to_string();
+    set.split(';').next().unwrap_or_default().to_string()
+}
+
+/// The console's overview page of `base` in `lang`.
+async fn console_page(c: &Client, base: &str, cookie: &str, lang: &str) -> String {
+    let page = Request::get(format!("{base}/_ponte/console/"))
+        .header("cookie", cookie)
+        .header("accept-language", lang)
+        .body(ponte::body::empty())
+        .unwrap();
+    let page = send(c, page).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    page.text()
+}
+
+/// The `<tr>` of node `id` in the console's nodes table, if there is one.
+fn node_row<'a>(page: &'a str, id: &str) -> Option<&'a str> {
+    let start = page.find(&format!("<tr class=\"node\" data-node=\"{id}\">"))?;
+    let end = page[start..].find("</tr>")?;
+    Some(&page[start..start + end])
+}
+
+/// The console of a clustered node lists every node (id, advertise URL, last heartbeat, the
+/// tunnels it holds), marks itself and a silent node, in English and Portuguese; a relay without
+/// `cluster:` has no such panel.
+#[tokio::test]
+async fn the_console_lists_the_relay_nodes_with_their_heartbeats_and_tunnels() {
+    let Some(cluster) = pg::shared() else { return };
+    let certs = Certs::new();
+    let store = cluster.database("");
+    let db = db_name(&store);
+    let up = answering_upstream().await;
+    let a = start_node(&certs, &store, "a", "").await;
+    let b = start_node(&certs, &store, "b", "").await;
+    let mut agent = start_agent_to(&a.url(true), &certs, &up.url());
+    agent.connected().await;
+    // A node that stopped writing heartbeats a minute ago (a crashed machine).
+    cluster.psql(
+        db,
+        "INSERT INTO nodes VALUES ('gone', 'https://10.9.9.9:443', 0, floor(extract(epoch FROM now()) * 1000)::bigint - 60000)",
+    );
+    let c = client(Some(&certs), false);
+    let cookie = console_login(&c, &b.url(true)).await;
+    let page = eventually("node B's console to list both live nodes", || {
+        let (c, base, cookie) = (c.clone(), b.url(true), cookie.clone());
+        async move {
+            let page = console_page(&c, &base, &cookie, "en").await;
+            let holds =
+                node_row(&page, "a").is_some_and(|r| r.contains("<td class=\"node-tunnels\">demo</td>"));
+            (holds && node_row(&page, "b").is_some()).then_some(page)
+        }
+    })
+    .await;
+    assert!(page.contains("<h1>Relay nodes</h1>"), "{page}");
+    let row_a = node_row(&page, "a").expect("node a");
+    assert!(
+        row_a.contains(&format!("<code class=\"advertise\">{}</code>", a.url(true))),
+        "{row_a}"
+    );
+    assert!(!row_a.contains("this-node"), "{row_a}");
+    assert!(!row_a.contains("silent"), "{row_a}");
+    // Written within the last heartbeat interval (5 s), shown as `N s ago`.
+    let age: u64 = row_a
+        .split("<td class=\"heartbeat\"")
+        .nth(1)
+        .and_then(|s| s.split('>').nth(1))
+        .and_then(|s| s.strip_suffix(" s ago</td"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a heartbeat age in seconds: {row_a}"));
+    assert!(age <= 6, "{row_a}");
+    let row_b = node_row(&page, "b").expect("node b");
+    assert!(row_b.contains("(this node)"), "{row_b}");
+    assert!(row_b.contains("<td class=\"node-tunnels\">none</td>"), "{row_b}");
+    let gone = node_row(&page, "gone").expect("the silent node");
+    assert!(gone.contains("1 min ago"), "{gone}");
+    assert!(
+        gone.contains("<span class=\"error silent\">silent: no request is passed to it</span>"),
+        "{gone}"
+    );
+
+    let pt = console_page(&c, &b.url(true), &cookie, "pt-BR,pt;q=0.9").await;
+    assert!(pt.contains("<h1>Nós do relay</h1>"), "{pt}");
+    assert!(pt.contains("<th>Último sinal de vida</th>"), "{pt}");
+    assert!(node_row(&pt, "b").expect("node b").contains("(este nó)"), "{pt}");
+    assert!(
+        node_row(&pt, "b").expect("node b").contains(">nenhum</td>"),
+        "{pt}"
+    );
+    assert!(node_row(&pt, "gone").expect("gone").contains("sem sinal"), "{pt}");
+
+    // One relay alone shows no nodes panel.
+    let single = start_relay(&relay_yaml(
+        Some(&certs),
+        &format!("admin_token: {ADMIN_TOKEN}\n"),
+        "",
+    ))
+    .await;
+    let cookie = console_login(&c, &single.url(true)).await;
+    let page = console_page(&c, &single.url(true), &cookie, "en").await;
+    assert!(page.contains("id=\"tunnels\""), "{page}");
+    assert!(!page.contains("id=\"nodes\""), "{page}");
+
+    agent.stop().await;
+    for node in [a, b, single] {
+        node.stop().await;
+    }
+}

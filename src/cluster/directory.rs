@@ -21,8 +21,8 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// The nodes other than `me` holding `tunnel`; none when the database cannot say (the
-    /// request is then answered as if no node held the tunnel).
+    /// The nodes other than `me` holding `tunnel`; when the database cannot say, the last answer
+    /// (none if there was none: the request is then answered as if no node held the tunnel).
     pub async fn holders(&self, db: &ClusterDb, tunnel: &str, me: &str) -> Arc<Vec<Holder>> {
         if let Some((at, found)) = self.lock().get(tunnel)
             && at.elapsed() < CACHE_FOR
@@ -32,8 +32,13 @@ impl Directory {
         let found = match db.holders(tunnel, me).await {
             Ok(found) => Arc::new(found),
             Err(e) => {
-                tracing::warn!(%tunnel, error = %e, "cannot look up which relay node holds the tunnel's agent");
-                Arc::new(Vec::new())
+                // With the database down, the last known holders are still the best guess (a
+                // holder that is gone too is skipped as unreachable): direct tunnels keep working
+                // across nodes through an outage. Kept for another second, so a database that
+                // does not answer costs one lookup a second, not one per request.
+                let stale = self.lock().get(tunnel).map(|(_, found)| found.clone());
+                tracing::warn!(%tunnel, error = %e, known = stale.is_some(), "cannot look up which relay node holds the tunnel's agent; using the last answer");
+                stale.unwrap_or_default()
             }
         };
         self.lock()

@@ -9,7 +9,9 @@ use super::backend::{Backend, ListQuery};
 use crate::inspect::capture::{BODY_CAP, BodyEnd, Captured};
 use crate::inspect::i18n::Tr;
 use crate::inspect::inspector::pages::{BodyPart, Chrome, ago, lang_links, span};
-use crate::protocol::admin::{AttemptOutcome, DeliveryDetail, DeliverySummary, Status, TunnelStatus};
+use crate::protocol::admin::{
+    AttemptOutcome, ClusterStatus, DeliveryDetail, DeliverySummary, Status, TunnelStatus,
+};
 
 /// Deliveries on the overview.
 const PAGE: usize = 100;
@@ -172,6 +174,58 @@ impl TunnelRow {
     }
 }
 
+/// The cluster panel: every relay node of the cluster (shown only with `cluster:`).
+pub struct NodesPanel {
+    /// The nodes, by id.
+    pub nodes: Vec<NodeRow>,
+    /// Why they could not be read.
+    pub error: Option<String>,
+}
+
+/// A relay node row.
+pub struct NodeRow {
+    /// `cluster.node_id`.
+    pub id: String,
+    /// `cluster.advertise`.
+    pub advertise: String,
+    /// It is the node serving this page.
+    pub this: bool,
+    /// Its last heartbeat, in words (`5 s ago`, by the database's clock).
+    pub heartbeat: String,
+    /// Its last heartbeat, RFC 3339 (the tooltip).
+    pub heartbeat_exact: String,
+    /// Silent for longer than its entries live: no node forwards to it.
+    pub silent: bool,
+    /// The tunnels it holds agents of, comma-separated (or `none`).
+    pub tunnels: String,
+}
+
+impl NodesPanel {
+    fn new(t: Tr, c: &ClusterStatus) -> Self {
+        let nodes = c
+            .nodes
+            .iter()
+            .map(|n| NodeRow {
+                id: n.id.clone(),
+                advertise: n.advertise.clone(),
+                this: n.id == c.node_id,
+                heartbeat: t.f1("time.ago", span(Duration::from_secs(n.heartbeat_age_secs))),
+                heartbeat_exact: n.last_heartbeat.clone(),
+                silent: Duration::from_secs(n.heartbeat_age_secs) > crate::cluster::ENTRY_TTL,
+                tunnels: if n.tunnels.is_empty() {
+                    t.s("console.no_node_tunnels").to_string()
+                } else {
+                    n.tunnels.join(", ")
+                },
+            })
+            .collect();
+        NodesPanel {
+            nodes,
+            error: c.error.clone(),
+        }
+    }
+}
+
 /// A delivery row.
 pub struct DeliveryRow {
     /// Id.
@@ -246,6 +300,8 @@ pub struct OverviewPage {
     pub notice: Option<String>,
     /// Tunnels.
     pub tunnels: Vec<TunnelRow>,
+    /// The relay nodes, when this relay is one of a cluster.
+    pub nodes: Option<NodesPanel>,
     /// The relay is shutting down.
     pub draining: bool,
     /// Why the queue counts could not be read.
@@ -322,6 +378,7 @@ impl OverviewPage {
                 .iter()
                 .map(|v| TunnelRow::new(t, now, v))
                 .collect(),
+            nodes: overview.status.cluster.as_ref().map(|c| NodesPanel::new(t, c)),
             draining: overview.status.draining,
             queue_error: overview.queue_error,
             tunnel_names,
