@@ -432,11 +432,35 @@ async fn webhooks_accepted_round_robin_on_three_nodes_are_delivered_once() {
     drop(agent);
 }
 
+/// Direct requests at once in the kill test: with the upstream's delay, several are in flight on
+/// the killed node's session at the kill.
+const DIRECT_SENDERS: usize = 6;
+
+/// An upstream that answers after [`UPSTREAM_DELAY`] with the request body, so requests spend
+/// time in flight.
+async fn slow_echo_upstream() -> Upstream {
+    start_upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        tokio::time::sleep(UPSTREAM_DELAY).await;
+        http::Response::new(ponte::body::full(body))
+    })
+    .await
+}
+
+/// How long the kill test's direct upstream takes to answer.
+const UPSTREAM_DELAY: Duration = Duration::from_millis(30);
+
 /// A request outcome of the direct stream: when it finished, and whether it was a 200 echo.
 type Outcome = (Instant, bool, String);
 
 /// `kill -9` of a node holding sessions of both agents, under a steady stream of webhooks and
-/// direct requests over the two surviving nodes: every webhook answered 202 is delivered (at
+/// direct requests over the two surviving nodes (and webhooks to the victim itself up to its
+/// death): every webhook answered 202, by any node, is delivered (at
 /// least once: duplicates are what the README allows after a crash, and are reported), direct
 /// requests fail for under 2 s. The node restarted on its port with its node id is ready and
 /// serves; the agents keep two sessions on distinct nodes, and when another node is then stopped
@@ -448,7 +472,7 @@ async fn a_node_killed_under_load_loses_no_webhook_and_direct_traffic_moves_on()
     let certs = Certs::new();
     let client = client(Some(&certs), false);
     let mut nodes = three_nodes(cluster, &certs, &client).await;
-    let echo = echo_upstream().await;
+    let echo = slow_echo_upstream().await;
     let (up, log) = recording_upstream(|_, _| StatusCode::OK).await;
     let demo_agent = ha_agent(&certs, &nodes, TOKEN, &echo.url());
     let q_agent = ha_agent(&certs, &nodes, Q_TOKEN, &up.url());
@@ -478,9 +502,11 @@ async fn a_node_killed_under_load_loses_no_webhook_and_direct_traffic_moves_on()
     }
 
     let hooks = WebhookStream::start(&client, survivors.clone(), 2, "kill");
+    // And webhooks to the victim too, up to its death: what it answered 202 was committed.
+    let to_victim = WebhookStream::start(&client, vec![nodes[victim].url()], 2, "victim");
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
-    let direct: Vec<_> = (0..2)
+    let direct: Vec<_> = (0..DIRECT_SENDERS)
         .map(|task| {
             let (client, survivors, stop, outcomes) =
                 (client.clone(), survivors.clone(), stop.clone(), outcomes.clone());
@@ -509,8 +535,9 @@ async fn a_node_killed_under_load_loses_no_webhook_and_direct_traffic_moves_on()
     .await;
 
     let killed_id = nodes[victim].id.clone();
-    nodes[victim].kill();
+    // Taken before the signal: the first failures may come while the child is being reaped.
     let killed = Instant::now();
+    nodes[victim].kill();
     // Run on until both agents hold two sessions again on the survivors, and then 3 s more.
     let moved = Instant::now();
     two_sessions(&client, &nodes, "demo", WAIT).await;
@@ -521,7 +548,14 @@ async fn a_node_killed_under_load_loses_no_webhook_and_direct_traffic_moves_on()
     for t in direct {
         within("the direct stream", t).await.expect("direct task");
     }
-    let accepted = hooks.finish().await;
+    let mut accepted = hooks.finish().await;
+    let victim_accepted = to_victim.finish().await;
+    eprintln!(
+        "kill -9 of node {killed_id}: it answered 202 to {} webhooks before it died",
+        victim_accepted.len()
+    );
+    assert!(!victim_accepted.is_empty(), "the victim accepted nothing");
+    accepted.extend(victim_accepted);
 
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let after: Vec<&Outcome> = outcomes.iter().filter(|(at, _, _)| *at >= killed).collect();
@@ -538,10 +572,11 @@ async fn a_node_killed_under_load_loses_no_webhook_and_direct_traffic_moves_on()
         .last()
         .map(|(at, _, _)| at.saturating_duration_since(killed));
     eprintln!(
-        "kill -9 of node {killed_id}: {} direct requests ({} after the kill), {} failed; error window (first to last failure) {window:?}; last failure {last_error:?} after the kill; first success after the kill {first_success:?}; both agents on two nodes again {resettled:?} after the kill",
+        "kill -9 of node {killed_id}: {} direct requests ({} after the kill), {} failed; error window (first to last failure) {window:?}; last failure {last_error:?} after the kill; first success after the kill {first_success:?}; both agents on two nodes again {resettled:?} after the kill; failures: {:?}",
         outcomes.len(),
         after.len(),
-        failures.len()
+        failures.len(),
+        failures.iter().map(|f| &f.2).take(3).collect::<Vec<_>>()
     );
     assert!(
         failures.iter().all(|(at, _, _)| *at >= killed),
