@@ -635,7 +635,7 @@ async fn a_node_killed_under_load_loses_no_webhook_and_direct_traffic_moves_on()
         .iter()
         .position(|n| n.id != killed_id && demo_now.contains(&n.id) && q_now.contains(&n.id))
         .expect("a node with sessions of both agents");
-    nodes[other].terminate();
+    tokio::task::block_in_place(|| nodes[other].terminate());
     let stopped = Instant::now();
     for tunnel in ["demo", "q"] {
         let held = two_sessions(&client, &nodes, tunnel, Duration::from_secs(10)).await;
@@ -654,7 +654,8 @@ async fn a_node_killed_under_load_loses_no_webhook_and_direct_traffic_moves_on()
 
 /// Each node in turn gets SIGTERM, exits, starts again on its port and becomes ready, under a
 /// steady stream of webhooks round-robin over all three nodes: every webhook answered 202 is
-/// delivered.
+/// delivered. Direct requests to the nodes that are up meanwhile never fail: a node leaving
+/// gracefully drains its sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_all_three_nodes_loses_no_webhook() {
     let _serial = SERIAL.lock().await;
@@ -663,19 +664,56 @@ async fn a_rolling_restart_of_all_three_nodes_loses_no_webhook() {
     let client = client(Some(&certs), false);
     let mut nodes = three_nodes(cluster, &certs, &client).await;
     let (up, log) = recording_upstream(|_, _| StatusCode::OK).await;
+    let echo = slow_echo_upstream().await;
     let agent = ha_agent(&certs, &nodes, Q_TOKEN, &up.url());
+    let demo_agent = ha_agent(&certs, &nodes, TOKEN, &echo.url());
     two_sessions(&client, &nodes, "q", WAIT).await;
+    two_sessions(&client, &nodes, "demo", WAIT).await;
     let hooks = WebhookStream::start(&client, nodes.iter().map(Node::url).collect(), 3, "rolling");
+    // Direct requests over the three nodes; `restarting` names the node being restarted, whose
+    // own refusals are expected and not counted.
+    let restarting: Arc<Mutex<Option<usize>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let direct: Vec<_> = (0..3)
+        .map(|task| {
+            let (client, urls, stop, restarting) =
+                (client.clone(), urls.clone(), stop.clone(), restarting.clone());
+            tokio::spawn(async move {
+                let (mut served, mut failures) = (0usize, Vec::new());
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let target = (task + n) % urls.len();
+                    n += 1;
+                    let down_before = *restarting.lock().unwrap() == Some(target);
+                    let body = format!("direct-{task}-{n}");
+                    let url = format!("{}/t/demo/rolling", urls[target]);
+                    let r = try_send(&client, "POST", &url, body.clone()).await;
+                    let down_after = *restarting.lock().unwrap() == Some(target);
+                    match &r {
+                        Ok((StatusCode::OK, b)) if b.as_ref() == body.as_bytes() => served += 1,
+                        _ if down_before || down_after => {}
+                        _ => failures.push(format!("{url}: {r:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (served, failures)
+            })
+        })
+        .collect();
     eventually("webhooks flowing", || async {
         (hooks.accepted.lock().unwrap().len() >= 30).then_some(())
     })
     .await;
     let started = Instant::now();
     for i in 0..nodes.len() {
-        nodes[i].terminate();
+        *restarting.lock().unwrap() = Some(i);
+        tokio::task::block_in_place(|| nodes[i].terminate());
         nodes[i].start(&client).await;
-        // As an operator would: the agent has its two sessions again before the next node.
+        *restarting.lock().unwrap() = None;
+        // As an operator would: the agents have their two sessions again before the next node.
         two_sessions(&client, &nodes, "q", WAIT).await;
+        two_sessions(&client, &nodes, "demo", WAIT).await;
         // The stream reaches the restarted node again before the next one goes.
         let before = hooks.per_target.lock().unwrap()[i].0;
         eventually("webhooks accepted by the restarted node", || async {
@@ -686,6 +724,18 @@ async fn a_rolling_restart_of_all_three_nodes_loses_no_webhook() {
     let took = started.elapsed();
     let per_target = hooks.per_target.lock().unwrap().clone();
     let accepted = hooks.finish().await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut served, mut failures) = (0, Vec::new());
+    for t in direct {
+        let (s, f) = within("the direct stream", t).await.expect("direct task");
+        served += s;
+        failures.extend(f);
+    }
+    eprintln!(
+        "rolling restart: {served} direct requests served, {} failed on nodes that were up: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let unique: HashSet<&String> = accepted.iter().collect();
     assert_eq!(unique.len(), accepted.len());
     let seen = deliveries(&log, &accepted).await;
@@ -694,5 +744,12 @@ async fn a_rolling_restart_of_all_three_nodes_loses_no_webhook() {
         accepted.len(),
         duplicates(&seen)
     );
-    drop(agent);
+    assert!(served > 100, "too few direct requests: {served}");
+    assert!(
+        failures.is_empty(),
+        "{} direct requests to nodes that were up failed during the rolling restart: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    drop((agent, demo_agent));
 }
