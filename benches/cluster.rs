@@ -116,12 +116,12 @@ async fn run(store: &str, secs: f64, conns: usize, full: bool) {
     let (a, stop_a) = start_node("a", store, &tls_keys, &ca).await;
     let (b, stop_b) = start_node("b", store, &tls_keys, &ca).await;
     let stop_agent = CancellationToken::new();
-    start_agent(a, &ca, TOKEN, upstream, stop_agent.clone()).await;
+    start_agent(&[a], &ca, TOKEN, upstream, stop_agent.clone()).await;
 
     // Node B forwards once node A's entry is written and B's one-second cache has passed.
     let started = Instant::now();
     loop {
-        let probe = load(b, &tls, "live", &body, (0.05, 1), StatusCode::OK).await;
+        let probe = load(&[b], &tls, "live", &body, (0.05, 1), StatusCode::OK).await;
         if probe.ok > 0 && probe.failed == 0 {
             break;
         }
@@ -138,16 +138,24 @@ async fn run(store: &str, secs: f64, conns: usize, full: bool) {
     println!("load average before: {}", load_average());
     // Warm both paths (connections, the node-to-node pool), then measure alternately.
     for node in [a, b] {
-        load(node, &tls, "live", &body, (secs.min(1.0), conns), StatusCode::OK).await;
+        load(
+            &[node],
+            &tls,
+            "live",
+            &body,
+            (secs.min(1.0), conns),
+            StatusCode::OK,
+        )
+        .await;
     }
     let mut results = Vec::new();
     for (what, shape) in [
         ("1 connection", (secs, 1)),
         (&*format!("{conns} connections"), (secs, conns)),
     ] {
-        let local = load(a, &tls, "live", &body, shape, StatusCode::OK).await;
+        let local = load(&[a], &tls, "live", &body, shape, StatusCode::OK).await;
         report(&format!("{what}, to the node with the agent:"), &local, secs);
-        let forwarded = load(b, &tls, "live", &body, shape, StatusCode::OK).await;
+        let forwarded = load(&[b], &tls, "live", &body, shape, StatusCode::OK).await;
         report(&format!("{what}, through the other node:  "), &forwarded, secs);
         results.push((what.to_string(), local, forwarded));
     }

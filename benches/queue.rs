@@ -1,7 +1,9 @@
 //! Queue benchmark: webhooks accepted *and durably committed* per second with the agent offline
 //! (1 KiB JSON bodies over 64 keep-alive TLS connections), the drain rate once the agent
-//! connects, and `direct` mode in the same run for comparison; for the SQLite store and then
-//! the PostgreSQL store, so their figures come from the same run.
+//! connects, and `direct` mode in the same run for comparison; for the SQLite store, then the
+//! PostgreSQL store with one relay node, then three relay nodes on that one PostgreSQL database
+//! (a cluster: the load spread over the three, then an agent keeping two sessions drains), so
+//! their figures come from the same run.
 //!
 //! Everything runs in this one process on one tokio runtime (relay, agent, upstream and the load
 //! generator share the machine's cores), with the SQLite store on the real disk
@@ -105,14 +107,16 @@ async fn run(s: Settings, full: bool) {
         let yaml = relay_config(&tls_keys, &pg.url());
         let phases = queue_phases("PostgreSQL", &yaml, &ca, &tls, &body, &s, upstream, &delivered).await;
         phases.shutdown.cancel();
-        pg_figures = Some((alone, phases));
+        // Three nodes on the same database (the one node's backlog is drained by now).
+        let three = three_node_phases(&tls_keys, &pg.url(), &ca, &tls, &body, &s, upstream, &delivered).await;
+        pg_figures = Some((alone, phases, three));
     }
 
     // Direct mode through the SQLite relay, agent connected.
     let live_stop = CancellationToken::new();
-    start_agent(sqlite.relay, &ca, LIVE_TOKEN, upstream, live_stop.clone()).await;
+    start_agent(&[sqlite.relay], &ca, LIVE_TOKEN, upstream, live_stop.clone()).await;
     let live = load(
-        sqlite.relay,
+        &[sqlite.relay],
         &tls,
         "live",
         &body,
@@ -131,9 +135,10 @@ async fn run(s: Settings, full: bool) {
         sqlite.queued.ok as f64 / s.secs,
         sqlite_alone,
         match &pg_figures {
-            Some((alone, p)) => format!(
-                ", PostgreSQL {:.0}/s (store alone {alone:.0}/s)",
-                p.queued.ok as f64 / s.secs
+            Some((alone, p, three)) => format!(
+                ", PostgreSQL one node {:.0}/s (store alone {alone:.0}/s), PostgreSQL three nodes {:.0}/s",
+                p.queued.ok as f64 / s.secs,
+                three.queued.ok as f64 / s.secs
             ),
             None => ", PostgreSQL not measured".into(),
         }
@@ -141,8 +146,9 @@ async fn run(s: Settings, full: bool) {
 
     if !full {
         let mut runs = vec![("SQLite", &sqlite)];
-        if let Some((_, p)) = &pg_figures {
+        if let Some((_, p, three)) = &pg_figures {
             runs.push(("PostgreSQL", p));
+            runs.push(("PostgreSQL, three nodes", three));
         }
         for (name, r) in runs {
             assert!(
@@ -190,8 +196,9 @@ async fn queue_phases(
     let relay = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     tokio::spawn(ponte::relay::serve(listener, cfg.clone(), shutdown.clone()));
+    wait_ready(relay, tls).await;
     let queued = load(
-        relay,
+        &[relay],
         tls,
         "queued",
         body,
@@ -208,7 +215,7 @@ async fn queue_phases(
     let started = Instant::now();
     let before = delivered.load(Ordering::SeqCst);
     let agent_stop = CancellationToken::new();
-    start_agent(relay, ca, QUEUE_TOKEN, upstream, agent_stop.clone()).await;
+    start_agent(&[relay], ca, QUEUE_TOKEN, upstream, agent_stop.clone()).await;
     while delivered.load(Ordering::SeqCst) - before < queued.ok && started.elapsed() < s.drain_limit {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -222,6 +229,79 @@ async fn queue_phases(
     agent_stop.cancel();
     QueuePhases {
         relay,
+        shutdown,
+        queued,
+        drained,
+    }
+}
+
+/// The shared secret of the benchmark's three nodes.
+const CLUSTER_SECRET: &str = "bench-cluster-secret-0123456789";
+
+/// Three relay nodes (a cluster on the PostgreSQL store `store`, all in this process): webhooks
+/// accepted with the agent offline, the load spread over the three (every 202 is a durable
+/// commit), then the drain once an agent with two sessions connects. Stops the nodes.
+#[allow(clippy::too_many_arguments)]
+async fn three_node_phases(
+    tls_keys: &str,
+    store: &str,
+    ca: &std::path::Path,
+    tls: &Arc<rustls::ClientConfig>,
+    body: &Bytes,
+    s: &Settings,
+    upstream: SocketAddr,
+    delivered: &AtomicUsize,
+) -> QueuePhases {
+    let shutdown = CancellationToken::new();
+    let mut addrs = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let yaml = format!(
+            "listen: 127.0.0.1:0\n{tls_keys}store: \"{store}\"\ncluster:\n  node_id: {id}\n  advertise: https://127.0.0.1:{}\n  secret: {CLUSTER_SECRET}\n  ca_file: {}\ntunnels:\n  queued:\n    token: {QUEUE_TOKEN}\n    delivery: queue\n    queue:\n      concurrency: 32\n",
+            addr.port(),
+            ca.display()
+        );
+        let cfg = RelayConfig::from_str_with_env(&yaml, "bench node", &|_| None).expect("node config");
+        tokio::spawn(ponte::relay::serve(listener, cfg, shutdown.clone()));
+        addrs.push(addr);
+    }
+    for addr in &addrs {
+        wait_ready(*addr, tls).await;
+    }
+    let name = "PostgreSQL, three nodes";
+    let queued = load(
+        &addrs,
+        tls,
+        "queued",
+        body,
+        (s.secs, s.conns),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    report(
+        &format!("{name}: queue, agent offline: accepted (connections spread over the nodes)"),
+        &queued,
+        s.secs,
+    );
+    let started = Instant::now();
+    let before = delivered.load(Ordering::SeqCst);
+    let agent_stop = CancellationToken::new();
+    start_agent(&addrs, ca, QUEUE_TOKEN, upstream, agent_stop.clone()).await;
+    while delivered.load(Ordering::SeqCst) - before < queued.ok && started.elapsed() < s.drain_limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = delivered.load(Ordering::SeqCst) - before;
+    let drain_secs = started.elapsed().as_secs_f64();
+    println!(
+        "{name}: queue, agent with two sessions connects: drained {drained} of {} in {drain_secs:.2} s = {:.0} deliveries/s",
+        queued.ok,
+        drained as f64 / drain_secs
+    );
+    agent_stop.cancel();
+    shutdown.cancel();
+    QueuePhases {
+        relay: addrs[0],
         shutdown,
         queued,
         drained,

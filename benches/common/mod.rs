@@ -50,9 +50,9 @@ pub fn report(what: &str, r: &LoadResult, secs: f64) {
 }
 
 /// `conns` keep-alive HTTP/1.1 TLS connections posting `body` to `/t/<tunnel>/hook` for the
-/// phase's duration; a response with `expect` counts as ok.
+/// phase's duration, spread over `addrs` in turn; a response with `expect` counts as ok.
 pub async fn load(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     tls: &Arc<rustls::ClientConfig>,
     tunnel: &str,
     body: &Bytes,
@@ -61,7 +61,8 @@ pub async fn load(
 ) -> LoadResult {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..conns {
+    for conn in 0..conns {
+        let addr = addrs[conn % addrs.len()];
         let (tls, body, uri) = (tls.clone(), body.clone(), format!("/t/{tunnel}/hook"));
         tasks.spawn(async move {
             let mut r = LoadResult {
@@ -121,16 +122,20 @@ pub async fn load(
     total
 }
 
+/// An in-process agent of `token` holding sessions to `relays` (its relay list).
 pub async fn start_agent(
-    relay: SocketAddr,
+    relays: &[SocketAddr],
     ca: &std::path::Path,
     token: &str,
     upstream: SocketAddr,
     stop: CancellationToken,
 ) {
+    let list: String = relays
+        .iter()
+        .map(|r| format!("\n  - https://127.0.0.1:{}", r.port()))
+        .collect();
     let yaml = format!(
-        "relay: https://127.0.0.1:{}\ntoken: {token}\nca_file: {}\ningress:\n  - upstream: http://{upstream}\n",
-        relay.port(),
+        "relay: {list}\ntoken: {token}\nca_file: {}\ningress:\n  - upstream: http://{upstream}\n",
         ca.display()
     );
     let cfg: AgentConfig =
@@ -144,6 +149,40 @@ pub async fn start_agent(
         .await
         .expect("agent connects in time")
         .expect("status");
+}
+
+/// Wait (at most 30 s) until the relay at `addr` answers `/_ponte/ready` with 200 (its store is
+/// open and migrated), so a phase measures requests, not the relay's start.
+pub async fn wait_ready(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) {
+    let started = Instant::now();
+    loop {
+        let ready = async {
+            let tcp = TcpStream::connect(addr).await.ok()?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            let req = Request::get("/_ponte/ready")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .ok()?;
+            let resp = sender.send_request(req).await.ok()?;
+            (resp.status() == StatusCode::OK).then_some(())
+        };
+        if ready.await.is_some() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the relay at {addr} was not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A minimal upstream: 200 for everything, counting requests.

@@ -143,6 +143,18 @@ impl Process {
         .await
     }
 
+    /// SIGTERM (with the `kill` utility, by PID) and wait (bounded) for its exit; `None` if it
+    /// had to be killed after [`super::WAIT`].
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let pid = self.child.pid();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        self.child.wait_for(super::WAIT)
+    }
+
     /// SIGKILL this child (by its PID) and reap it.
     pub fn kill(&mut self) {
         let _ = self.child.0.kill();
