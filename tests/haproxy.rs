@@ -185,8 +185,10 @@ async fn webhooks_through_haproxy_reach_the_agent_and_continue_when_its_node_sto
             .expect("start haproxy"),
     );
 
-    // The agent knows only HAProxy's address.
-    let ingress = format!("ingress:\n  - upstream: {}\n", up.url());
+    // The agent knows only HAProxy's address. One session (`ha_connections: 1`), so that one node
+    // holds none and must pass webhooks on: with two, the second may land on the other node or
+    // not, depending on which dial HAProxy sees first.
+    let ingress = format!("ha_connections: 1\ningress:\n  - upstream: {}\n", up.url());
     let mut agent = start_agent(&agent_yaml(
         &format!("https://127.0.0.1:{front}"),
         Some(&certs),
