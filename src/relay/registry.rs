@@ -350,14 +350,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_not_sent_on_a_dead_session_goes_to_a_live_one() {
-        let cfg: crate::config::relay::RelayConfig = crate::config::parse_with_env(
-            "tunnels:\n  t:\n    token: 0123456789abcdef0123\n",
-            "relay.yaml",
-            &|_| None,
-        )
-        .unwrap();
-        let (name, tcfg) = cfg.tunnels.into_iter().next().unwrap();
-        let tunnel = TunnelState::new(name, tcfg);
+        let tunnel = demo_tunnel();
         let (dead, _live_conn) = tunnel.with_dead_and_live_session().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         let req = http::Request::post("http://t/x")
@@ -369,14 +362,7 @@ mod tests {
 
     #[test]
     fn pending_logins_count_against_the_cap() {
-        let cfg: crate::config::relay::RelayConfig = crate::config::parse_with_env(
-            "tunnels:\n  t:\n    token: 0123456789abcdef0123\n",
-            "relay.yaml",
-            &|_| None,
-        )
-        .unwrap();
-        let (name, tcfg) = cfg.tunnels.into_iter().next().unwrap();
-        let tunnel = TunnelState::new(name, tcfg);
+        let tunnel = demo_tunnel();
         // Two logins still being set up (101 sent, no session yet) fill a cap of 2.
         let a = tunnel.try_login("agent-1", 2).expect("room for a first agent");
         let b = tunnel.try_login("agent-2", 2).expect("room for a second agent");
