@@ -197,8 +197,31 @@ async fn queue_phases(
     let shutdown = CancellationToken::new();
     tokio::spawn(ponte::relay::serve(listener, cfg.clone(), shutdown.clone()));
     wait_ready(relay, tls).await;
+    let (queued, drained) = accept_then_drain(name, &[relay], ca, tls, body, s, upstream, delivered).await;
+    QueuePhases {
+        relay,
+        shutdown,
+        queued,
+        drained,
+    }
+}
+
+/// Webhooks accepted with the agent offline, the connections spread over `nodes` (every 202 is a
+/// durable commit), then the drain once an agent holding sessions to them connects: the accepted
+/// load and how many were delivered.
+#[allow(clippy::too_many_arguments)]
+async fn accept_then_drain(
+    name: &str,
+    nodes: &[SocketAddr],
+    ca: &std::path::Path,
+    tls: &Arc<rustls::ClientConfig>,
+    body: &Bytes,
+    s: &Settings,
+    upstream: SocketAddr,
+    delivered: &AtomicUsize,
+) -> (LoadResult, usize) {
     let queued = load(
-        &[relay],
+        nodes,
         tls,
         "queued",
         body,
@@ -207,15 +230,14 @@ async fn queue_phases(
     )
     .await;
     report(
-        &format!("{name}: queue, agent offline: accepted"),
+        &format!("{name}: queue, agent offline: accepted ({} node(s))", nodes.len()),
         &queued,
         s.secs,
     );
-
     let started = Instant::now();
     let before = delivered.load(Ordering::SeqCst);
     let agent_stop = CancellationToken::new();
-    start_agent(&[relay], ca, QUEUE_TOKEN, upstream, agent_stop.clone()).await;
+    start_agent(nodes, ca, QUEUE_TOKEN, upstream, agent_stop.clone()).await;
     while delivered.load(Ordering::SeqCst) - before < queued.ok && started.elapsed() < s.drain_limit {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -227,12 +249,7 @@ async fn queue_phases(
         drained as f64 / drain_secs
     );
     agent_stop.cancel();
-    QueuePhases {
-        relay,
-        shutdown,
-        queued,
-        drained,
-    }
+    (queued, drained)
 }
 
 /// The shared secret of the benchmark's three nodes.
@@ -269,36 +286,17 @@ async fn three_node_phases(
     for addr in &addrs {
         wait_ready(*addr, tls).await;
     }
-    let name = "PostgreSQL, three nodes";
-    let queued = load(
+    let (queued, drained) = accept_then_drain(
+        "PostgreSQL, three nodes",
         &addrs,
+        ca,
         tls,
-        "queued",
         body,
-        (s.secs, s.conns),
-        StatusCode::ACCEPTED,
+        s,
+        upstream,
+        delivered,
     )
     .await;
-    report(
-        &format!("{name}: queue, agent offline: accepted (connections spread over the nodes)"),
-        &queued,
-        s.secs,
-    );
-    let started = Instant::now();
-    let before = delivered.load(Ordering::SeqCst);
-    let agent_stop = CancellationToken::new();
-    start_agent(&addrs, ca, QUEUE_TOKEN, upstream, agent_stop.clone()).await;
-    while delivered.load(Ordering::SeqCst) - before < queued.ok && started.elapsed() < s.drain_limit {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drained = delivered.load(Ordering::SeqCst) - before;
-    let drain_secs = started.elapsed().as_secs_f64();
-    println!(
-        "{name}: queue, agent with two sessions connects: drained {drained} of {} in {drain_secs:.2} s = {:.0} deliveries/s",
-        queued.ok,
-        drained as f64 / drain_secs
-    );
-    agent_stop.cancel();
     shutdown.cancel();
     QueuePhases {
         relay: addrs[0],
