@@ -35,6 +35,10 @@ const MAX_ERROR_CODE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct Queued(pub String);
 
+/// Marks a response that another relay node answered: its id, for the access log.
+#[derive(Debug, Clone)]
+pub struct Forwarded(pub String);
+
 /// What the relay knows about a public request when it arrives.
 pub struct Exchange {
     started: Instant,
@@ -76,10 +80,7 @@ impl Exchange {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(MAX_ERROR_CODE).collect());
         let delivery_id = resp.extensions().get::<Queued>().map(|q| q.0.clone());
-        let forwarded_to = resp
-            .extensions()
-            .get::<super::forward::Forwarded>()
-            .map(|f| f.0.clone());
+        let forwarded_to = resp.extensions().get::<Forwarded>().map(|f| f.0.clone());
         let record = Record {
             exchange: self,
             tunnel,

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use http::{Request, Response, Uri, Version};
 
+use super::access::Forwarded;
 use super::bearer::{self, Refused};
 use super::error::ProxyError;
 use super::metrics::LoginRefusal;
+use super::proxy;
 use super::registry::TunnelState;
 use super::request::PublicBody;
 use super::state::{ConnInfo, RelayState};
 use super::stream::Target;
-use super::{proxy, tunnel_request};
 use crate::body::{self, Body, GuardedBody};
 use crate::cluster::peers::PeerError;
 use crate::cluster::{Cluster, Holder};
@@ -27,10 +28,6 @@ use crate::protocol::headers::remove_hop_by_hop;
 
 /// How long the receiving node waits for an agent login in progress (as for its own requests).
 const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Marks a response that another node answered: its id, for the access log.
-#[derive(Debug, Clone)]
-pub struct Forwarded(pub String);
 
 /// Pass `req` to the first of `holders` that takes it, its body streamed; a node that cannot be
 /// reached before any of the request left is skipped for the next. `Err(AgentOffline)` when none
@@ -248,7 +245,7 @@ pub async fn accept(
     }
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
-    let limit = tunnel_request::live_body_limit(state, &tunnel);
+    let limit = proxy::live_body_limit(state, &tunnel);
     proxy::live_prepared(
         state,
         &tunnel,

@@ -18,6 +18,15 @@ use crate::body::{self, Body, BodyOutcome, GuardedBody};
 use crate::protocol::PONTE_UPSTREAM_STATUS;
 use crate::protocol::headers::remove_hop_by_hop;
 
+/// The largest body a live request of this tunnel may have.
+pub(super) fn live_body_limit(state: &RelayState, tunnel: &TunnelState) -> u64 {
+    tunnel
+        .config
+        .max_body_bytes
+        .unwrap_or(state.config.limits.max_body_bytes)
+        .0
+}
+
 /// Proxy `req` live on `session` (or, if that session turns out dead before the request left,
 /// another live session of `tunnel`), its body cut at `limit` bytes.
 pub async fn live(

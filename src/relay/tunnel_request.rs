@@ -39,7 +39,7 @@ pub async fn handle(
     {
         target.path = with_query(target.path.path(), &query)?;
     }
-    let limit = live_body_limit(state, tunnel);
+    let limit = proxy::live_body_limit(state, tunnel);
     if declared_length(&req).is_some_and(|n| n > limit) {
         return Err(ProxyError::TooLarge { limit });
     }
@@ -67,15 +67,6 @@ pub async fn handle(
             Box::pin(queue::live_or_queue(state, tunnel, &queue, session, req, target)).await
         }
     }
-}
-
-/// The largest body a live request of this tunnel may have.
-pub(super) fn live_body_limit(state: &RelayState, tunnel: &TunnelState) -> u64 {
-    tunnel
-        .config
-        .max_body_bytes
-        .unwrap_or(state.config.limits.max_body_bytes)
-        .0
 }
 
 /// How one request is delivered, with what it needs for that.
