@@ -39,6 +39,30 @@ pub(super) async fn execute(
     tx.execute(&stmt, params).await.map_err(db_err)
 }
 
+/// The oldest pending delivery of tunnel `$1` (its `seq`, `next_attempt_at` and `lease_until`),
+/// read from the `deliveries_order` index. The tunnel is matched as a range (`>= $1 AND <= $1`,
+/// the same rows as `= $1`) on purpose: with `= $1` the planner drops the tunnel from the sort
+/// key and may walk the primary key instead, filtering row by row; behind another tunnel's
+/// backlog of 65,000 rows that made every claim take ~45 ms instead of ~0.1 ms.
+pub(super) const HEAD_OF_LINE: &str = "SELECT seq, next_attempt_at, lease_until FROM deliveries
+     WHERE tunnel >= $1 AND tunnel <= $1 AND status = 'pending' ORDER BY tunnel, seq LIMIT 1";
+
+/// After a claim, when tunnel `$1` next has work: the earliest due unleased delivery, the head
+/// of the line if it is unleased (ordered mode), the earliest lease expiry, and whether anything
+/// is pending at all (the head exists). Each part is one short index scan (see [`HEAD_OF_LINE`]),
+/// so the cost does not grow with the backlog, the tunnel's or another's.
+pub(super) fn summary_sql() -> String {
+    format!(
+        "SELECT
+            (SELECT MIN(next_attempt_at) FROM deliveries
+              WHERE tunnel = $1 AND status = 'pending' AND lease_until IS NULL),
+            CASE WHEN head.lease_until IS NULL THEN head.next_attempt_at END,
+            (SELECT MIN(lease_until) FROM deliveries WHERE tunnel = $1 AND lease_until IS NOT NULL),
+            head.seq IS NOT NULL
+         FROM (SELECT 1) AS one LEFT JOIN LATERAL ({HEAD_OF_LINE}) AS head ON true"
+    )
+}
+
 /// The columns a claim returns, in order.
 const CLAIMED_COLUMNS: &str =
     "d.id, d.attempts, d.retry_from, d.method, d.uri, d.next_attempt_at, d.seq, r.headers, r.body";
@@ -65,9 +89,7 @@ pub(super) async fn claim(
         query(
             tx,
             &format!(
-                "WITH head AS (
-                    SELECT seq FROM deliveries WHERE tunnel = $1 AND status = 'pending' ORDER BY seq LIMIT 1
-                 )
+                "WITH head AS ({HEAD_OF_LINE})
                  UPDATE deliveries d SET attempts = d.attempts + 1, lease_token = $3, lease_until = $4, leased_at = $2
                  FROM head, requests r
                  WHERE d.seq = head.seq AND r.seq = d.seq AND $5::bigint > 0
@@ -103,18 +125,7 @@ pub(super) async fn claim(
     claimed.sort_by_key(|(due, seq, _)| (*due, *seq));
     let items = claimed.into_iter().map(|(_, _, c)| c).collect();
 
-    let next = query(
-        tx,
-        "SELECT
-            (SELECT MIN(next_attempt_at) FROM deliveries
-              WHERE tunnel = $1 AND status = 'pending' AND lease_until IS NULL),
-            (SELECT CASE WHEN lease_until IS NULL THEN next_attempt_at END FROM deliveries
-              WHERE tunnel = $1 AND status = 'pending' ORDER BY seq LIMIT 1),
-            (SELECT MIN(lease_until) FROM deliveries WHERE tunnel = $1 AND lease_until IS NOT NULL),
-            EXISTS (SELECT 1 FROM deliveries WHERE tunnel = $1 AND status = 'pending')",
-        &[&req.tunnel],
-    )
-    .await?;
+    let next = query(tx, &summary_sql(), &[&req.tunnel]).await?;
     let row = next.first().ok_or_else(|| {
         StoreError::Unavailable("PostgreSQL returned no row for the claim's summary".into())
     })?;
