@@ -403,7 +403,7 @@ async fn tls_modes_check_what_they_promise() {
 }
 
 /// A database whose default is `synchronous_commit = off` would acknowledge commits it could
-/// still lose; Ponte's sessions turn it back on.
+/// still lose; Ponte's sessions turn it back on, and keep it on after a finished attempt.
 #[tokio::test]
 async fn sessions_wait_for_the_wal_flush_whatever_the_database_default() {
     let Some(cluster) = cluster::shared() else { return };
@@ -415,6 +415,16 @@ async fn sessions_wait_for_the_wal_flush_whatever_the_database_default() {
     );
     let store = open(&url).await;
     store.enqueue(delivery("demo", 1, 1)).await.unwrap();
+    // A finished attempt alone commits without waiting (see `ops::finish`); that must not leak
+    // into the session the next transaction on the same connection uses.
+    let batch = store.claim(claim_req("demo", 1)).await.unwrap();
+    let lease = batch.items[0].lease.clone();
+    assert!(
+        store
+            .finish(lease, AttemptReport::Delivered { status: 200 })
+            .await
+            .unwrap()
+    );
     let client = store.shared.pool.get().await.unwrap();
     let row = client.query_one("SHOW synchronous_commit", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "on");
