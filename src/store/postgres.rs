@@ -148,14 +148,18 @@ impl PgStore {
             tx.commit().await.map_err(db_err)?;
             Ok(value)
         };
-        match tokio::time::timeout(OP_TIMEOUT, run).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "PostgreSQL did not answer within {}s",
-                OP_TIMEOUT.as_secs()
-            ))),
-        }
+        tokio::time::timeout(OP_TIMEOUT, run)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
     }
+}
+
+/// An operation that took longer than [`OP_TIMEOUT`].
+fn timed_out() -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL did not answer within {}s",
+        OP_TIMEOUT.as_secs()
+    ))
 }
 
 /// The request bytes a delivery counts for `store_max_size`.
@@ -178,9 +182,20 @@ impl Store for PgStore {
     }
 
     fn finish(&self, lease: Lease, report: AttemptReport) -> StoreFuture<'_, bool> {
-        Box::pin(
-            self.in_tx(move |tx, now| Box::pin(async move { ops::finish(tx, now, &lease, &report).await })),
-        )
+        // One statement, its own transaction (see `ops::FINISH`), so no `in_tx`.
+        Box::pin(async move {
+            let run = async {
+                let client = self.shared.pool.get().await.map_err(pool_err)?;
+                let now = match &self.shared.time {
+                    TimeSource::Database => None,
+                    clock => Some(clock.resolve(0)),
+                };
+                ops::finish(&client, now, &lease, &report).await
+            };
+            tokio::time::timeout(OP_TIMEOUT, run)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+        })
     }
 
     fn wake(&self, tunnel: String) -> StoreFuture<'_, u64> {

@@ -201,157 +201,129 @@ pub(super) async fn interrupt_expired(
     Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0).max(0) as u64)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn record_attempt(
-    tx: &Transaction<'_>,
-    seq: i64,
-    number: i32,
-    started_at: i64,
-    finished_at: i64,
-    outcome: AttemptOutcome,
-    status: Option<u16>,
-    error: Option<&str>,
-) -> Result<(), StoreError> {
-    let status = status.map(i32::from);
-    execute(
-        tx,
-        "INSERT INTO attempts (seq, number, started_at, finished_at, outcome, status, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (seq, number) DO UPDATE SET started_at = EXCLUDED.started_at,
-             finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome,
-             status = EXCLUDED.status, error = EXCLUDED.error",
-        &[
-            &seq,
-            &number,
-            &started_at,
-            &finished_at,
-            &outcome.as_str(),
-            &status,
-            &error,
-        ],
-    )
-    .await?;
-    if number > MAX_ATTEMPT_LOG {
-        execute(
-            tx,
-            "DELETE FROM attempts WHERE seq = $1 AND number <= $2",
-            &[&seq, &(number - MAX_ATTEMPT_LOG)],
-        )
-        .await?;
-    }
-    Ok(())
-}
+/// Longest wait after a finished attempt that is stored, in milliseconds (a century): keeps
+/// `now + after` far from overflowing.
+const MAX_WAIT_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
 
-/// Record an attempt's end (see [`crate::store::Store::finish`]). The row is locked first, so a
-/// concurrent claim or interruption of the same delivery is decided strictly before or after.
+/// Record an attempt's end in one statement, which is its own transaction: lock the delivery if
+/// it is still pending and the report may apply (our lease, or a success, which always counts),
+/// update it, log the attempt and trim the log. `$1` is the time (`NULL`: the database's `now()`).
+///
+/// This transaction's commit does not wait for the WAL flush (`set_config(..., true)` lasts to
+/// its end; every other write of the store waits). Losing it is safe: it can be lost only if the
+/// database server crashes within ~3 × wal_writer_delay and before any later flushing commit
+/// (which writes out all earlier WAL too, so the claims that follow it in ordered mode never
+/// outlive it). The row then reads as the claim left it, and the claim was flushed before the
+/// attempt began: pending under our lease. The lease expires, the attempt is recorded as
+/// interrupted and the delivery is attempted again: one redelivery (same `Ponte-Delivery-Id`),
+/// which at-least-once allows. Nothing is lost, and no 202 depends on it. Waiting for a flush
+/// per finished attempt capped the drain at the disk's flushes per second.
+const FINISH: &str = concat!(
+    "WITH t AS (SELECT COALESCE($1::bigint, ",
+    super::conn::db_now_ms!(),
+    ") AS now),
+     no_flush_wait AS (SELECT set_config('synchronous_commit', 'off', true) AS set),
+     target AS (
+        SELECT seq, attempts, leased_at FROM deliveries
+        WHERE id = $2 AND status = 'pending' AND (lease_token = $3 OR $4::text = 'delivered')
+        FOR UPDATE
+     ), changed AS (
+        UPDATE deliveries d SET
+            status = $5,
+            finished_at = CASE WHEN $5 = 'pending' THEN d.finished_at ELSE t.now END,
+            next_attempt_at = CASE WHEN $5 = 'pending' THEN t.now + $6 ELSE d.next_attempt_at END,
+            attempts = CASE WHEN $4 = 'release' THEN GREATEST(d.attempts - 1, 0) ELSE d.attempts END,
+            last_status = CASE WHEN $4 = 'release' THEN d.last_status ELSE $7 END,
+            last_error = CASE WHEN $4 = 'release' THEN d.last_error ELSE $8 END,
+            lease_token = NULL, lease_until = NULL, leased_at = NULL
+        FROM target, t WHERE d.seq = target.seq
+        RETURNING d.seq, target.attempts, COALESCE(target.leased_at, t.now) AS started, t.now
+     ), logged AS (
+        INSERT INTO attempts (seq, number, started_at, finished_at, outcome, status, error)
+        SELECT seq, attempts, started, now, $9, $7, $8 FROM changed WHERE $9::text IS NOT NULL
+        ON CONFLICT (seq, number) DO UPDATE SET started_at = EXCLUDED.started_at,
+            finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome,
+            status = EXCLUDED.status, error = EXCLUDED.error
+     ), trimmed AS (
+        DELETE FROM attempts a USING changed c
+        WHERE $9::text IS NOT NULL AND a.seq = c.seq AND a.number <= c.attempts - $10
+     )
+     SELECT COUNT(*) FROM changed, no_flush_wait"
+);
+
+/// Record an attempt's end (see [`crate::store::Store::finish`] and [`FINISH`]): one round trip.
+/// A concurrent claim or interruption of the same delivery is decided strictly before or after
+/// (the row is locked, and re-checked on its latest version if another transaction changed it).
 pub(super) async fn finish(
-    tx: &Transaction<'_>,
-    now: i64,
+    client: &deadpool_postgres::Object,
+    now: Option<i64>,
     lease: &Lease,
     report: &AttemptReport,
 ) -> Result<bool, StoreError> {
-    // This transaction's COMMIT does not wait for the WAL flush (every other write of the store
-    // does). Losing it is safe: it can be lost only if the database server crashes within
-    // ~3 × wal_writer_delay (and before any later flushing commit, which writes out all earlier
-    // WAL too, so the claims that follow in ordered mode never outlive it). The row then reads
-    // as it did after the claim, which was flushed before the attempt began: pending under our
-    // lease. The lease expires, the attempt is recorded as interrupted, and the delivery is
-    // attempted again: one redelivery (same `Ponte-Delivery-Id`), which at-least-once allows.
-    // Nothing is lost, and no 202 depends on it. Waiting for a flush per finished attempt
-    // capped the drain at the disk's flushes per second.
-    execute(tx, "SET LOCAL synchronous_commit = off", &[]).await?;
-    let rows = query(
-        tx,
-        "SELECT seq, attempts, leased_at, status, lease_token FROM deliveries WHERE id = $1 FOR UPDATE",
-        &[&lease.id],
-    )
-    .await?;
-    let Some(row) = rows.first() else {
-        return Ok(false);
-    };
-    let seq: i64 = row.get(0);
-    let attempts: i32 = row.get(1);
-    let leased_at: Option<i64> = row.get(2);
-    let status: &str = row.get(3);
-    let token: Option<i64> = row.get(4);
-    let ours = token == Some(lease.token);
-    let delivered = matches!(report, AttemptReport::Delivered { .. });
-    if status != "pending" || (!ours && !delivered) {
-        return Ok(false);
-    }
-    let started = leased_at.unwrap_or(now);
-    match report {
-        AttemptReport::Delivered { status } => {
-            execute(
-                tx,
-                "UPDATE deliveries SET status = 'delivered', finished_at = $2, last_status = $3, last_error = NULL,
-                        lease_token = NULL, lease_until = NULL, leased_at = NULL WHERE seq = $1",
-                &[&seq, &now, &i32::from(*status)],
-            )
-            .await?;
-            record_attempt(
-                tx,
-                seq,
-                attempts,
-                started,
-                now,
-                AttemptOutcome::Delivered,
-                Some(*status),
-                None,
-            )
-            .await?;
-        }
+    let wait_ms = |after: &Duration| (after.as_millis().min(MAX_WAIT_MS as u128)) as i64;
+    let (kind, status, wait, last_status, last_error, outcome): (
+        &str,
+        &str,
+        i64,
+        Option<u16>,
+        Option<&str>,
+        Option<AttemptOutcome>,
+    ) = match report {
+        AttemptReport::Delivered { status } => (
+            "delivered",
+            "delivered",
+            0,
+            Some(*status),
+            None,
+            Some(AttemptOutcome::Delivered),
+        ),
         AttemptReport::Retry {
             after,
             status,
             error,
             interrupted,
-        } => {
-            let due = now.saturating_add(after.as_millis() as i64);
-            execute(
-                tx,
-                "UPDATE deliveries SET next_attempt_at = $2, last_status = $3, last_error = $4,
-                        lease_token = NULL, lease_until = NULL, leased_at = NULL WHERE seq = $1",
-                &[&seq, &due, &status.map(i32::from), error],
-            )
-            .await?;
-            let outcome = if *interrupted {
+        } => (
+            "retry",
+            "pending",
+            wait_ms(after),
+            *status,
+            Some(error),
+            Some(if *interrupted {
                 AttemptOutcome::Interrupted
             } else {
                 AttemptOutcome::Retry
-            };
-            record_attempt(tx, seq, attempts, started, now, outcome, *status, Some(error)).await?;
-        }
-        AttemptReport::Failed { status, error } => {
-            execute(
-                tx,
-                "UPDATE deliveries SET status = 'failed', finished_at = $2, last_status = $3, last_error = $4,
-                        lease_token = NULL, lease_until = NULL, leased_at = NULL WHERE seq = $1",
-                &[&seq, &now, &status.map(i32::from), error],
-            )
-            .await?;
-            record_attempt(
-                tx,
-                seq,
-                attempts,
-                started,
-                now,
-                AttemptOutcome::Failed,
-                *status,
-                Some(error),
-            )
-            .await?;
-        }
-        AttemptReport::Release { after } => {
-            let due = now.saturating_add(after.as_millis() as i64);
-            execute(
-                tx,
-                "UPDATE deliveries SET attempts = GREATEST(attempts - 1, 0), next_attempt_at = $2,
-                        lease_token = NULL, lease_until = NULL, leased_at = NULL WHERE seq = $1",
-                &[&seq, &due],
-            )
-            .await?;
-        }
-    }
-    Ok(true)
+            }),
+        ),
+        AttemptReport::Failed { status, error } => (
+            "failed",
+            "failed",
+            0,
+            *status,
+            Some(error),
+            Some(AttemptOutcome::Failed),
+        ),
+        AttemptReport::Release { after } => ("release", "pending", wait_ms(after), None, None, None),
+    };
+    let last_status = last_status.map(i32::from);
+    let outcome = outcome.map(AttemptOutcome::as_str);
+    let stmt = client.prepare_cached(FINISH).await.map_err(db_err)?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &now,
+                &lease.id,
+                &lease.token,
+                &kind,
+                &status,
+                &wait,
+                &last_status,
+                &last_error,
+                &outcome,
+                &MAX_ATTEMPT_LOG,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    Ok(row.get::<_, i64>(0) > 0)
 }

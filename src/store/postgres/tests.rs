@@ -654,3 +654,98 @@ async fn a_claims_summary_reads_only_its_own_rows_behind_another_tunnels_backlog
         }
     }
 }
+
+/// The delivery worker's pattern without HTTP: 32 slots, a claim for every free slot, each
+/// attempt gives its slot back and then records its result. 3,000 deliveries drain with each
+/// delivered exactly once and nothing left pending; prints the rate (a profile aid: compare it
+/// with the benchmark's drain figure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_slots_drain_a_backlog_delivering_each_once() {
+    let Some(cluster) = cluster::shared() else { return };
+    let url = cluster.database("");
+    let store = Arc::new(open(&url).await);
+    const N: usize = 3000;
+    const SLOTS: usize = 32;
+    let mut pending = Vec::new();
+    for n in 0..N {
+        pending.push(store.enqueue(delivery("demo", n, 1024)));
+        if pending.len() == 512 {
+            for r in futures_util::future::join_all(pending.drain(..)).await {
+                r.unwrap();
+            }
+        }
+    }
+    for r in futures_util::future::join_all(pending).await {
+        r.unwrap();
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(SLOTS));
+    let freed = Arc::new(tokio::sync::Notify::new());
+    let delivered = Arc::new(Mutex::new(HashSet::new()));
+    let mut attempts = tokio::task::JoinSet::new();
+    let (mut claims, mut claimed) = (0usize, 0usize);
+    let mut claim_time = Duration::ZERO;
+    let finish_time = Arc::new(Mutex::new(Duration::ZERO));
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backlog did not drain in 120 s"
+        );
+        let free = slots.available_permits();
+        if free > 0 {
+            let t = std::time::Instant::now();
+            let batch = store.claim(claim_req("demo", free)).await.unwrap();
+            claim_time += t.elapsed();
+            claims += 1;
+            claimed += batch.items.len();
+            for item in batch.items {
+                let permit = slots.clone().try_acquire_owned().unwrap();
+                let (store, freed, delivered) = (store.clone(), freed.clone(), delivered.clone());
+                let finish_time = finish_time.clone();
+                attempts.spawn(async move {
+                    drop(permit);
+                    freed.notify_one();
+                    let id = item.lease.id.clone();
+                    let t = std::time::Instant::now();
+                    let recorded = store
+                        .finish(item.lease, AttemptReport::Delivered { status: 200 })
+                        .await
+                        .unwrap();
+                    *finish_time.lock().unwrap() += t.elapsed();
+                    assert!(recorded);
+                    assert!(delivered.lock().unwrap().insert(id), "delivered twice");
+                });
+            }
+            if !batch.backlog {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = freed.notified() => {}
+            Some(r) = attempts.join_next(), if !attempts.is_empty() => r.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    while let Some(r) = attempts.join_next().await {
+        r.unwrap();
+    }
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(delivered.lock().unwrap().len(), N);
+    assert!(
+        store
+            .stats()
+            .await
+            .unwrap()
+            .tunnels
+            .get("demo")
+            .is_none_or(|t| t.pending == 0)
+    );
+    eprintln!(
+        "drained {N} in {took:.2} s = {:.0}/s with {claims} claims ({:.1} per claim, {:.1} ms each); {:.1} ms per finish",
+        N as f64 / took,
+        claimed as f64 / claims as f64,
+        claim_time.as_secs_f64() * 1e3 / claims as f64,
+        finish_time.lock().unwrap().as_secs_f64() * 1e3 / N as f64
+    );
+}
