@@ -12,7 +12,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::conn::db_err;
+use super::conn::{Exclusive, db_err};
 use crate::store::record::decode_headers;
 use crate::store::{AttemptOutcome, AttemptReport, ClaimBatch, ClaimRequest, Claimed, Lease, StoreError};
 
@@ -67,66 +67,128 @@ pub(super) fn summary_sql() -> String {
 const CLAIMED_COLUMNS: &str =
     "d.id, d.attempts, d.retry_from, d.method, d.uri, d.next_attempt_at, d.seq, r.headers, r.body";
 
-/// Claim due deliveries of one tunnel (see [`crate::store::Store::claim`]).
+/// The store's "now" in a claim's statements: `$2` (a test clock) or the database's `now()`,
+/// which is the same in every statement of one transaction.
+const CLAIM_NOW: &str = concat!("COALESCE($2::bigint, ", super::conn::db_now_ms!(), ")");
+
+/// Take back the expired leases of tunnel `$1`, recording their attempt (`$3` says why) as
+/// interrupted. Leases that another transaction is finishing right now are skipped (their report
+/// wins). Answers how many, and the transaction's now.
+fn interrupt_expired_sql() -> String {
+    format!(
+        "WITH expired AS (
+            SELECT seq FROM deliveries
+            WHERE tunnel = $1 AND lease_until IS NOT NULL AND lease_until <= {CLAIM_NOW}
+            FOR UPDATE SKIP LOCKED
+         ), cleared AS (
+            UPDATE deliveries d SET lease_token = NULL, lease_until = NULL, leased_at = NULL, last_error = $3
+            FROM expired WHERE d.seq = expired.seq
+            RETURNING d.seq, d.attempts, d.leased_at
+         ), logged AS (
+            INSERT INTO attempts (seq, number, started_at, finished_at, outcome, status, error)
+            SELECT seq, attempts, COALESCE(leased_at, {CLAIM_NOW}), {CLAIM_NOW}, 'interrupted', NULL, $3
+            FROM cleared
+            ON CONFLICT (seq, number) DO UPDATE SET started_at = EXCLUDED.started_at,
+                finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome,
+                status = EXCLUDED.status, error = EXCLUDED.error
+         ), trimmed AS (
+            DELETE FROM attempts a USING cleared c WHERE a.seq = c.seq AND a.number <= c.attempts - $4
+         )
+         SELECT COUNT(*), {CLAIM_NOW} FROM cleared"
+    )
+}
+
+/// Lease up to `$5` due deliveries of tunnel `$1` with token `$3` for `$4` milliseconds,
+/// counting an attempt on each. In `ordered` mode only the head of the line, and only if nobody
+/// holds it and it is due: a concurrent claimer of the same head waits for this row's lock and
+/// then finds it leased. Otherwise rows are locked with `SKIP LOCKED`, so claimers on several
+/// nodes never wait for each other.
+fn lease_sql(ordered: bool) -> String {
+    if ordered {
+        format!(
+            "WITH head AS ({HEAD_OF_LINE})
+             UPDATE deliveries d SET attempts = d.attempts + 1, lease_token = $3,
+                    lease_until = {CLAIM_NOW} + $4, leased_at = {CLAIM_NOW}
+             FROM head, requests r
+             WHERE d.seq = head.seq AND r.seq = d.seq AND $5::bigint > 0
+               AND d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at <= {CLAIM_NOW}
+             RETURNING {CLAIMED_COLUMNS}"
+        )
+    } else {
+        format!(
+            "WITH picked AS (
+                SELECT seq FROM deliveries
+                WHERE tunnel = $1 AND status = 'pending' AND next_attempt_at <= {CLAIM_NOW}
+                  AND lease_until IS NULL
+                ORDER BY next_attempt_at, seq LIMIT $5
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE deliveries d SET attempts = d.attempts + 1, lease_token = $3,
+                    lease_until = {CLAIM_NOW} + $4, leased_at = {CLAIM_NOW}
+             FROM picked, requests r
+             WHERE d.seq = picked.seq AND r.seq = d.seq
+             RETURNING {CLAIMED_COLUMNS}"
+        )
+    }
+}
+
+/// Why an expired lease was taken back, in the attempt log.
+const LEASE_EXPIRED: &str =
+    "no result before the lease expired (the relay stopped or lost track of the attempt)";
+
+/// Claim due deliveries of one tunnel (see [`crate::store::Store::claim`]) in one round trip:
+/// `BEGIN`, taking back expired leases, leasing, the summary of what is left ([`summary_sql`])
+/// and `COMMIT` are sent together (pipelined) and answered in order. The `COMMIT` waits for the
+/// WAL flush: the lease must be durable before the attempt starts. `now` is a test clock's time
+/// (`None`: the database's).
 pub(super) async fn claim(
-    tx: &Transaction<'_>,
-    now: i64,
+    client: Exclusive,
+    now: Option<i64>,
     req: &ClaimRequest,
 ) -> Result<ClaimBatch, StoreError> {
-    interrupt_expired(
-        tx,
-        now,
-        &req.tunnel,
-        "no result before the lease expired (the relay stopped or lost track of the attempt)",
-    )
-    .await?;
+    let c = client.get()?;
     let token: i64 = rand::random();
-    let lease_until = now.saturating_add(req.lease.as_millis() as i64);
+    let lease_ms = i64::try_from(req.lease.as_millis())
+        .unwrap_or(i64::MAX / 4)
+        .min(i64::MAX / 4);
     let max = req.max as i64;
-    let rows = if req.ordered {
-        // Only the head of the line, and only if nobody holds it and it is due. A concurrent
-        // claimer of the same head waits for this row's lock and then finds it leased.
-        query(
-            tx,
-            &format!(
-                "WITH head AS ({HEAD_OF_LINE})
-                 UPDATE deliveries d SET attempts = d.attempts + 1, lease_token = $3, lease_until = $4, leased_at = $2
-                 FROM head, requests r
-                 WHERE d.seq = head.seq AND r.seq = d.seq AND $5::bigint > 0
-                   AND d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at <= $2
-                 RETURNING {CLAIMED_COLUMNS}"
-            ),
-            &[&req.tunnel, &now, &token, &lease_until, &max],
-        )
-        .await?
-    } else {
-        query(
-            tx,
-            &format!(
-                "WITH picked AS (
-                    SELECT seq FROM deliveries
-                    WHERE tunnel = $1 AND status = 'pending' AND next_attempt_at <= $2 AND lease_until IS NULL
-                    ORDER BY next_attempt_at, seq LIMIT $5
-                    FOR UPDATE SKIP LOCKED
-                 )
-                 UPDATE deliveries d SET attempts = d.attempts + 1, lease_token = $3, lease_until = $4, leased_at = $2
-                 FROM picked, requests r
-                 WHERE d.seq = picked.seq AND r.seq = d.seq
-                 RETURNING {CLAIMED_COLUMNS}"
-            ),
-            &[&req.tunnel, &now, &token, &lease_until, &max],
-        )
-        .await?
-    };
-    let mut claimed = rows
+    let interrupt = c.prepare_cached(&interrupt_expired_sql()).await.map_err(db_err)?;
+    let lease = c.prepare_cached(&lease_sql(req.ordered)).await.map_err(db_err)?;
+    let summary = c.prepare_cached(&summary_sql()).await.map_err(db_err)?;
+    // Sent in this order (each request goes out when its future is first polled, and `biased`
+    // polls them in order). A failed statement makes the rest fail and the COMMIT roll back, so
+    // every answer is checked before anything counts; on any error the connection is closed
+    // rather than returned to the pool.
+    let interrupt_params: [&(dyn ToSql + Sync); 4] = [&req.tunnel, &now, &LEASE_EXPIRED, &MAX_ATTEMPT_LOG];
+    let lease_params: [&(dyn ToSql + Sync); 5] = [&req.tunnel, &now, &token, &lease_ms, &max];
+    let summary_params: [&(dyn ToSql + Sync); 1] = [&req.tunnel];
+    let (begin, interrupted, leased, left, committed) = tokio::join!(
+        biased;
+        c.batch_execute("BEGIN"),
+        c.query(&interrupt, &interrupt_params),
+        c.query(&lease, &lease_params),
+        c.query(&summary, &summary_params),
+        c.batch_execute("COMMIT"),
+    );
+    begin.map_err(db_err)?;
+    let interrupted = interrupted.map_err(db_err)?;
+    let leased = leased.map_err(db_err)?;
+    let left = left.map_err(db_err)?;
+    committed.map_err(db_err)?;
+    client.release();
+
+    let now: i64 = interrupted
+        .first()
+        .map(|r| r.get(1))
+        .ok_or_else(|| StoreError::Unavailable("PostgreSQL returned no row for the claim's start".into()))?;
+    let mut claimed = leased
         .iter()
         .map(|row| claimed_row(row, now, token))
         .collect::<Result<Vec<_>, _>>()?;
     claimed.sort_by_key(|(due, seq, _)| (*due, *seq));
     let items = claimed.into_iter().map(|(_, _, c)| c).collect();
 
-    let next = query(tx, &summary_sql(), &[&req.tunnel]).await?;
-    let row = next.first().ok_or_else(|| {
+    let row = left.first().ok_or_else(|| {
         StoreError::Unavailable("PostgreSQL returned no row for the claim's summary".into())
     })?;
     let next_due: Option<i64> = if req.ordered { row.get(1) } else { row.get(0) };
@@ -164,41 +226,6 @@ fn claimed_row(row: &Row, now: i64, token: i64) -> Result<(i64, i64, Claimed), S
             body: body.into(),
         },
     ))
-}
-
-/// Take back the expired leases of one tunnel, recording their attempt as interrupted. Leases
-/// that another transaction is finishing right now are skipped (their report wins). Returns how
-/// many.
-pub(super) async fn interrupt_expired(
-    tx: &Transaction<'_>,
-    now: i64,
-    tunnel: &str,
-    why: &str,
-) -> Result<u64, StoreError> {
-    let rows = query(
-        tx,
-        "WITH expired AS (
-            SELECT seq FROM deliveries
-            WHERE tunnel = $1 AND lease_until IS NOT NULL AND lease_until <= $2
-            FOR UPDATE SKIP LOCKED
-         ), cleared AS (
-            UPDATE deliveries d SET lease_token = NULL, lease_until = NULL, leased_at = NULL, last_error = $3
-            FROM expired WHERE d.seq = expired.seq
-            RETURNING d.seq, d.attempts, d.leased_at
-         ), logged AS (
-            INSERT INTO attempts (seq, number, started_at, finished_at, outcome, status, error)
-            SELECT seq, attempts, COALESCE(leased_at, $2), $2, 'interrupted', NULL, $3 FROM cleared
-            ON CONFLICT (seq, number) DO UPDATE SET started_at = EXCLUDED.started_at,
-                finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome,
-                status = EXCLUDED.status, error = EXCLUDED.error
-         ), trimmed AS (
-            DELETE FROM attempts a USING cleared c WHERE a.seq = c.seq AND a.number <= c.attempts - $4
-         )
-         SELECT COUNT(*) FROM cleared",
-        &[&tunnel, &now, &why, &MAX_ATTEMPT_LOG],
-    )
-    .await?;
-    Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0).max(0) as u64)
 }
 
 /// Longest wait after a finished attempt that is stored, in milliseconds (a century): keeps
