@@ -133,6 +133,14 @@ impl PgStore {
         })
     }
 
+    /// The time a test clock gives, for statements that otherwise read the database's `now()`.
+    fn test_now(&self) -> Option<i64> {
+        match &self.shared.time {
+            TimeSource::Database => None,
+            clock => Some(clock.resolve(0)),
+        }
+    }
+
     /// Run `work` in one transaction with its `now`, commit, and return its result. The whole
     /// operation is bounded by [`OP_TIMEOUT`]; a transaction cut short is rolled back.
     async fn in_tx<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -148,14 +156,18 @@ impl PgStore {
             tx.commit().await.map_err(db_err)?;
             Ok(value)
         };
-        match tokio::time::timeout(OP_TIMEOUT, run).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "PostgreSQL did not answer within {}s",
-                OP_TIMEOUT.as_secs()
-            ))),
-        }
+        tokio::time::timeout(OP_TIMEOUT, run)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
     }
+}
+
+/// An operation that took longer than [`OP_TIMEOUT`].
+fn timed_out() -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL did not answer within {}s",
+        OP_TIMEOUT.as_secs()
+    ))
 }
 
 /// The request bytes a delivery counts for `store_max_size`.
@@ -174,13 +186,29 @@ impl Store for PgStore {
     }
 
     fn claim(&self, request: ClaimRequest) -> StoreFuture<'_, ClaimBatch> {
-        Box::pin(self.in_tx(move |tx, now| Box::pin(async move { ops::claim(tx, now, &request).await })))
+        // One pipelined transaction (see `ops::claim`), so no `in_tx`.
+        Box::pin(async move {
+            let run = async {
+                let client = conn::Exclusive::new(self.shared.pool.get().await.map_err(pool_err)?);
+                ops::claim(client, self.test_now(), &request).await
+            };
+            tokio::time::timeout(OP_TIMEOUT, run)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+        })
     }
 
     fn finish(&self, lease: Lease, report: AttemptReport) -> StoreFuture<'_, bool> {
-        Box::pin(
-            self.in_tx(move |tx, now| Box::pin(async move { ops::finish(tx, now, &lease, &report).await })),
-        )
+        // One statement, its own transaction (see `ops::FINISH`), so no `in_tx`.
+        Box::pin(async move {
+            let run = async {
+                let client = self.shared.pool.get().await.map_err(pool_err)?;
+                ops::finish(&client, self.test_now(), &lease, &report).await
+            };
+            tokio::time::timeout(OP_TIMEOUT, run)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+        })
     }
 
     fn wake(&self, tunnel: String) -> StoreFuture<'_, u64> {

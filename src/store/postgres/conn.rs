@@ -160,3 +160,33 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// A pooled connection used outside the transaction API: unless released after a clean end, it
+/// is taken out of the pool and closed, so no one inherits a transaction left open by an error or
+/// a timeout.
+pub(super) struct Exclusive(Option<deadpool_postgres::Object>);
+
+impl Exclusive {
+    pub(super) fn new(object: deadpool_postgres::Object) -> Self {
+        Exclusive(Some(object))
+    }
+
+    pub(super) fn get(&self) -> Result<&deadpool_postgres::Object, StoreError> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("internal: the connection was already released".into()))
+    }
+
+    /// The work ended cleanly: the connection goes back to the pool.
+    pub(super) fn release(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}

@@ -403,7 +403,7 @@ async fn tls_modes_check_what_they_promise() {
 }
 
 /// A database whose default is `synchronous_commit = off` would acknowledge commits it could
-/// still lose; Ponte's sessions turn it back on.
+/// still lose; Ponte's sessions turn it back on, and keep it on after a finished attempt.
 #[tokio::test]
 async fn sessions_wait_for_the_wal_flush_whatever_the_database_default() {
     let Some(cluster) = cluster::shared() else { return };
@@ -415,6 +415,16 @@ async fn sessions_wait_for_the_wal_flush_whatever_the_database_default() {
     );
     let store = open(&url).await;
     store.enqueue(delivery("demo", 1, 1)).await.unwrap();
+    // A finished attempt alone commits without waiting (see `ops::finish`); that must not leak
+    // into the session the next transaction on the same connection uses.
+    let batch = store.claim(claim_req("demo", 1)).await.unwrap();
+    let lease = batch.items[0].lease.clone();
+    assert!(
+        store
+            .finish(lease, AttemptReport::Delivered { status: 200 })
+            .await
+            .unwrap()
+    );
     let client = store.shared.pool.get().await.unwrap();
     let row = client.query_one("SHOW synchronous_commit", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "on");
@@ -551,5 +561,191 @@ async fn work_committed_on_one_node_wakes_the_others() {
             .await
             .is_err(),
         "another tunnel's worker was woken"
+    );
+}
+
+/// Rows a plan (from `EXPLAIN (ANALYZE, FORMAT JSON)`) read and threw away, over all its nodes.
+fn rows_filtered_out(plan: &serde_json::Value) -> u64 {
+    let own = ["Rows Removed by Filter", "Rows Removed by Index Recheck"]
+        .iter()
+        .filter_map(|k| plan.get(*k).and_then(|v| v.as_f64()))
+        .sum::<f64>() as u64;
+    let loops = plan
+        .get("Actual Loops")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(1)
+        .max(1);
+    let children: u64 = plan
+        .get("Plans")
+        .and_then(|p| p.as_array())
+        .map(|ps| ps.iter().map(rows_filtered_out).sum())
+        .unwrap_or(0);
+    own * loops + children
+}
+
+/// Behind another tunnel's large backlog (the benchmark's shape: 30,000 rows of one tunnel
+/// committed before this tunnel's), the statements every claim runs after leasing read a few
+/// index entries each. With `tunnel = $1 ... ORDER BY seq LIMIT 1` the planner walked the primary
+/// key past the whole other backlog on every claim (~45 ms each), which capped the drain rate.
+#[tokio::test]
+async fn a_claims_summary_reads_only_its_own_rows_behind_another_tunnels_backlog() {
+    let Some(cluster) = cluster::shared() else { return };
+    let url = cluster.database("");
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let store = open(&url).await;
+    let no_headers: String = crate::store::record::encode_headers(&HeaderMap::new())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    cluster.psql(
+        &name,
+        &format!("INSERT INTO deliveries (id, tunnel, method, uri, body_bytes, stored_bytes, received_at,
+                                 retry_from, status, attempts, next_attempt_at)
+         SELECT 'bulk-' || g, CASE WHEN g <= 30000 THEN 'other' ELSE 'demo' END, 'POST', 'https://relay.test/',
+                10, 10, g, g, 'pending', 0, g
+         FROM generate_series(1, 60000) AS g;
+         INSERT INTO requests (seq, headers, body) SELECT seq, '\\x{no_headers}', '\\x00' FROM deliveries;
+         ANALYZE deliveries; ANALYZE requests"
+        ),
+    );
+    for ordered in [true, false] {
+        let batch = store
+            .claim(ClaimRequest {
+                ordered,
+                ..claim_req("demo", 32)
+            })
+            .await
+            .unwrap();
+        assert_eq!(batch.items.len(), if ordered { 1 } else { 32 });
+        assert!(batch.backlog);
+        assert_eq!(
+            batch.items[0].lease.id,
+            if ordered { "bulk-30001" } else { "bulk-30002" }
+        );
+    }
+    let client = store.shared.pool.get().await.unwrap();
+    // The generic plan is the one a cached statement may end up with after a few runs.
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        for (what, sql) in [
+            ("the summary", super::ops::summary_sql()),
+            ("the head of the line", super::ops::HEAD_OF_LINE.to_string()),
+        ] {
+            let messages = client
+                .simple_query(&format!(
+                    "SET plan_cache_mode = {mode}; PREPARE probe(text) AS {sql};
+                     EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe('demo'); DEALLOCATE probe"
+                ))
+                .await
+                .unwrap();
+            let text = messages
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .expect("EXPLAIN answers a row");
+            let explained: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let plan = &explained[0]["Plan"];
+            let filtered = rows_filtered_out(plan);
+            assert!(
+                filtered < 100,
+                "{what} ({mode}) read and dropped {filtered} rows: {plan:#}"
+            );
+        }
+    }
+}
+
+/// The delivery worker's pattern without HTTP: 32 slots, a claim for every free slot, each
+/// attempt gives its slot back and then records its result. 3,000 deliveries drain with each
+/// delivered exactly once and nothing left pending; prints the rate (a profile aid: compare it
+/// with the benchmark's drain figure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_slots_drain_a_backlog_delivering_each_once() {
+    let Some(cluster) = cluster::shared() else { return };
+    let url = cluster.database("");
+    let store = Arc::new(open(&url).await);
+    const N: usize = 3000;
+    const SLOTS: usize = 32;
+    let mut pending = Vec::new();
+    for n in 0..N {
+        pending.push(store.enqueue(delivery("demo", n, 1024)));
+        if pending.len() == 512 {
+            for r in futures_util::future::join_all(pending.drain(..)).await {
+                r.unwrap();
+            }
+        }
+    }
+    for r in futures_util::future::join_all(pending).await {
+        r.unwrap();
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(SLOTS));
+    let freed = Arc::new(tokio::sync::Notify::new());
+    let delivered = Arc::new(Mutex::new(HashSet::new()));
+    let mut attempts = tokio::task::JoinSet::new();
+    let (mut claims, mut claimed) = (0usize, 0usize);
+    let mut claim_time = Duration::ZERO;
+    let finish_time = Arc::new(Mutex::new(Duration::ZERO));
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backlog did not drain in 120 s"
+        );
+        let free = slots.available_permits();
+        if free > 0 {
+            let t = std::time::Instant::now();
+            let batch = store.claim(claim_req("demo", free)).await.unwrap();
+            claim_time += t.elapsed();
+            claims += 1;
+            claimed += batch.items.len();
+            for item in batch.items {
+                let permit = slots.clone().try_acquire_owned().unwrap();
+                let (store, freed, delivered) = (store.clone(), freed.clone(), delivered.clone());
+                let finish_time = finish_time.clone();
+                attempts.spawn(async move {
+                    drop(permit);
+                    freed.notify_one();
+                    let id = item.lease.id.clone();
+                    let t = std::time::Instant::now();
+                    let recorded = store
+                        .finish(item.lease, AttemptReport::Delivered { status: 200 })
+                        .await
+                        .unwrap();
+                    *finish_time.lock().unwrap() += t.elapsed();
+                    assert!(recorded);
+                    assert!(delivered.lock().unwrap().insert(id), "delivered twice");
+                });
+            }
+            if !batch.backlog {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = freed.notified() => {}
+            Some(r) = attempts.join_next(), if !attempts.is_empty() => r.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    while let Some(r) = attempts.join_next().await {
+        r.unwrap();
+    }
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(delivered.lock().unwrap().len(), N);
+    assert!(
+        store
+            .stats()
+            .await
+            .unwrap()
+            .tunnels
+            .get("demo")
+            .is_none_or(|t| t.pending == 0)
+    );
+    eprintln!(
+        "drained {N} in {took:.2} s = {:.0}/s with {claims} claims ({:.1} per claim, {:.1} ms each); {:.1} ms per finish",
+        N as f64 / took,
+        claimed as f64 / claims as f64,
+        claim_time.as_secs_f64() * 1e3 / claims as f64,
+        finish_time.lock().unwrap().as_secs_f64() * 1e3 / N as f64
     );
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
-use super::conn::{DB_NOW_MS, OP_TIMEOUT, TimeSource, db_err, db_now_ms, pool_err};
+use super::conn::{DB_NOW_MS, Exclusive, OP_TIMEOUT, TimeSource, db_err, db_now_ms, pool_err};
 use super::listen::{CHANNEL, NOTIFY, notify};
 use super::ops::{execute, query};
 use super::{Shared, stored_bytes};
@@ -208,7 +208,7 @@ async fn commit_fast(
         TimeSource::Database => None,
         clock => Some(clock.resolve(0)),
     };
-    let client = Exclusive(Some(shared.pool.get().await.map_err(pool_err)?));
+    let client = Exclusive::new(shared.pool.get().await.map_err(pool_err)?);
     let c = client.get()?;
     let insert = c.prepare_cached(INSERT).await.map_err(db_err)?;
     let notify_stmt = c.prepare_cached(NOTIFY).await.map_err(db_err)?;
@@ -247,31 +247,6 @@ async fn commit_fast(
         .into_iter()
         .map(|id| done.contains(&id).then_some(Ok(Enqueued { id })))
         .collect())
-}
-
-/// A pooled connection used outside the transaction API: unless released after a clean end, it
-/// is taken out of the pool and closed, so no one inherits a transaction left open by an error or
-/// a timeout.
-struct Exclusive(Option<deadpool_postgres::Object>);
-
-impl Exclusive {
-    fn get(&self) -> Result<&deadpool_postgres::Object, StoreError> {
-        self.0
-            .as_ref()
-            .ok_or_else(|| StoreError::Unavailable("internal: the connection was already released".into()))
-    }
-
-    fn release(mut self) {
-        self.0.take();
-    }
-}
-
-impl Drop for Exclusive {
-    fn drop(&mut self) {
-        if let Some(object) = self.0.take() {
-            drop(deadpool_postgres::Object::take(object));
-        }
-    }
 }
 
 /// At the size cap: one transaction that drops the oldest delivered records until the batch fits
