@@ -98,7 +98,13 @@ impl Worker {
         let held = Arc::new(HeldLeases::default());
         let stop_renewing = CancellationToken::new();
         let renewer = tokio::spawn(
-            lease::renew(self.store.clone(), held.clone(), stop_renewing.clone()).in_current_span(),
+            lease::renew(
+                self.store.clone(),
+                held.clone(),
+                lease::RENEW_EVERY,
+                stop_renewing.clone(),
+            )
+            .in_current_span(),
         );
         let mut connected = self.tunnel.watch_connected();
         // Agents seen at the last look, and whether the count changed since. A drop and

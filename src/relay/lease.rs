@@ -15,7 +15,7 @@ use crate::store::{Lease, Store};
 pub(super) const LEASE: Duration = Duration::from_secs(30);
 /// How often running attempts' leases are renewed: a third of [`LEASE`], so a renewal that fails
 /// (the database briefly unreachable) is retried twice before a live lease expires.
-const RENEW_EVERY: Duration = Duration::from_secs(10);
+pub(super) const RENEW_EVERY: Duration = Duration::from_secs(10);
 
 /// The leases of one worker's running attempts (delivery id to lease token).
 #[derive(Debug, Default)]
@@ -67,9 +67,14 @@ impl Drop for Holding {
     }
 }
 
-/// Renew every lease in `held` every [`RENEW_EVERY`] until `stop` is cancelled.
-pub(super) async fn renew(store: Arc<dyn Store>, held: Arc<HeldLeases>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+/// Renew every lease in `held` every `every` ([`RENEW_EVERY`]) until `stop` is cancelled.
+pub(super) async fn renew(
+    store: Arc<dyn Store>,
+    held: Arc<HeldLeases>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -93,8 +98,87 @@ pub(super) async fn renew(store: Arc<dyn Store>, held: Arc<HeldLeases>, stop: Ca
             Err(e) => tracing::warn!(
                 error = %e,
                 "could not renew the leases of running delivery attempts; retrying in {}s",
-                RENEW_EVERY.as_secs()
+                every.as_secs()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{ClaimRequest, ManualClock, NewDelivery, OpenOptions};
+
+    fn claim(tunnel: &str) -> ClaimRequest {
+        ClaimRequest {
+            tunnel: tunnel.into(),
+            max: 10,
+            ordered: false,
+            lease: LEASE,
+        }
+    }
+
+    fn webhook(tunnel: &str) -> NewDelivery {
+        NewDelivery {
+            tunnel: tunnel.into(),
+            method: "POST".into(),
+            uri: "https://demo.relay.test/hook".into(),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"{}"),
+        }
+    }
+
+    /// A running attempt's lease is renewed and outlives its first expiry; the lease of an
+    /// attempt nobody renews (a crashed node's) is claimable once [`LEASE`] has passed.
+    #[tokio::test]
+    async fn held_leases_are_renewed_and_others_expire_after_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let options = OpenOptions {
+            clock: clock.clone(),
+            ..OpenOptions::default()
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("q.db"), options).unwrap());
+        // "live" is held by this worker; "crashed" was claimed by a node that then died.
+        store.enqueue(webhook("live")).await.unwrap();
+        store.enqueue(webhook("crashed")).await.unwrap();
+        let live = store.claim(claim("live")).await.unwrap().items.remove(0);
+        let crashed = store.claim(claim("crashed")).await.unwrap().items.remove(0);
+        let held = Arc::new(HeldLeases::default());
+        let _holding = held.hold(&live.lease);
+        let stop = CancellationToken::new();
+        let renewer = tokio::spawn(renew(
+            store.clone(),
+            held.clone(),
+            Duration::from_millis(20),
+            stop.clone(),
+        ));
+
+        // 20 s later the renewal has pushed the lease's end back to a full LEASE from now (the
+        // claim's summary says when the tunnel's earliest lease ends).
+        clock.advance(Duration::from_secs(20));
+        let mut renewed = false;
+        for _ in 0..500 {
+            let batch = store.claim(claim("live")).await.unwrap();
+            assert!(batch.items.is_empty());
+            if batch.next_due_in == Some(LEASE) {
+                renewed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(renewed, "the held lease was not renewed");
+
+        // Past the first expiry: the crashed node's delivery goes to a new claimer, the live
+        // attempt's does not.
+        clock.advance(Duration::from_secs(11));
+        assert!(store.claim(claim("live")).await.unwrap().items.is_empty());
+        let taken = store.claim(claim("crashed")).await.unwrap().items;
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].lease.id, crashed.lease.id);
+        assert_eq!(taken[0].attempt, 2);
+        stop.cancel();
+        renewer.await.unwrap();
     }
 }
