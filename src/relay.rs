@@ -29,6 +29,7 @@ mod delivery;
 mod edge_auth;
 mod error;
 mod forward;
+mod lease;
 pub mod metrics;
 mod monitor;
 mod proxy;

@@ -8,7 +8,7 @@
 //!   again. Nothing needed to resume lives in process memory.
 //! - every time comparison happens against **the store's own clock** (the relay's clock for
 //!   SQLite, the database's `now()` for PostgreSQL). Callers pass durations ("retry in 5 s", "lease
-//!   for 60 s"), never instants, so two hosts' clocks are never compared.
+//!   for 30 s"), never instants, so two hosts' clocks are never compared.
 //! - the store records what happened; the retry *policy* (which status retries, how long to wait,
 //!   when to give up) lives in the relay's delivery worker.
 
@@ -83,6 +83,11 @@ pub trait Store: Send + Sync + 'static {
     /// again, purged) is ignored and answered `Ok(false)`, except that a delivery that succeeded is
     /// always marked delivered.
     fn finish(&self, lease: Lease, report: AttemptReport) -> StoreFuture<'_, bool>;
+
+    /// Extend every lease in `leases` to `lease` from now (store clock), in one call, while their
+    /// attempts run. Answers the leases that are no longer held (expired and claimed by someone
+    /// else, finished, replayed or purged): those are left unchanged.
+    fn renew(&self, leases: Vec<Lease>, lease: Duration) -> StoreFuture<'_, Vec<Lease>>;
 
     /// Make every pending delivery of a tunnel due now (its agent just connected). Returns how
     /// many were moved forward.

@@ -1,6 +1,7 @@
 //! The durable queue end to end, through a real relay (TLS, SQLite file in a temp dir) and real
 //! agents: offline acceptance, byte-exact delivery, retries, permanent failures and replay,
-//! ordered mode, fallback mode, limits, the admin API, retention and purge.
+//! ordered mode, fallback mode, limits, the admin API, retention and purge, and an attempt that
+//! outlives the 30 s lease (renewed while it runs).
 
 mod support;
 
@@ -550,6 +551,59 @@ async fn fallback_queues_at_once_when_every_agent_stream_is_busy() {
     let id = second.header("ponte-delivery-id").to_string();
     assert_eq!(holder.await.unwrap().status, StatusCode::OK);
     wait_status(&c, &base, &id, "delivered").await;
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// An attempt that runs longer than the 30 s lease keeps its delivery: the worker renews the
+/// lease while it runs, so the delivery is not claimed again and sent a second time.
+#[tokio::test]
+async fn an_attempt_longer_than_the_lease_is_sent_once() {
+    const SLOW: Duration = Duration::from_secs(36);
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A slow upstream: every request is answered after SLOW.
+    let up = start_upstream(|_req| async {
+        tokio::time::sleep(SLOW).await;
+        text(StatusCode::OK, "ok")
+    })
+    .await;
+    let relay = start_relay(
+        &queue_yaml(&certs, &db(&dir), "queue", "", "")
+            .replace("attempt_timeout: 2s", "attempt_timeout: 60s"),
+    )
+    .await;
+    let mut agent = start_agent_to(&relay.url(true), &certs, &up.url());
+    agent.connected().await;
+    let c = client(Some(&certs), false);
+    let base = relay.url(true);
+    let r = post(&c, &format!("{base}/t/demo/hook"), "slow").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let id = r.header("ponte-delivery-id").to_string();
+    let detail = tokio::time::timeout(SLOW + WAIT, async {
+        loop {
+            let d = admin_json(&c, &base, "GET", &format!("deliveries/{id}")).await;
+            if d["status"] != "pending" {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the slow delivery to finish");
+    assert_eq!(detail["status"], "delivered", "{detail}");
+    let outcomes: Vec<&str> = detail["attempts_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["delivered"], "{detail}");
+    assert_eq!(
+        up.hits(),
+        1,
+        "the delivery was sent again while its first attempt ran"
+    );
     agent.stop().await;
     relay.stop().await;
 }

@@ -6,7 +6,8 @@
 //! deliveries past their retention.
 //!
 //! The worker keeps nothing the store does not know: if the relay dies mid-attempt, the lease in
-//! the store is all that is left, and the next start takes it back.
+//! the store is all that is left, and it expires within 30 s ([`super::lease`]) since nothing
+//! renews it; the next claimer (another node, or this one after a restart) takes it back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::access::TARGET as ACCESS;
+use super::lease::{self, HeldLeases, Holding, LEASE};
 use super::metrics::{AttemptOutcome, RelayMetrics};
 use super::registry::TunnelState;
 use super::retry::{self, AttemptResult};
@@ -37,9 +39,6 @@ use crate::store::{AttemptReport, ClaimRequest, Claimed, Retention, Store};
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// Wait after a store error before claiming again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
-/// The lease outlives the attempt's own timeout by this much, so a slow but live attempt is never
-/// claimed twice.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Most bytes of a failed response body kept in the attempt log.
 const EXCERPT_BYTES: usize = 200;
 /// Longest wait for that excerpt.
@@ -94,7 +93,19 @@ impl Worker {
         } else {
             settings.concurrency as usize
         }));
-        let lease = settings.attempt_timeout + LEASE_MARGIN;
+        // Leases of running attempts are renewed until every attempt has reported, including
+        // those still running after shutdown began.
+        let held = Arc::new(HeldLeases::default());
+        let stop_renewing = CancellationToken::new();
+        let renewer = tokio::spawn(
+            lease::renew(
+                self.store.clone(),
+                held.clone(),
+                lease::RENEW_EVERY,
+                stop_renewing.clone(),
+            )
+            .in_current_span(),
+        );
         let mut connected = self.tunnel.watch_connected();
         // Agents seen at the last look, and whether the count changed since. A drop and
         // reconnect between two looks shows as "changed, same count": that is a reconnect too.
@@ -129,7 +140,7 @@ impl Worker {
                         tunnel: self.tunnel.name.to_string(),
                         max: free,
                         ordered,
-                        lease,
+                        lease: LEASE,
                     };
                     match self.store.claim(request).await {
                         Ok(batch) => {
@@ -150,6 +161,7 @@ impl Worker {
                                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                                     break;
                                 };
+                                let holding = held.hold(&item.lease);
                                 let attempt = Attempt {
                                     tunnel: self.tunnel.clone(),
                                     queue: self.queue.clone(),
@@ -157,7 +169,7 @@ impl Worker {
                                     metrics: self.metrics.clone(),
                                     item,
                                 };
-                                in_flight.spawn(attempt.run(permit, ordered));
+                                in_flight.spawn(attempt.run(permit, holding, ordered));
                             }
                             // With every slot taken, the next finished attempt wakes the loop.
                             if let Some(due) = batch.next_due_in {
@@ -187,6 +199,12 @@ impl Worker {
         // back the lease of any that cannot.
         while let Some(res) = in_flight.join_next().await {
             log_panic(res);
+        }
+        stop_renewing.cancel();
+        if let Err(e) = renewer.await
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "renewing delivery leases panicked");
         }
     }
 }
@@ -220,8 +238,9 @@ impl Attempt {
     /// Send, decide, record. `slot` is the concurrency permit: in unordered mode it is given
     /// back as soon as the upstream has answered (recording the result does not load the
     /// upstream); in ordered mode only after the result is recorded, so the next delivery cannot
-    /// start before the store knows this one is done.
-    async fn run(self, slot: tokio::sync::OwnedSemaphorePermit, ordered: bool) {
+    /// start before the store knows this one is done. `holding` keeps the lease renewed while
+    /// the attempt runs.
+    async fn run(self, slot: tokio::sync::OwnedSemaphorePermit, holding: Holding, ordered: bool) {
         let settings = &self.tunnel.config.queue;
         let started = Instant::now();
         let result = self.send().await;
@@ -238,6 +257,8 @@ impl Attempt {
         let id = &self.item.lease.id;
         self.log(&report, &result, started.elapsed());
         let outcome = outcome_of(&report);
+        // Not renewed from here: `finish` ends the lease, and a renewal racing it would read as lost.
+        drop(holding);
         match self.store.finish(self.item.lease.clone(), report).await {
             Ok(true) => {}
             Ok(false) => {

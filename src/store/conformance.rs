@@ -66,6 +66,8 @@ where
     let (s, c) = fresh();
     expired_leases_return_to_pending(&*s, &c).await;
     let (s, c) = fresh();
+    renewed_leases_outlive_their_first_expiry(&*s, &c).await;
+    let (s, c) = fresh();
     ordered_claims_only_the_head(&*s, &c).await;
     let (s, c) = fresh();
     release_does_not_count_an_attempt(&*s, &c).await;
@@ -225,6 +227,56 @@ async fn expired_leases_return_to_pending(s: &dyn Store, c: &ManualClock) {
     assert!(s.finish(again.lease, cut).await.unwrap());
     assert_eq!(status_of(s, &id).await, Status::Pending);
     assert_eq!(s.claim(claim_req("demo", 1, false)).await.unwrap().items.len(), 1);
+}
+
+/// A renewed lease is not claimable after its first expiry; one not renewed is; renewing a lease
+/// someone else took over changes nothing and is reported as lost.
+async fn renewed_leases_outlive_their_first_expiry(s: &dyn Store, c: &ManualClock) {
+    let a = s.enqueue(request("demo", 1)).await.unwrap().id;
+    let b = s.enqueue(request("demo", 2)).await.unwrap().id;
+    let first = s.claim(claim_req("demo", 10, false)).await.unwrap().items;
+    let lease_of = |id: &str| first.iter().find(|i| i.lease.id == id).unwrap().lease.clone();
+    let (lease_a, stale_b) = (lease_of(&a), lease_of(&b));
+    assert!(s.renew(Vec::new(), LEASE).await.unwrap().is_empty());
+
+    c.advance(LEASE / 2);
+    assert!(s.renew(vec![lease_a.clone()], LEASE).await.unwrap().is_empty());
+    c.advance(LEASE / 2 + Duration::from_millis(1));
+    // Past the first expiry: only the delivery whose lease was not renewed is taken.
+    let second = s.claim(claim_req("demo", 10, false)).await.unwrap().items;
+    let ids: Vec<&str> = second.iter().map(|i| i.lease.id.as_str()).collect();
+    assert_eq!(ids, [b.as_str()], "a renewed lease was claimed again");
+    assert_eq!(second[0].attempt, 2);
+
+    // One call renews what is held and reports what was taken over, leaving that untouched.
+    let lost = s
+        .renew(vec![lease_a.clone(), stale_b.clone()], LEASE * 2)
+        .await
+        .unwrap();
+    assert_eq!(lost, [stale_b]);
+    c.advance(LEASE + Duration::from_millis(1));
+    let third = s.claim(claim_req("demo", 10, false)).await.unwrap().items;
+    let ids: Vec<&str> = third.iter().map(|i| i.lease.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [b.as_str()],
+        "the stale renewal extended the new claim, or `a` lost its lease"
+    );
+    assert_eq!(third[0].attempt, 3);
+    assert!(
+        s.finish(lease_a, AttemptReport::Delivered { status: 200 })
+            .await
+            .unwrap()
+    );
+    assert_eq!(status_of(s, &a).await, Status::Delivered);
+    // A finished delivery's lease is gone too.
+    let lease_b = third[0].lease.clone();
+    assert!(
+        s.finish(lease_b.clone(), AttemptReport::Delivered { status: 200 })
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.renew(vec![lease_b.clone()], LEASE).await.unwrap(), [lease_b]);
 }
 
 async fn ordered_claims_only_the_head(s: &dyn Store, c: &ManualClock) {

@@ -24,6 +24,7 @@ mod upkeep;
 mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
 use futures_util::future::BoxFuture;
@@ -204,6 +205,19 @@ impl Store for PgStore {
             let run = async {
                 let client = self.shared.pool.get().await.map_err(pool_err)?;
                 ops::finish(&client, self.test_now(), &lease, &report).await
+            };
+            tokio::time::timeout(OP_TIMEOUT, run)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+        })
+    }
+
+    fn renew(&self, leases: Vec<Lease>, lease: Duration) -> StoreFuture<'_, Vec<Lease>> {
+        // One statement, its own transaction, so no `in_tx`.
+        Box::pin(async move {
+            let run = async {
+                let client = self.shared.pool.get().await.map_err(pool_err)?;
+                ops::renew(&client, self.test_now(), leases, lease).await
             };
             tokio::time::timeout(OP_TIMEOUT, run)
                 .await

@@ -13,6 +13,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::ErrorCode;
 
@@ -181,6 +182,14 @@ impl Store for SqliteStore {
         Box::pin(
             self.writer
                 .run(move |c, now| ops::finish(c, now, &lease, &report)),
+        )
+    }
+
+    fn renew(&self, leases: Vec<Lease>, lease: Duration) -> StoreFuture<'_, Vec<Lease>> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        Box::pin(
+            self.writer
+                .run(move |c, now| ops::renew(c, now, &leases, lease_ms)),
         )
     }
 

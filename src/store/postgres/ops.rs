@@ -1,5 +1,5 @@
 //! The delivery lifecycle's writes in the PostgreSQL store after enqueue (which is batched, see
-//! [`super::writer`]): claim, finish, and taking back expired leases. Each runs in its own
+//! [`super::writer`]): claim, renew, finish, and taking back expired leases. Each runs in its own
 //! transaction with that transaction's `now` (milliseconds, database clock).
 //!
 //! Several relay nodes claim from the same tables: candidate rows are locked with
@@ -130,6 +130,43 @@ fn lease_sql(ordered: bool) -> String {
              RETURNING {CLAIMED_COLUMNS}"
         )
     }
+}
+
+/// Extend the leases named by ids `$3` and tokens `$4` (parallel arrays) to `$2` milliseconds
+/// from now (`$1`: a test clock's time, `NULL`: the database's), where each is still held: pending
+/// under the same token. Answers the ids renewed.
+const RENEW: &str = concat!(
+    "UPDATE deliveries d SET lease_until = COALESCE($1::bigint, ",
+    super::conn::db_now_ms!(),
+    ") + $2
+     FROM unnest($3::text[], $4::bigint[]) AS held(id, token)
+     WHERE d.id = held.id AND d.lease_token = held.token AND d.status = 'pending'
+       AND d.lease_until IS NOT NULL
+     RETURNING d.id"
+);
+
+/// Renew leases (see [`crate::store::Store::renew`]) in one statement; answers those not held.
+pub(super) async fn renew(
+    client: &deadpool_postgres::Object,
+    now: Option<i64>,
+    leases: Vec<Lease>,
+    lease: Duration,
+) -> Result<Vec<Lease>, StoreError> {
+    if leases.is_empty() {
+        return Ok(leases);
+    }
+    let lease_ms = i64::try_from(lease.as_millis())
+        .unwrap_or(i64::MAX / 4)
+        .min(i64::MAX / 4);
+    let ids: Vec<&str> = leases.iter().map(|l| l.id.as_str()).collect();
+    let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+    let stmt = client.prepare_cached(RENEW).await.map_err(db_err)?;
+    let rows = client
+        .query(&stmt, &[&now, &lease_ms, &ids, &tokens])
+        .await
+        .map_err(db_err)?;
+    let renewed: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(leases.into_iter().filter(|l| !renewed.contains(&l.id)).collect())
 }
 
 /// Why an expired lease was taken back, in the attempt log.

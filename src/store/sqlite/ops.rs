@@ -1,4 +1,4 @@
-//! The delivery lifecycle's writes in the SQLite store (enqueue, claim, finish, lease recovery). Each
+//! The delivery lifecycle's writes in the SQLite store (enqueue, claim, renew, finish, lease recovery). Each
 //! runs inside the writer's batch transaction with the batch's `now` (milliseconds, store clock).
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -277,6 +277,32 @@ pub(super) fn release_all_leases(conn: &Connection, now: i64) -> Result<u64, Sto
         None,
         "the relay stopped during this attempt (it is retried after the restart)",
     )
+}
+
+/// Extend each held lease to `now + lease_ms` (see [`crate::store::Store::renew`]); answers the
+/// leases no longer held.
+pub(super) fn renew(
+    conn: &Connection,
+    now: i64,
+    leases: &[Lease],
+    lease_ms: i64,
+) -> Result<Vec<Lease>, StoreError> {
+    let mut renew = conn
+        .prepare_cached(
+            "UPDATE deliveries SET lease_until = ?1
+             WHERE id = ?2 AND lease_token = ?3 AND status = 'pending' AND lease_until IS NOT NULL",
+        )
+        .map_err(db_err)?;
+    let mut lost = Vec::new();
+    for lease in leases {
+        let changed = renew
+            .execute(params![now.saturating_add(lease_ms), lease.id, lease.token])
+            .map_err(db_err)?;
+        if changed == 0 {
+            lost.push(lease.clone());
+        }
+    }
+    Ok(lost)
 }
 
 #[allow(clippy::too_many_arguments)]
