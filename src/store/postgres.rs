@@ -31,7 +31,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use self::conn::{OP_TIMEOUT, TimeSource, db_err, pool_err};
+use self::conn::{TimeSource, db_err, pool_err};
 use self::listen::Wakeups;
 use self::writer::Writer;
 use super::QueueStats;
@@ -143,7 +143,7 @@ impl PgStore {
     }
 
     /// Run `work` in one transaction with its `now`, commit, and return its result. The whole
-    /// operation is bounded by [`OP_TIMEOUT`]; a transaction cut short is rolled back.
+    /// operation is bounded by [`conn::OP_TIMEOUT`]; a transaction cut short is rolled back.
     async fn in_tx<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send,
@@ -157,18 +157,8 @@ impl PgStore {
             tx.commit().await.map_err(db_err)?;
             Ok(value)
         };
-        tokio::time::timeout(OP_TIMEOUT, run)
-            .await
-            .unwrap_or_else(|_| Err(timed_out()))
+        conn::bounded(run).await
     }
-}
-
-/// An operation that took longer than [`OP_TIMEOUT`].
-fn timed_out() -> StoreError {
-    StoreError::Unavailable(format!(
-        "PostgreSQL did not answer within {}s",
-        OP_TIMEOUT.as_secs()
-    ))
 }
 
 /// The request bytes a delivery counts for `store_max_size`.
@@ -193,9 +183,7 @@ impl Store for PgStore {
                 let client = conn::Exclusive::new(self.shared.pool.get().await.map_err(pool_err)?);
                 ops::claim(client, self.test_now(), &request).await
             };
-            tokio::time::timeout(OP_TIMEOUT, run)
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
+            conn::bounded(run).await
         })
     }
 
@@ -206,9 +194,7 @@ impl Store for PgStore {
                 let client = self.shared.pool.get().await.map_err(pool_err)?;
                 ops::finish(&client, self.test_now(), &lease, &report).await
             };
-            tokio::time::timeout(OP_TIMEOUT, run)
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
+            conn::bounded(run).await
         })
     }
 
@@ -219,9 +205,7 @@ impl Store for PgStore {
                 let client = self.shared.pool.get().await.map_err(pool_err)?;
                 ops::renew(&client, self.test_now(), leases, lease).await
             };
-            tokio::time::timeout(OP_TIMEOUT, run)
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))
+            conn::bounded(run).await
         })
     }
 

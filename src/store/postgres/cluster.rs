@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-use super::conn::{DB_NOW_MS, OP_TIMEOUT, db_err, pool, pool_err};
+use super::conn::{DB_NOW_MS, bounded, db_err, pool, pool_err};
 use crate::config::postgres::PostgresUrl;
 use crate::store::StoreError;
 
@@ -199,14 +199,4 @@ impl ClusterDb {
         })
         .await
     }
-}
-
-/// Bound one cluster operation by [`OP_TIMEOUT`].
-async fn bounded<T>(work: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    tokio::time::timeout(OP_TIMEOUT, work).await.unwrap_or_else(|_| {
-        Err(StoreError::Unavailable(format!(
-            "PostgreSQL did not answer within {}s",
-            OP_TIMEOUT.as_secs()
-        )))
-    })
 }

@@ -26,6 +26,19 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// Longest time one store operation may take, from borrowing a connection to its commit.
 pub(super) const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Run one database operation bounded by [`OP_TIMEOUT`]; past it, the operation is dropped (a
+/// transaction cut short is rolled back) and the caller gets `Unavailable`.
+pub(super) async fn bounded<T>(
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(OP_TIMEOUT, work).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!(
+            "PostgreSQL did not answer within {}s",
+            OP_TIMEOUT.as_secs()
+        )))
+    })
+}
+
 /// The connection settings with Ponte's defaults for what the URL leaves out.
 pub(super) fn driver_config(url: &PostgresUrl) -> tokio_postgres::Config {
     let mut config = url.config().clone();
