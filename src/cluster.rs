@@ -70,6 +70,11 @@ impl Cluster {
         self.directory.holders(&self.db, tunnel, &self.node_id).await
     }
 
+    /// Look `tunnel`'s holders up again on the next request (one of them no longer holds it).
+    pub fn forget_holders(&self, tunnel: &str) {
+        self.directory.forget(tunnel);
+    }
+
     /// A tunnel gained its first or lost its last agent here: tell the other nodes soon.
     pub fn sessions_changed(&self) {
         self.changed.notify_one();

@@ -315,11 +315,12 @@ async fn the_forward_endpoint_refuses_a_missing_or_wrong_secret_and_never_forwar
         }
         req.body(ponte::body::full("payload")).unwrap()
     };
-    // With the secret, node B serves only its own sessions: it holds none, so 503, even though
-    // node A holds the tunnel (a forwarded request is never passed on again).
+    // With the secret, node B serves only its own sessions: it holds none, so 503 `not-held-here`
+    // (which tells the sending node to try another), even though node A holds the tunnel (a
+    // forwarded request is never passed on again).
     let r = send(&c, forward(Some(SECRET))).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
-    assert_eq!(r.header("ponte-error"), "agent-offline");
+    assert_eq!(r.header("ponte-error"), "not-held-here");
     assert_eq!(up.hits(), 1, "only the eventually-probe reached the upstream");
 
     let r = send(&c, forward(None)).await;
@@ -757,6 +758,68 @@ async fn a_node_that_never_answers_costs_one_connect_timeout_then_is_skipped() {
         next.elapsed()
     );
     held.abort();
+    b.stop().await;
+}
+
+/// A node named as a holder that no longer holds the tunnel (its agent moved within the last
+/// second, while other nodes still had it in their cached holder lists) answers `not-held-here`,
+/// and the sending node passes the request on to the next holder: the sender never sees that
+/// node's 503. Here rows in the database name three more holders of `demo`, `moved-1` to
+/// `moved-3`, all at node B's own address where there is no agent: three in four of B's
+/// forwarded requests go to a node without the agent first (before this was handled, each of
+/// those failed with 503).
+#[tokio::test]
+async fn a_holder_that_lost_the_agent_passes_the_request_on_to_the_next() {
+    let Some(cluster) = pg::shared() else { return };
+    let certs = Certs::new();
+    let store = cluster.database("");
+    let db = db_name(&store);
+    let up = answering_upstream().await;
+    let a = start_node(&certs, &store, "a", "").await;
+    let b = start_node(&certs, &store, "b", "").await;
+    let c = client(Some(&certs), true);
+    let mut agent = start_agent_to(&a.url(true), &certs, &up.url());
+    agent.connected().await;
+    eventually("node B to forward to node A", || async {
+        let r = send(&c, request("GET", &format!("{}/t/demo/x", b.url(true)), "")).await;
+        (r.status == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    for n in 1..=3 {
+        cluster.psql(
+            db,
+            &format!(
+                "INSERT INTO nodes VALUES ('moved-{n}', '{}', 0, floor(extract(epoch FROM now()) * 1000)::bigint);
+                 INSERT INTO tunnel_sessions VALUES ('moved-{n}', 'demo', 1, floor(extract(epoch FROM now()) * 1000)::bigint + 60000)",
+                b.url(true)
+            ),
+        );
+    }
+    let holders = cluster.psql(db, "SELECT count(*) FROM tunnel_sessions WHERE tunnel = 'demo'");
+    assert_eq!(holders.trim(), "4", "node A and the three moved nodes");
+    // Past node B's holder cache (1 s), so that its next lookup names all four.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let hits_before = up.hits();
+    for i in 0..20 {
+        let r = send(
+            &c,
+            request("POST", &format!("{}/t/demo/x", b.url(true)), format!("moved-{i}")),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "request {i}: {}", r.text());
+        assert_eq!(
+            r.text(),
+            format!("moved-{i}"),
+            "request {i}: the body reached the upstream whole"
+        );
+    }
+    assert_eq!(
+        up.hits() - hits_before,
+        20,
+        "each request reached the upstream once"
+    );
+    drop(agent);
+    a.stop().await;
     b.stop().await;
 }
 

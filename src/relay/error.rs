@@ -49,6 +49,10 @@ pub enum ProxyError {
     /// No agent connected and the tunnel does not queue.
     #[error("the tunnel's agent is offline; try again later")]
     AgentOffline,
+    /// Node to node: a forwarded request reached a node that holds no session of the tunnel (any
+    /// more). The sending node tries another holder, or itself; a public sender never sees it.
+    #[error("this relay node holds no session of the tunnel")]
+    NotHeldHere,
     /// The agent connection failed while carrying the request.
     #[error("the tunnel's agent did not answer ({0})")]
     AgentFailed(String),
@@ -118,9 +122,10 @@ impl ProxyError {
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::AgentOffline | ProxyError::Unavailable(_) | ProxyError::QueueFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::AgentOffline
+            | ProxyError::NotHeldHere
+            | ProxyError::Unavailable(_)
+            | ProxyError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoSuchDelivery(_) | ProxyError::AdminDisabled(_) | ProxyError::MetricsDisabled => {
                 StatusCode::NOT_FOUND
             }
@@ -148,6 +153,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "headers-too-large",
             ProxyError::BodyStalled => "body-stalled",
             ProxyError::AgentOffline => "agent-offline",
+            ProxyError::NotHeldHere => "not-held-here",
             ProxyError::AgentFailed(_) => "agent-failed",
             ProxyError::Timeout => "timeout",
             ProxyError::Throttled => "throttled",

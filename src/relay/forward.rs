@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
 
 use super::access::Forwarded;
 use super::bearer::{self, Refused};
@@ -29,9 +31,15 @@ use crate::protocol::headers::remove_hop_by_hop;
 /// How long the receiving node waits for an agent login in progress (as for its own requests).
 const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Pass `req` to the first of `holders` that takes it, its body streamed; a node that cannot be
-/// reached before any of the request left is skipped for the next. `Err(AgentOffline)` when none
-/// could be reached.
+/// Bodies up to this size are read whole before the request is forwarded, so that a node which no
+/// longer holds the tunnel (its agent moved within the last second) hands it on to another node
+/// instead of failing it. Webhooks are almost always smaller; a larger body streams, sent once.
+const KEPT_BODY: u64 = 256 * 1024;
+
+/// Pass `req` to the first of `holders` that takes it. A node that cannot be reached, or that no
+/// longer holds the tunnel, is skipped for the next; when all of them were, the agent is moving:
+/// the request is served here if it arrived here, or sent to the holders the database names now.
+/// `Err(AgentOffline)` when no node took it.
 pub async fn to_peer(
     state: &Arc<RelayState>,
     cluster: &Cluster,
@@ -42,11 +50,33 @@ pub async fn to_peer(
     limit: u64,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, incoming) = req.into_parts();
-    let uri = target.uri()?.to_string();
+    let uri = target.uri()?;
     let headers = target.headers(state, parts.headers);
     let (guarded, outcome) = GuardedBody::new(incoming, limit, state.config.limits.body_idle_timeout);
-    let out = prepare(cluster, tunnel, parts.method, &uri, headers, body::boxed(guarded))?;
-    match send(state, cluster, tunnel, holders, out).await {
+    let body = if guarded.size_hint().upper().is_some_and(|n| n <= KEPT_BODY) {
+        match guarded.collect().await {
+            Ok(collected) => OutBody::Kept(collected.to_bytes()),
+            Err(e) => {
+                return Err(proxy::body_error(&outcome, limit)
+                    .unwrap_or_else(|| ProxyError::BadRequest(format!("the request body failed: {e}"))));
+            }
+        }
+    } else {
+        OutBody::Once(Some(body::boxed(guarded)))
+    };
+    let mut out = prepare(cluster, tunnel, parts.method, &uri.to_string(), headers, body)?;
+    let mut tried = Vec::new();
+    let mut sent = send(state, cluster, tunnel, holders, &mut out, &mut tried).await;
+    if matches!(sent, Err(Unanswered::NotSent)) && out.can_send() {
+        if let Some(session) = tunnel.pick_or_wait(PENDING_LOGIN_WAIT).await {
+            let (method, headers, body) = out.into_local();
+            return proxy::live_prepared(state, tunnel, session, method, uri, headers, body, limit).await;
+        }
+        cluster.forget_holders(tunnel.name.as_str());
+        let now = cluster.holders(tunnel.name.as_str()).await;
+        sent = send(state, cluster, tunnel, &now, &mut out, &mut tried).await;
+    }
+    match sent {
         Ok(resp) => Ok(resp),
         Err(Unanswered::Timeout) => Err(ProxyError::Timeout),
         Err(Unanswered::NotSent) => Err(ProxyError::AgentOffline),
@@ -59,7 +89,8 @@ pub async fn to_peer(
 
 /// Why no node answered a forwarded request.
 pub enum Unanswered {
-    /// No node could be reached; nothing of the request left this node.
+    /// No node took the request: none could be reached, or those reached no longer hold the
+    /// tunnel's agent.
     NotSent,
     /// A node took the request, then failed before any answer.
     Failed(String),
@@ -70,16 +101,75 @@ pub enum Unanswered {
     Refused(String),
 }
 
-/// The request to a peer: the stream's URI and headers as this node built them, the tunnel, the
-/// cluster secret, and `body`.
+/// A request on its way to other nodes: method and headers (the stream URI, tunnel and cluster
+/// secret among them), and a body that can be sent again if it was kept.
+pub struct Outgoing {
+    method: http::Method,
+    headers: http::HeaderMap,
+    body: OutBody,
+}
+
+/// The body of an [`Outgoing`] request.
+pub enum OutBody {
+    /// Read whole: can be sent to one node after another.
+    Kept(bytes::Bytes),
+    /// Streamed: sent once (handed back only by a node that took none of it).
+    Once(Option<Body>),
+}
+
+impl Outgoing {
+    /// The request for the node at `uri`; `None` once a streamed body has left.
+    fn request(&mut self, uri: Uri) -> Option<Request<Body>> {
+        let body = match &mut self.body {
+            OutBody::Kept(bytes) => body::full(bytes.clone()),
+            OutBody::Once(body) => body.take()?,
+        };
+        let mut out = Request::new(body);
+        *out.method_mut() = self.method.clone();
+        *out.uri_mut() = uri;
+        *out.version_mut() = Version::HTTP_2;
+        *out.headers_mut() = self.headers.clone();
+        Some(out)
+    }
+
+    /// A node took none of `req`: keep its body for the next.
+    fn give_back(&mut self, req: Request<Body>) {
+        if let OutBody::Once(slot) = &mut self.body {
+            *slot = Some(req.into_body());
+        }
+    }
+
+    /// Can the request still be sent (to another node, or on a session here)?
+    fn can_send(&self) -> bool {
+        match &self.body {
+            OutBody::Kept(_) => true,
+            OutBody::Once(body) => body.is_some(),
+        }
+    }
+
+    /// Method, headers (without the node-to-node ones) and body, to serve it on this node.
+    fn into_local(mut self) -> (http::Method, http::HeaderMap, Body) {
+        for name in [&PONTE_CLUSTER_SECRET, &PONTE_FORWARD_TUNNEL, &PONTE_FORWARD_URI] {
+            self.headers.remove(name);
+        }
+        let body = match self.body {
+            OutBody::Kept(bytes) => body::full(bytes),
+            OutBody::Once(body) => body.unwrap_or_else(body::empty),
+        };
+        (self.method, self.headers, body)
+    }
+}
+
+/// The request to other nodes: the stream's URI and headers as this node built them, the
+/// tunnel, the cluster secret, and `body`.
 pub fn prepare(
     cluster: &Cluster,
     tunnel: &TunnelState,
     method: http::Method,
     stream_uri: &str,
     mut headers: http::HeaderMap,
-    body: Body,
-) -> Result<Request<Body>, ProxyError> {
+    body: OutBody,
+) -> Result<Outgoing, ProxyError> {
     let bad = || ProxyError::BadRequest("the request target cannot be forwarded".into());
     headers.insert(
         PONTE_FORWARD_URI.clone(),
@@ -93,33 +183,39 @@ pub fn prepare(
         .map_err(|_| ProxyError::Unavailable("cluster.secret is not a valid header value".into()))?;
     secret.set_sensitive(true);
     headers.insert(PONTE_CLUSTER_SECRET.clone(), secret);
-    let mut out = Request::new(body);
-    *out.method_mut() = method;
-    *out.version_mut() = Version::HTTP_2;
-    *out.headers_mut() = headers;
-    Ok(out)
+    Ok(Outgoing {
+        method,
+        headers,
+        body,
+    })
 }
 
-/// Send a [`prepare`]d request to the first of `holders` that takes it, starting at a random one
-/// so that several holders share the load.
+/// Send a [`prepare`]d request to the first of `holders` not in `tried` that takes it, starting
+/// at a random one so that several holders share the load; every node sent to is added to
+/// `tried`. A node that no longer holds the tunnel passes it on to the next if the body was kept.
 pub async fn send(
     state: &RelayState,
     cluster: &Cluster,
     tunnel: &TunnelState,
     holders: &[Holder],
-    mut out: Request<Body>,
+    out: &mut Outgoing,
+    tried: &mut Vec<String>,
 ) -> Result<Response<Body>, Unanswered> {
     let start = rand::random::<u32>() as usize % holders.len().max(1);
     let ordered = holders.iter().cycle().skip(start).take(holders.len());
     for holder in ordered {
+        if tried.contains(&holder.node_id) {
+            continue;
+        }
         let Ok(uri) = format!("{}{FORWARD_PATH}", holder.advertise).parse::<Uri>() else {
             tracing::warn!(node = %holder.node_id, advertise = %holder.advertise, "relay node has an unusable advertise URL; skipping it");
             continue;
         };
-        *out.uri_mut() = uri;
+        let Some(req) = out.request(uri) else { break };
+        tried.push(holder.node_id.clone());
         let sent = tokio::time::timeout(
             state.config.limits.response_timeout,
-            cluster.peers().send(&holder.advertise, out),
+            cluster.peers().send(&holder.advertise, req),
         )
         .await;
         match sent {
@@ -134,6 +230,12 @@ pub async fn send(
                 cluster.peers().warn_refusal(&why);
                 return Err(Unanswered::Refused(why));
             }
+            Ok(Ok(resp)) if is(&resp, &ProxyError::NotHeldHere) => {
+                // Its agent left within the last second (our holder list is cached for that
+                // long): look again on the next request, and try the next node for this one.
+                tracing::debug!(tunnel = %tunnel.name, node = %holder.node_id, "relay node no longer holds the tunnel's agent; trying the next");
+                cluster.forget_holders(tunnel.name.as_str());
+            }
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
@@ -143,7 +245,7 @@ pub async fn send(
             }
             Ok(Err(PeerError::NotSent(back, why))) => {
                 tracing::info!(tunnel = %tunnel.name, node = %holder.node_id, error = %why, "relay node holding the tunnel is unreachable; trying the next");
-                out = *back;
+                out.give_back(*back);
             }
             Ok(Err(PeerError::Failed(why))) => {
                 tracing::info!(tunnel = %tunnel.name, node = %holder.node_id, error = %why, "relay node failed before answering a forwarded request");
@@ -166,10 +268,12 @@ fn refused<B>(resp: &Response<B>) -> bool {
         ProxyError::Throttled,
         ProxyError::NotFound(String::new()),
     ];
-    let code = error_code(resp);
-    refusals
-        .iter()
-        .any(|e| code == Some(e.code()) && resp.status() == e.status())
+    refusals.iter().any(|e| is(resp, e))
+}
+
+/// Is `resp` this node-made answer (status and `Ponte-Error`)?
+fn is<B>(resp: &Response<B>, e: &ProxyError) -> bool {
+    error_code(resp) == Some(e.code()) && resp.status() == e.status()
 }
 
 /// The `Ponte-Error` of an answer, if any.
@@ -238,7 +342,7 @@ pub async fn accept(
     let session = tunnel
         .pick_or_wait(PENDING_LOGIN_WAIT)
         .await
-        .ok_or(ProxyError::AgentOffline)?;
+        .ok_or(ProxyError::NotHeldHere)?;
     let (mut parts, incoming) = req.into_parts();
     for name in [&PONTE_CLUSTER_SECRET, &PONTE_FORWARD_TUNNEL, &PONTE_FORWARD_URI] {
         parts.headers.remove(name);

@@ -95,15 +95,15 @@ pub async fn forward_or_queue(
     let new = read_request(state, tunnel, req, target).await?;
     let method = http::Method::from_bytes(new.method.as_bytes())
         .map_err(|_| ProxyError::BadRequest("the request method cannot be forwarded".into()))?;
-    let out = super::forward::prepare(
+    let mut out = super::forward::prepare(
         cluster,
         tunnel,
         method,
         &new.uri,
         new.headers.clone(),
-        body::full(new.body.clone()),
+        super::forward::OutBody::Kept(new.body.clone()),
     )?;
-    match super::forward::send(state, cluster, tunnel, holders, out).await {
+    match super::forward::send(state, cluster, tunnel, holders, &mut out, &mut Vec::new()).await {
         // The other node's own session failed (or was gone) before any answer: as on one node,
         // the request is kept rather than lost.
         Ok(resp) if tunnel_failed(&resp) => {
