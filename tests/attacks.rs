@@ -191,8 +191,9 @@ impl Target {
         });
         assert!(
             !dropped,
-            "{attack}: the agent session was dropped:\n{}",
-            self.relay.output()
+            "{attack}: the agent session was dropped:\n{}\nagent:\n{}",
+            self.relay.output(),
+            self.agent.output()
         );
         assert_eq!(
             self.agent.count("tunnel lost"),
@@ -455,10 +456,11 @@ async fn paced_resets_do_not_take_the_tunnel_offline() {
         "paced resets: {} honest requests; attackers {a:?} {b:?}",
         statuses.len()
     );
+    // The session first: if it was dropped, its logs say why (and an honest request failed).
+    t.assert_session_kept("paced resets");
     assert!(statuses.len() >= 10, "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(t.paths.lock().unwrap().iter().any(|p| p.contains("paced")));
-    t.assert_session_kept("paced resets");
     t.recovered("paced resets").await;
 }
 

@@ -14,13 +14,6 @@ use crate::body::{self, GuardedBody};
 use crate::config::agent::AgentConfig;
 use crate::protocol::tunnel::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, MAX_SEND_BUF, STREAM_WINDOW};
 
-/// Streams the relay may reset before this agent accepted them, at one time. h2's default (20) is
-/// meant for an anonymous peer; on the tunnel, every public sender's cancellation arrives through
-/// the one authenticated relay, and tripping the limit would drop the tunnel for all senders
-/// (`ENHANCE_YOUR_CALM`). The relay bounds resets per public client (`limits.max_resets_*`), so
-/// this only has to be far above what a busy tunnel sees between two accepts.
-const RELAY_PENDING_RESETS: usize = 10_000;
-
 /// How a session ended.
 #[derive(Debug)]
 pub enum SessionEnd {
@@ -72,7 +65,15 @@ pub async fn serve(
         .max_header_list_size(MAX_HEADER_LIST)
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(MAX_SEND_BUF)
-        .max_pending_accept_reset_streams(RELAY_PENDING_RESETS)
+        // Streams the relay reset before this agent accepted them: h2's default cap (20) is
+        // meant for an anonymous peer; here every public sender's cancellation arrives through
+        // the one authenticated relay, and tripping any cap drops the tunnel for all senders
+        // (`ENHANCE_YOUR_CALM`). No fixed cap is safe: h2 reads every frame waiting on the
+        // socket before this agent accepts the next stream, so when the agent is starved of CPU
+        // a burst can hold tens of thousands (10,000 was seen tripped on a loaded 2-core
+        // machine). The relay bounds resets per public client (`limits.max_resets_*`), and the
+        // socket buffer bounds a burst. (`None` would mean h2's default of 20, not "no cap".)
+        .max_pending_accept_reset_streams(usize::MAX)
         // h2 counts the resets it generates itself over the whole life of a connection and
         // never forgets them: on a tunnel that stays up for weeks, any cap is a countdown to a
         // dropped tunnel. The peer is the authenticated relay, not an anonymous client.
