@@ -557,6 +557,20 @@ async fn a_killed_node_drops_out_direct_answers_503_and_queued_webhooks_wait_for
         (live_entries(cluster, db, "a") == 2).then_some(())
     })
     .await;
+    // Node A logs the requests node B passed to it, with where they came from and the path it
+    // sent to its agent.
+    let line = eventually("node A's access line of a request node B passed on", || {
+        let found = node_a
+            .output()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "ponte::access" && v["forwarded_from"] == "b");
+        async move { found }
+    })
+    .await;
+    assert_eq!(line["tunnel"], "demo", "{line}");
+    assert_eq!(line["path"], "/live", "{line}");
+    assert_eq!(line["status"], 201, "{line}");
     // The other way round: node A forwards tunnel `r` to node B, and its access line says so.
     let mut r_agent = start_agent(&agent_yaml(&b.url(true), Some(&certs), &ingress).replace(TOKEN, R_TOKEN));
     r_agent.connected().await;

@@ -14,3 +14,5 @@ pub static PONTE_FORWARD_TUNNEL: HeaderName = HeaderName::from_static("ponte-for
 /// The URI of the stream on the tunnel (public scheme and host, forwarded path and query), as the
 /// first node built it after routing and edge auth.
 pub static PONTE_FORWARD_URI: HeaderName = HeaderName::from_static("ponte-forward-uri");
+/// The id of the node that forwarded the request, for the receiving node's access log.
+pub static PONTE_FORWARD_NODE: HeaderName = HeaderName::from_static("ponte-forward-node");

@@ -3,8 +3,14 @@
 //! duration and the byte counts cover the whole exchange and not just the headers.
 //!
 //! Lines go to the `ponte::access` log target at INFO with one field per fact (tunnel, method,
-//! path, status, error, duration_ms, bytes_in, bytes_out, delivery_id, forwarded_to, peer). The query string is
-//! never logged: it can carry a sender's secret (edge auth by query parameter, signed URLs).
+//! path, status, error, duration_ms, bytes_in, bytes_out, delivery_id, forwarded_to,
+//! forwarded_from, peer). The query string is never logged: it can carry a sender's secret (edge
+//! auth by query parameter, signed URLs).
+//!
+//! A request another relay node passed here is logged here too (`forwarded_from`; `path` is then
+//! the path sent to the agent, the public one being in the sending node's line), but counted in
+//! the metrics only by the node the sender reached, so that a sum over the nodes counts each
+//! public request once.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,6 +44,18 @@ pub struct Queued(pub String);
 /// Marks a response that another relay node answered: its id, for the access log.
 #[derive(Debug, Clone)]
 pub struct Forwarded(pub String);
+
+/// Marks the answer to a request another relay node passed here: that node's id, the tunnel and
+/// the path sent to the agent (without the query), for this node's access log.
+#[derive(Clone)]
+pub struct ForwardedFrom {
+    /// The sending node's id.
+    pub node: String,
+    /// The tunnel it was served on.
+    pub tunnel: Arc<TunnelState>,
+    /// The path sent to the agent.
+    pub path: String,
+}
 
 /// What the relay knows about a public request when it arrives.
 pub struct Exchange {
@@ -81,13 +99,19 @@ impl Exchange {
             .map(|v| v.chars().take(MAX_ERROR_CODE).collect());
         let delivery_id = resp.extensions().get::<Queued>().map(|q| q.0.clone());
         let forwarded_to = resp.extensions().get::<Forwarded>().map(|f| f.0.clone());
+        let mut exchange = self;
+        let forwarded_from = resp.extensions().get::<ForwardedFrom>().map(|f| {
+            exchange.path = f.path.clone();
+            f.node.clone()
+        });
         let record = Record {
-            exchange: self,
+            exchange,
             tunnel,
             status: resp.status().as_u16(),
             error,
             delivery_id,
             forwarded_to,
+            forwarded_from,
             log,
             metrics,
         };
@@ -110,6 +134,8 @@ struct Record {
     delivery_id: Option<String>,
     /// The node that answered, when the request was passed to another relay node.
     forwarded_to: Option<String>,
+    /// The node that passed the request here.
+    forwarded_from: Option<String>,
     log: bool,
     metrics: Option<Arc<RelayMetrics>>,
 }
@@ -142,6 +168,7 @@ impl Record {
                 bytes_out,
                 delivery_id = self.delivery_id.as_deref(),
                 forwarded_to = self.forwarded_to.as_deref(),
+                forwarded_from = self.forwarded_from.as_deref(),
                 peer = %self.exchange.peer.ip(),
                 "request"
             );

@@ -12,7 +12,7 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
-use super::access::Forwarded;
+use super::access::{Forwarded, ForwardedFrom};
 use super::bearer::{self, Refused};
 use super::error::ProxyError;
 use super::metrics::LoginRefusal;
@@ -25,11 +25,16 @@ use crate::body::{self, Body, GuardedBody};
 use crate::cluster::peers::PeerError;
 use crate::cluster::{Cluster, Holder};
 use crate::config::relay::TunnelName;
-use crate::protocol::cluster::{FORWARD_PATH, PONTE_CLUSTER_SECRET, PONTE_FORWARD_TUNNEL, PONTE_FORWARD_URI};
+use crate::protocol::cluster::{
+    FORWARD_PATH, PONTE_CLUSTER_SECRET, PONTE_FORWARD_NODE, PONTE_FORWARD_TUNNEL, PONTE_FORWARD_URI,
+};
 use crate::protocol::headers::remove_hop_by_hop;
 
 /// How long the receiving node waits for an agent login in progress (as for its own requests).
 const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Longest sending node id taken into the access log.
+const MAX_NODE_ID_LOGGED: usize = 128;
 
 /// Bodies up to this size are read whole before the request is forwarded, so that a node which no
 /// longer holds the tunnel (its agent moved within the last second) hands it on to another node
@@ -149,7 +154,12 @@ impl Outgoing {
 
     /// Method, headers (without the node-to-node ones) and body, to serve it on this node.
     fn into_local(mut self) -> (http::Method, http::HeaderMap, Body) {
-        for name in [&PONTE_CLUSTER_SECRET, &PONTE_FORWARD_TUNNEL, &PONTE_FORWARD_URI] {
+        for name in [
+            &PONTE_CLUSTER_SECRET,
+            &PONTE_FORWARD_TUNNEL,
+            &PONTE_FORWARD_URI,
+            &PONTE_FORWARD_NODE,
+        ] {
             self.headers.remove(name);
         }
         let body = match self.body {
@@ -179,6 +189,9 @@ pub fn prepare(
         PONTE_FORWARD_TUNNEL.clone(),
         HeaderValue::from_str(tunnel.name.as_str()).map_err(|_| bad())?,
     );
+    if let Ok(node) = HeaderValue::from_str(&cluster.node_id) {
+        headers.insert(PONTE_FORWARD_NODE.clone(), node);
+    }
     let mut secret = HeaderValue::from_str(cluster.secret())
         .map_err(|_| ProxyError::Unavailable("cluster.secret is not a valid header value".into()))?;
     secret.set_sensitive(true);
@@ -339,20 +352,47 @@ pub async fn accept(
         .tunnel(&name)
         .cloned()
         .ok_or_else(|| ProxyError::NotFound(format!("no tunnel named `{name}` on this node")))?;
+    // From here on the answer, success or not, goes into this node's access log.
+    let from = ForwardedFrom {
+        node: header(&PONTE_FORWARD_NODE)
+            .filter(|n| n.len() <= MAX_NODE_ID_LOGGED)
+            .unwrap_or_else(|| "unknown".into()),
+        tunnel: tunnel.clone(),
+        path: uri.path().to_owned(),
+    };
+    let mut resp = serve_here(state, &tunnel, req, uri)
+        .await
+        .unwrap_or_else(ProxyError::into_response);
+    resp.extensions_mut().insert(from);
+    Ok(resp)
+}
+
+/// Serve a forwarded request on one of this node's own sessions of `tunnel`.
+async fn serve_here(
+    state: &Arc<RelayState>,
+    tunnel: &Arc<TunnelState>,
+    req: Request<PublicBody>,
+    uri: Uri,
+) -> Result<Response<Body>, ProxyError> {
     let session = tunnel
         .pick_or_wait(PENDING_LOGIN_WAIT)
         .await
         .ok_or(ProxyError::NotHeldHere)?;
     let (mut parts, incoming) = req.into_parts();
-    for name in [&PONTE_CLUSTER_SECRET, &PONTE_FORWARD_TUNNEL, &PONTE_FORWARD_URI] {
+    for name in [
+        &PONTE_CLUSTER_SECRET,
+        &PONTE_FORWARD_TUNNEL,
+        &PONTE_FORWARD_URI,
+        &PONTE_FORWARD_NODE,
+    ] {
         parts.headers.remove(name);
     }
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
-    let limit = proxy::live_body_limit(state, &tunnel);
+    let limit = proxy::live_body_limit(state, tunnel);
     proxy::live_prepared(
         state,
-        &tunnel,
+        tunnel,
         session,
         parts.method,
         uri,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::access::Exchange;
+use super::access::{Exchange, ForwardedFrom};
 use super::console::RelayBackend;
 use super::error::ProxyError;
 use super::metrics::Limit;
@@ -35,7 +35,14 @@ pub async fn handle(state: Arc<RelayState>, conn: ConnInfo, req: Request<Incomin
     let exchange = Exchange::begin(&req, conn.peer);
     let (resp, reached) = answer(&state, conn, request::public(req, Some(exchange.bytes_in()))).await;
     match reached {
-        Reached::Internal => resp,
+        // Logged here, counted by the node the sender reached (see `access`).
+        Reached::Internal => match resp.extensions().get::<ForwardedFrom>() {
+            Some(from) => {
+                let tunnel = from.tunnel.clone();
+                exchange.finish(resp, Some(tunnel), state.config.access_log, None)
+            }
+            None => resp,
+        },
         Reached::Tunnel(t) => exchange.finish(resp, Some(t), state.config.access_log, state.metrics.clone()),
         Reached::Nothing => exchange.finish(resp, None, state.config.access_log, state.metrics.clone()),
     }
