@@ -33,6 +33,7 @@ mod lease;
 pub mod metrics;
 mod monitor;
 mod proxy;
+mod proxy_protocol;
 mod queue;
 mod rate;
 mod registry;

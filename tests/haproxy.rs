@@ -82,6 +82,9 @@ async fn demo_metric(metrics_port: u16, metric: &str) -> f64 {
     support::prometheus::sample(&scrape, metric, &[("tunnel", "demo")])
 }
 
+/// Failed logins a node takes from one address per minute in this test.
+const LOGIN_BUDGET: u32 = 3;
+
 /// POST a webhook through HAProxy on a connection of its own (so HAProxy balances each one).
 async fn webhook(certs: &Certs, front: u16, i: usize) -> StatusCode {
     let c = client(Some(certs), false);
@@ -148,7 +151,7 @@ async fn webhooks_through_haproxy_reach_the_agent_and_continue_when_its_node_sto
         let port = listener.local_addr().expect("addr").port();
         let metrics = free_port();
         let extra = format!(
-            "store: \"{store}\"\nmetrics_listen: 127.0.0.1:{metrics}\ncluster:\n  node_id: {id}\n  advertise: https://127.0.0.1:{port}\n  secret: {SECRET}\n  ca_file: {}\n",
+            "store: \"{store}\"\nmetrics_listen: 127.0.0.1:{metrics}\nproxy_protocol: [127.0.0.1]\nlimits:\n  max_failed_logins_per_minute: {LOGIN_BUDGET}\ncluster:\n  node_id: {id}\n  advertise: https://127.0.0.1:{port}\n  secret: {SECRET}\n  ca_file: {}\n",
             certs.ca.display()
         );
         let node = start_relay_on(listener, &relay_yaml(Some(&certs), &extra, ""));
@@ -227,6 +230,68 @@ async fn webhooks_through_haproxy_reach_the_agent_and_continue_when_its_node_sto
         forwarded > 0.0,
         "the node without the agent passed webhooks on to the one with it"
     );
+
+    // The PROXY protocol: the nodes see each client's own address behind HAProxy. A webhook from
+    // 127.0.0.2 reaches the upstream with that address in `X-Forwarded-For` (without the header
+    // the nodes would see HAProxy's 127.0.0.1).
+    let front_addr: std::net::SocketAddr = format!("127.0.0.1:{front}").parse().expect("addr");
+    let reply = raw_exchange_at(
+        front_addr,
+        [127, 0, 0, 2].into(),
+        &certs,
+        b"POST /t/demo/who HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+        WAIT,
+    )
+    .await;
+    assert_eq!(status_line(&reply), "HTTP/1.1 201 Created", "{reply}");
+    let who = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.path == "/who")
+        .cloned()
+        .expect("the webhook from 127.0.0.2 reached the upstream");
+    assert_eq!(who.header("x-forwarded-for"), "127.0.0.2");
+    // A client guessing tokens through HAProxy (from 127.0.0.3) is throttled on both nodes, and
+    // only it: the agent's own login through the same HAProxy still succeeds.
+    let login = |token: &str| {
+        format!(
+            "GET /_ponte/v1/connect HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: ponte-h2\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+    };
+    let mut throttled = 0;
+    for _ in 0..(2 * LOGIN_BUDGET + 4) {
+        let reply = raw_exchange_at(
+            front_addr,
+            [127, 0, 0, 3].into(),
+            &certs,
+            login("wrong-token-0123456789abcdef").as_bytes(),
+            Duration::from_millis(500),
+        )
+        .await;
+        if status_line(&reply).starts_with("HTTP/1.1 429") {
+            throttled += 1;
+        }
+    }
+    assert!(
+        throttled >= 2,
+        "the guessing client was throttled ({throttled} answers 429)"
+    );
+    for _ in 0..4 {
+        let reply = raw_exchange_at(
+            front_addr,
+            [127, 0, 0, 1].into(),
+            &certs,
+            login(TOKEN).as_bytes(),
+            Duration::from_millis(500),
+        )
+        .await;
+        assert_eq!(
+            status_line(&reply),
+            "HTTP/1.1 101 Switching Protocols",
+            "a login from another address through the same HAProxy: {reply}"
+        );
+    }
 
     // PostgreSQL down: both nodes' /ready say `503 store unavailable`, which the example's
     // health check does not count as down (it looks for `draining`), so HAProxy keeps both nodes

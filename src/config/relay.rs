@@ -58,6 +58,11 @@ pub struct RelayConfig {
     /// Trust `X-Forwarded-*` from the peer (set when a proxy you run sits in front).
     #[serde(default)]
     pub trust_forwarded_headers: bool,
+    /// Addresses (or networks) of TCP load balancers that put a PROXY protocol header (HAProxy
+    /// `send-proxy-v2`) before each connection: from them the header gives the client's address,
+    /// for the per-address budgets and the access log. Read only from these.
+    #[serde(default, deserialize_with = "networks")]
+    pub proxy_protocol: Vec<ipnet::IpNet>,
     /// One INFO line per public request under the `ponte::access` log target.
     #[serde(default = "default_true")]
     pub access_log: bool,
@@ -97,6 +102,27 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
             format!("`{s}` is not an address to listen on; write it like 0.0.0.0:443 or 127.0.0.1:8080")
         })
     })
+}
+
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Ok(Vec::<Network>::deserialize(d)?.into_iter().map(|n| n.0).collect())
+}
+
+/// An address (`10.0.0.4`, one host) or a network (`10.0.0.0/24`).
+struct Network(ipnet::IpNet);
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_scalar(d, |s| {
+            let s = s.trim();
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(Network)
+                .map_err(|_| {
+                    format!("`{s}` is not an address or network: write the load balancer's address, e.g. 10.0.0.4 or 10.0.0.0/24")
+                })
+        })
+    }
 }
 
 fn opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {

@@ -26,7 +26,7 @@ use self::resets::{ConnResets, ResetBudgets};
 use super::error::ProxyError;
 use super::slots::{ConnSlot, Slots};
 use super::state::{ConnInfo, RelayState};
-use super::{request, service};
+use super::{proxy_protocol, request, service};
 use crate::body::{self, GuardedBody};
 use crate::config::relay::Limits;
 use crate::protocol::CONNECT_PATH;
@@ -90,14 +90,6 @@ pub async fn run(
                 }
             },
         };
-        if guards.resets.address_blocked(peer.ip()) {
-            if guards.should_warn() {
-                tracing::warn!(%peer, "refusing connections from an address that cancelled too many requests (limits.max_resets_per_address); repeats are logged at debug level for 10 s");
-            } else {
-                tracing::debug!(%peer, "refusing a connection: address over its reset budget");
-            }
-            continue;
-        }
         let Some(slot) = guards.slots.acquire() else {
             if guards.should_warn() {
                 tracing::warn!(%peer, max = limits.max_connections, "connection limit reached; refusing (limits.max_connections); repeats are logged at debug level for 10 s");
@@ -109,23 +101,28 @@ pub async fn run(
             }
             continue;
         };
-        let conn = Conn {
-            peer,
-            slot,
-            resets: guards.resets.connection(peer.ip()),
-            state: state.clone(),
-            shutdown: shutdown.clone(),
-        };
-        let open = state.metrics.as_ref().map(|m| m.connection_opened());
-        let tls = tls.clone();
-        let span = tracing::debug_span!("conn", %peer);
-        tracker.spawn(
-            async move {
-                let _open = open;
-                conn.serve(stream, tls).await;
+        let (state, guards, shutdown, tls) = (state.clone(), guards.clone(), shutdown.clone(), tls.clone());
+        tracker.spawn(async move {
+            let Some((stream, peer)) = client_of(stream, peer, &state).await else { return };
+            if guards.resets.address_blocked(peer.ip()) {
+                if guards.should_warn() {
+                    tracing::warn!(%peer, "refusing connections from an address that cancelled too many requests (limits.max_resets_per_address); repeats are logged at debug level for 10 s");
+                } else {
+                    tracing::debug!(%peer, "refusing a connection: address over its reset budget");
+                }
+                return;
             }
-            .instrument(span),
-        );
+            let conn = Conn {
+                peer,
+                slot,
+                resets: guards.resets.connection(peer.ip()),
+                state: state.clone(),
+                shutdown,
+            };
+            let _open = state.metrics.as_ref().map(|m| m.connection_opened());
+            let span = tracing::debug_span!("conn", %peer);
+            conn.serve(stream, tls).instrument(span).await;
+        });
     }
     drop(listener);
     tracker.close();
@@ -137,6 +134,26 @@ pub async fn run(
     state.registry.close_all();
     tracing::info!("relay stopped");
     Ok(())
+}
+
+/// The connection and its client's address: from a `proxy_protocol:` load balancer, the one in
+/// its PROXY header (`None`: the header was malformed or late, and the connection is dropped).
+async fn client_of(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: &RelayState,
+) -> Option<(TcpStream, SocketAddr)> {
+    let from = &state.config.proxy_protocol;
+    if !proxy_protocol::trusted(peer.ip(), from) {
+        return Some((stream, peer));
+    }
+    match proxy_protocol::read(&mut stream, state.config.limits.header_read_timeout).await {
+        Ok(client) => Some((stream, client.unwrap_or(peer))),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "closing a connection from a proxy_protocol load balancer; set `send-proxy-v2` on its server lines");
+            None
+        }
+    }
 }
 
 /// One client connection.
