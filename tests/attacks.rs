@@ -14,7 +14,7 @@
 //! | HPACK bomb, oversized header lists | `hpack_bomb_and_oversized_headers_are_refused` |
 //! | SETTINGS and PING floods | `settings_and_ping_floods_leave_memory_flat` |
 //! | request smuggling over HTTP/1.1 (CL+TE, TE variants, duplicate CL) | `request_smuggling_is_refused` |
-//! | Host confusion (two Hosts, absolute-form, `:authority` vs `host`), CONNECT | `host_confusion_is_refused` |
+//! | Host confusion (two Hosts, absolute-form, `:authority` vs `host`), CONNECT (and HTTP/2 extended CONNECT) | `host_confusion_is_refused` |
 //! | path tricks (`..`, `%2e%2e`, `//`) | `path_tricks_stay_inside_their_tunnel` |
 //! | header and body limits | `header_and_body_limits_hold` |
 //! | slowloris over HTTP/1.1 and HTTP/2, stalled TLS and bodies | `slow_clients_are_cut_off_at_their_limits` |
@@ -755,6 +755,13 @@ async fn host_confusion_is_refused() {
         .unwrap();
     let (status, _) = h2raw::h2_exchange(&mut h2, req, b"").await.unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // HTTP/2 extended CONNECT (RFC 8441): the relay announces it for other relay nodes' websockets
+    // (to the cluster endpoint only); a CONNECT to a tunnel is still 405.
+    let mut req = Request::connect(t.url("/t/demo/connect")).body(()).unwrap();
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (status, _) = h2raw::h2_exchange(&mut h2, req, b"").await.unwrap();
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     // Only the well-formed request reached the upstream.
     let seen: Vec<String> = t
         .paths

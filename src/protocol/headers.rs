@@ -56,6 +56,15 @@ pub fn is_upgrade_to<B>(req: &http::Request<B>, protocol: &str) -> bool {
         && has_token(req.headers(), header::UPGRADE, protocol)
 }
 
+/// Is `req` an HTTP/2 extended CONNECT (RFC 8441) for `protocol`?
+pub fn is_extended_connect<B>(req: &http::Request<B>, protocol: &str) -> bool {
+    req.method() == http::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str() == protocol)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

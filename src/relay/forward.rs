@@ -16,7 +16,7 @@ use super::access::{Forwarded, ForwardedFrom};
 use super::bearer::{self, Refused};
 use super::error::ProxyError;
 use super::metrics::LoginRefusal;
-use super::proxy;
+use super::proxy::{self, Switch};
 use super::registry::TunnelState;
 use super::request::PublicBody;
 use super::state::{ConnInfo, RelayState};
@@ -28,7 +28,7 @@ use crate::config::relay::TunnelName;
 use crate::protocol::cluster::{
     FORWARD_PATH, PONTE_CLUSTER_SECRET, PONTE_FORWARD_NODE, PONTE_FORWARD_TUNNEL, PONTE_FORWARD_URI,
 };
-use crate::protocol::headers::remove_hop_by_hop;
+use crate::protocol::headers::{is_extended_connect, remove_hop_by_hop};
 
 /// How long the receiving node waits for an agent login in progress (as for its own requests).
 const PENDING_LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -92,6 +92,49 @@ pub async fn to_peer(
     }
 }
 
+/// A websocket for a tunnel whose agents are on other nodes: an extended CONNECT to the first
+/// holder that takes it (one that no longer holds the tunnel passes it on, as for any request),
+/// `101` to the sender once the agent's upstream accepted, then bytes copied both ways.
+pub async fn websocket_to_peer(
+    state: &Arc<RelayState>,
+    cluster: &Cluster,
+    tunnel: &Arc<TunnelState>,
+    holders: &[Holder],
+    mut req: Request<PublicBody>,
+    target: Target,
+) -> Result<Response<Body>, ProxyError> {
+    let public = hyper::upgrade::on(&mut req);
+    let (parts, _) = req.into_parts();
+    let uri = target.uri()?.to_string();
+    let headers = target.headers(state, parts.headers);
+    let mut out = prepare(
+        cluster,
+        tunnel,
+        http::Method::CONNECT,
+        &uri,
+        headers,
+        OutBody::Kept(bytes::Bytes::new()),
+    )?;
+    out.protocol = Some(hyper::ext::Protocol::from_static("websocket"));
+    let resp = match send(state, cluster, tunnel, holders, &mut out, &mut Vec::new()).await {
+        Ok(resp) => resp,
+        Err(Unanswered::Timeout) => return Err(ProxyError::Timeout),
+        Err(Unanswered::NotSent) => return Err(ProxyError::AgentOffline),
+        Err(Unanswered::Failed(why)) => return Err(ProxyError::AgentFailed(why)),
+        Err(Unanswered::Refused(why)) => return Err(ProxyError::Unavailable(why)),
+    };
+    if resp.status() != http::StatusCode::OK {
+        // The upstream declined the upgrade (or the node failed to reach its agent): its answer.
+        return Ok(resp);
+    }
+    let node = resp.extensions().get::<Forwarded>().cloned();
+    let mut switched = proxy::switched(state, public, resp, (), target.conn.peer, Switch::Upgrade);
+    if let Some(node) = node {
+        switched.extensions_mut().insert(node);
+    }
+    Ok(switched)
+}
+
 /// Why no node answered a forwarded request.
 pub enum Unanswered {
     /// No node took the request: none could be reached, or those reached no longer hold the
@@ -112,6 +155,8 @@ pub struct Outgoing {
     method: http::Method,
     headers: http::HeaderMap,
     body: OutBody,
+    /// `websocket` for an extended CONNECT.
+    protocol: Option<hyper::ext::Protocol>,
 }
 
 /// The body of an [`Outgoing`] request.
@@ -134,6 +179,9 @@ impl Outgoing {
         *out.uri_mut() = uri;
         *out.version_mut() = Version::HTTP_2;
         *out.headers_mut() = self.headers.clone();
+        if let Some(protocol) = &self.protocol {
+            out.extensions_mut().insert(protocol.clone());
+        }
         Some(out)
     }
 
@@ -200,6 +248,7 @@ pub fn prepare(
         method,
         headers,
         body,
+        protocol: None,
     })
 }
 
@@ -360,7 +409,7 @@ pub async fn accept(
         tunnel: tunnel.clone(),
         path: uri.path().to_owned(),
     };
-    let mut resp = serve_here(state, &tunnel, req, uri)
+    let mut resp = serve_here(state, &tunnel, req, uri, conn.peer)
         .await
         .unwrap_or_else(ProxyError::into_response);
     resp.extensions_mut().insert(from);
@@ -373,11 +422,15 @@ async fn serve_here(
     tunnel: &Arc<TunnelState>,
     req: Request<PublicBody>,
     uri: Uri,
+    peer: std::net::SocketAddr,
 ) -> Result<Response<Body>, ProxyError> {
     let session = tunnel
         .pick_or_wait(PENDING_LOGIN_WAIT)
         .await
         .ok_or(ProxyError::NotHeldHere)?;
+    let websocket = is_extended_connect(&req, "websocket");
+    let mut req = req;
+    let public = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
     for name in [
         &PONTE_CLUSTER_SECRET,
@@ -389,6 +442,19 @@ async fn serve_here(
     }
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
+    if let Some(public) = public {
+        return proxy::websocket_prepared(
+            state,
+            tunnel,
+            session,
+            public,
+            uri,
+            parts.headers,
+            peer,
+            Switch::ConnectOk,
+        )
+        .await;
+    }
     let limit = proxy::live_body_limit(state, tunnel);
     proxy::live_prepared(
         state,

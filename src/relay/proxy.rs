@@ -125,13 +125,52 @@ pub async fn websocket(
     mut req: Request<PublicBody>,
     target: Target,
 ) -> Result<Response<Body>, ProxyError> {
-    let public_upgrade = hyper::upgrade::on(&mut req);
+    let public = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
+    let uri = target.uri()?;
+    let headers = target.headers(state, parts.headers);
+    let peer = target.conn.peer;
+    websocket_prepared(
+        state,
+        tunnel,
+        session,
+        public,
+        uri,
+        headers,
+        peer,
+        Switch::Upgrade,
+    )
+    .await
+}
+
+/// How the sender of a websocket is told it was accepted.
+#[derive(Debug, Clone, Copy)]
+pub enum Switch {
+    /// HTTP/1.1 `101 Switching Protocols` (a public sender).
+    Upgrade,
+    /// HTTP/2 `200` to an extended CONNECT, the headers as the agent gave them (another relay
+    /// node, which makes the `101` for its sender).
+    ConnectOk,
+}
+
+/// [`websocket`] with the stream URI and headers already built (by this node, or by the node
+/// that passed the websocket here).
+#[allow(clippy::too_many_arguments)]
+pub async fn websocket_prepared(
+    state: &Arc<RelayState>,
+    tunnel: &Arc<TunnelState>,
+    session: Arc<Session>,
+    public: hyper::upgrade::OnUpgrade,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    peer: std::net::SocketAddr,
+    switch: Switch,
+) -> Result<Response<Body>, ProxyError> {
     let mut out = Request::new(body::empty());
     *out.method_mut() = Method::CONNECT;
-    *out.uri_mut() = target.uri()?;
+    *out.uri_mut() = uri;
     *out.version_mut() = Version::HTTP_2;
-    *out.headers_mut() = target.headers(state, parts.headers);
+    *out.headers_mut() = headers;
     out.extensions_mut()
         .insert(hyper::ext::Protocol::from_static("websocket"));
 
@@ -146,17 +185,33 @@ pub async fn websocket(
         restore_upstream_status(&mut resp);
         return Ok(relay_response(resp, permit));
     }
-    let agent_upgrade = hyper::upgrade::on(&mut resp);
-    let peer = target.conn.peer;
+    Ok(switched(state, public, resp, permit, peer, switch))
+}
+
+/// The other side (agent or relay node) accepted a websocket with `resp` (`200` to an extended
+/// CONNECT): copy bytes between it and the sender's upgraded connection once both are ready,
+/// holding `hold` (the stream's permit) meanwhile, and answer the sender as `switch` says.
+pub fn switched<B, H>(
+    state: &RelayState,
+    public: hyper::upgrade::OnUpgrade,
+    mut resp: Response<B>,
+    hold: H,
+    peer: std::net::SocketAddr,
+    switch: Switch,
+) -> Response<Body>
+where
+    H: Send + 'static,
+{
+    let other = hyper::upgrade::on(&mut resp);
     // The upgraded public connection leaves the accept loop's count; count it while it lives.
     let open = state.metrics.as_ref().map(|m| m.connection_opened());
     tokio::spawn(async move {
-        let (_permit, _open) = (permit, open);
-        match tokio::try_join!(public_upgrade, agent_upgrade) {
-            Ok((public, agent)) => {
+        let (_hold, _open) = (hold, open);
+        match tokio::try_join!(public, other) {
+            Ok((public, other)) => {
                 let mut public = TokioIo::new(public);
-                let mut agent = TokioIo::new(agent);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut public, &mut agent).await {
+                let mut other = TokioIo::new(other);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut public, &mut other).await {
                     tracing::debug!(%peer, error = %e, "websocket ended");
                 }
             }
@@ -167,13 +222,18 @@ pub async fn websocket(
     remove_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
     let mut out = Response::new(body::empty());
-    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = headers;
-    out.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    out.headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    Ok(out)
+    match switch {
+        Switch::Upgrade => {
+            *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            out.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            out.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        Switch::ConnectOk => *out.status_mut() = StatusCode::OK,
+    }
+    out
 }
 
 /// The status the upstream gave a websocket upgrade it declined, as the agent carried it in

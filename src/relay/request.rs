@@ -67,7 +67,12 @@ pub struct Authority {
 /// Find the one authority of a request. HTTP/1.1 needs exactly one `Host` (RFC 9112 §3.2); an
 /// absolute-form target must agree with it; an HTTP/2 `:authority` must agree with any `host`.
 pub fn authority<B>(req: &Request<B>) -> Result<Authority, ProxyError> {
-    if req.method() == Method::CONNECT {
+    // CONNECT would make the relay a proxy to anywhere. The one exception is another relay
+    // node's websocket for a tunnel held here (an extended CONNECT to the forwarding endpoint,
+    // which checks the cluster secret before anything else).
+    let forwarded_websocket = req.uri().path() == crate::protocol::cluster::FORWARD_PATH
+        && crate::protocol::headers::is_extended_connect(req, "websocket");
+    if req.method() == Method::CONNECT && !forwarded_websocket {
         return Err(ProxyError::MethodNotAllowed);
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();

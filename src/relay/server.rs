@@ -250,6 +250,9 @@ impl Conn {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
+                // Other relay nodes pass websockets on as extended CONNECT (RFC 8441);
+                // `request::authority` refuses CONNECT anywhere else.
+                .enable_connect_protocol()
                 .max_concurrent_streams(PUBLIC_MAX_STREAMS)
                 .max_header_list_size(
                     (limits

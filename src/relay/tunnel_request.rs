@@ -50,6 +50,12 @@ pub async fn handle(
             Box::pin(proxy::websocket(state, tunnel, session, req, target)).await
         }
         Delivery::Live(session) => proxy::live(state, tunnel, session, req, target, limit).await,
+        Delivery::Forward(cluster, holders) if request::is_websocket_upgrade(&req) => {
+            Box::pin(forward::websocket_to_peer(
+                state, &cluster, tunnel, &holders, req, target,
+            ))
+            .await
+        }
         Delivery::Forward(cluster, holders) => {
             Box::pin(forward::to_peer(
                 state, &cluster, tunnel, &holders, req, target, limit,
@@ -114,7 +120,7 @@ async fn choose(
             (Decision::Queue, None)
                 if decide(&tunnel.config, queue, req, true) == Decision::LiveOrQueue
                     && let Some(Delivery::Forward(cluster, holders)) =
-                        Box::pin(elsewhere(state, tunnel, req)).await.ok() =>
+                        Box::pin(elsewhere(state, tunnel)).await.ok() =>
             {
                 return Ok(Delivery::ForwardOrQueue(queue.clone(), cluster, holders));
             }
@@ -126,25 +132,17 @@ async fn choose(
         None => match tunnel.pick_or_wait(PENDING_LOGIN_WAIT).await {
             Some(s) => s,
             // Boxed, as the other rare paths (see `handle`): a database lookup.
-            None => return Box::pin(elsewhere(state, tunnel, req)).await,
+            None => return Box::pin(elsewhere(state, tunnel)).await,
         },
     };
     Ok(Delivery::Live(session))
 }
 
-/// No session of the tunnel on this node: another node of the cluster may hold one. Websocket
-/// upgrades are not passed between nodes.
-async fn elsewhere(
-    state: &RelayState,
-    tunnel: &TunnelState,
-    req: &Request<PublicBody>,
-) -> Result<Delivery, ProxyError> {
+/// No session of the tunnel on this node: another node of the cluster may hold one.
+async fn elsewhere(state: &RelayState, tunnel: &TunnelState) -> Result<Delivery, ProxyError> {
     let Some(cluster) = &state.cluster else {
         return Err(ProxyError::AgentOffline);
     };
-    if request::is_websocket_upgrade(req) {
-        return Err(ProxyError::AgentOffline);
-    }
     let holders = cluster.holders(tunnel.name.as_str()).await;
     if holders.is_empty() {
         return Err(ProxyError::AgentOffline);
