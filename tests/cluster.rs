@@ -780,29 +780,10 @@ async fn a_node_that_never_answers_costs_one_connect_timeout_then_is_skipped() {
 /// comes back with the upstream's answer.
 #[tokio::test]
 async fn a_websocket_through_a_node_without_the_agent_reaches_it() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let Some(cluster) = pg::shared() else { return };
     let certs = Certs::new();
     let store = cluster.database("");
-    // A websocket echo upstream; a plain GET (no upgrade) gets 404.
-    let ws_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_addr = ws_listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = ws_listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        let _ = ws.send(msg).await;
-                    }
-                }
-            });
-        }
-    });
+    let ws_addr = websocket_echo_upstream().await;
     let a = start_node(&certs, &store, "a", "").await;
     let b = start_node(&certs, &store, "b", "").await;
     let mut agent = start_agent(&agent_yaml(
@@ -819,29 +800,7 @@ async fn a_websocket_through_a_node_without_the_agent_reaches_it() {
         (r.status != StatusCode::SERVICE_UNAVAILABLE).then_some(())
     })
     .await;
-
-    let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(certs.client_tls(&[b"http/1.1"])));
-    let stream = tls.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
-    let url = format!("wss://localhost:{}/t/demo/ws", b.addr.port());
-    let (mut ws, resp) = within(
-        "websocket handshake through node B",
-        tokio_tungstenite::client_async(url, stream),
-    )
-    .await
-    .expect("the websocket handshake through node B");
-    assert_eq!(resp.status(), 101);
-    for i in 0..5 {
-        ws.send(Message::text(format!("olá {i}"))).await.unwrap();
-        let got = within("echo", ws.next()).await.unwrap().unwrap();
-        assert_eq!(got.into_text().unwrap().as_str(), format!("olá {i}"));
-    }
-    ws.send(Message::binary(vec![0u8, 255, 1, 254])).await.unwrap();
-    let got = within("binary echo", ws.next()).await.unwrap().unwrap();
-    assert_eq!(got.into_data().as_ref(), &[0u8, 255, 1, 254]);
-    ws.close(None).await.unwrap();
-    while let Some(Ok(_)) = within("close", ws.next()).await {}
-    drop(ws);
+    websocket_echoes_through(b.addr, &certs).await;
     agent.stop().await;
     a.stop().await;
     b.stop().await;

@@ -432,27 +432,8 @@ async fn agent_reaches_the_relay_through_an_http_connect_proxy() {
 
 #[tokio::test]
 async fn websocket_echo_through_the_tunnel() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let certs = Certs::new();
-    // A websocket echo upstream.
-    let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_addr = ws_listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = ws_listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        let _ = ws.send(msg).await;
-                    }
-                }
-            });
-        }
-    });
+    let ws_addr = websocket_echo_upstream().await;
     let relay = start_relay(&relay_yaml(Some(&certs), "", "")).await;
     let mut agent = start_agent(&agent_yaml(
         &relay.url(true),
@@ -460,30 +441,7 @@ async fn websocket_echo_through_the_tunnel() {
         &format!("ingress:\n  - upstream: http://{ws_addr}\n"),
     ));
     agent.connected().await;
-
-    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(certs.client_tls(&[b"http/1.1"])));
-    let stream = tls.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
-    let url = format!("wss://localhost:{}/t/demo/ws", relay.addr.port());
-    let (mut ws, resp) = within(
-        "websocket handshake",
-        tokio_tungstenite::client_async(url, stream),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), 101);
-    for i in 0..5 {
-        ws.send(Message::text(format!("olá {i}"))).await.unwrap();
-        let got = within("echo", ws.next()).await.unwrap().unwrap();
-        assert_eq!(got.into_text().unwrap().as_str(), format!("olá {i}"));
-    }
-    ws.send(Message::binary(vec![0u8, 255, 1, 254])).await.unwrap();
-    let got = within("binary echo", ws.next()).await.unwrap().unwrap();
-    assert_eq!(got.into_data().as_ref(), &[0u8, 255, 1, 254]);
-    ws.close(None).await.unwrap();
-    // The close handshake completes and the stream ends on both sides.
-    while let Some(Ok(_)) = within("close", ws.next()).await {}
-    drop(ws);
+    websocket_echoes_through(relay.addr, &certs).await;
     agent.stop().await;
     relay.stop().await;
 }

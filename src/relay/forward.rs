@@ -202,14 +202,7 @@ impl Outgoing {
 
     /// Method, headers (without the node-to-node ones) and body, to serve it on this node.
     fn into_local(mut self) -> (http::Method, http::HeaderMap, Body) {
-        for name in [
-            &PONTE_CLUSTER_SECRET,
-            &PONTE_FORWARD_TUNNEL,
-            &PONTE_FORWARD_URI,
-            &PONTE_FORWARD_NODE,
-        ] {
-            self.headers.remove(name);
-        }
+        remove_node_headers(&mut self.headers);
         let body = match self.body {
             OutBody::Kept(bytes) => body::full(bytes),
             OutBody::Once(body) => body.unwrap_or_else(body::empty),
@@ -319,6 +312,18 @@ pub async fn send(
         }
     }
     Err(Unanswered::NotSent)
+}
+
+/// Drop the node-to-node headers: they are not the upstream's business.
+fn remove_node_headers(headers: &mut http::HeaderMap) {
+    for name in [
+        &PONTE_CLUSTER_SECRET,
+        &PONTE_FORWARD_TUNNEL,
+        &PONTE_FORWARD_URI,
+        &PONTE_FORWARD_NODE,
+    ] {
+        headers.remove(name);
+    }
 }
 
 /// Did the node refuse the request itself (the cluster secret, its login budget, no cluster or no
@@ -432,14 +437,7 @@ async fn serve_here(
     let mut req = req;
     let public = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
-    for name in [
-        &PONTE_CLUSTER_SECRET,
-        &PONTE_FORWARD_TUNNEL,
-        &PONTE_FORWARD_URI,
-        &PONTE_FORWARD_NODE,
-    ] {
-        parts.headers.remove(name);
-    }
+    remove_node_headers(&mut parts.headers);
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
     if let Some(public) = public {

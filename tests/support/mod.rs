@@ -566,3 +566,65 @@ where
     })
     .await
 }
+
+/// A websocket echo upstream (text and binary messages sent back as they came).
+pub async fn websocket_echo_upstream() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        let _ = ws.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Open a websocket over TLS to the relay at `relay` for `/t/demo/ws` (an echo upstream behind
+/// the tunnel), check that text and binary messages come back, and close it cleanly.
+pub async fn websocket_echoes_through(relay: SocketAddr, certs: &Certs) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tcp = tokio::net::TcpStream::connect(relay).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(certs.client_tls(&[b"http/1.1"])));
+    let stream = tls
+        .connect("localhost".try_into().expect("name"), tcp)
+        .await
+        .expect("tls");
+    let url = format!("wss://localhost:{}/t/demo/ws", relay.port());
+    let (mut ws, resp) = within(
+        "websocket handshake",
+        tokio_tungstenite::client_async(url, stream),
+    )
+    .await
+    .expect("the websocket handshake");
+    assert_eq!(resp.status(), 101);
+    for i in 0..5 {
+        ws.send(Message::text(format!("olá {i}"))).await.expect("send");
+        let got = within("echo", ws.next())
+            .await
+            .expect("a message")
+            .expect("a frame");
+        assert_eq!(got.into_text().expect("text").as_str(), format!("olá {i}"));
+    }
+    ws.send(Message::binary(vec![0u8, 255, 1, 254]))
+        .await
+        .expect("send");
+    let got = within("binary echo", ws.next())
+        .await
+        .expect("a message")
+        .expect("a frame");
+    assert_eq!(got.into_data().as_ref(), &[0u8, 255, 1, 254]);
+    ws.close(None).await.expect("close");
+    // The close handshake completes and the stream ends on both sides.
+    while let Some(Ok(_)) = within("close", ws.next()).await {}
+}
