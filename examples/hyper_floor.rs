@@ -6,9 +6,12 @@
 //!
 //! ```text
 //! hyper_floor relay PUBLIC_ADDR AGENT_ADDR     # waits for the agent on AGENT_ADDR
+//! hyper_floor relay-h2 PUBLIC_ADDR AGENT_ADDR  # the same with the h2 crate as the HTTP/2 client
 //! hyper_floor agent AGENT_ADDR UPSTREAM_ADDR   # dials the relay, serves its streams
 //! ```
-//! Runs on tokio's multi-thread runtime, as Ponte does.
+//! `relay-h2` drives the agent connection with the h2 crate directly instead of hyper's HTTP/2
+//! client (no dispatch task and channel hop per request); it forwards bodiless requests only,
+//! which is what the floor is measured with. Runs on tokio's multi-thread runtime, as Ponte does.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     };
     match args.first().map(String::as_str) {
         Some("relay") => relay(addr(1)?, addr(2)?).await,
+        Some("relay-h2") => relay_h2(addr(1)?, addr(2)?).await,
         Some("agent") => agent(addr(1)?, addr(2)?).await,
         _ => anyhow::bail!("usage: hyper_floor relay|agent ADDR ADDR"),
     }
@@ -83,6 +87,74 @@ async fn relay(public: SocketAddr, agent_addr: SocketAddr) -> anyhow::Result<()>
                 .await;
         });
     }
+}
+
+/// [`relay`] with the h2 crate as the HTTP/2 client: each public request becomes a stream sent
+/// from the request's own task, and the answer's body is read from the stream as it comes.
+async fn relay_h2(public: SocketAddr, agent_addr: SocketAddr) -> anyhow::Result<()> {
+    let agents = TcpListener::bind(agent_addr).await?;
+    let (agent, _) = agents.accept().await?;
+    agent.set_nodelay(true)?;
+    let (sender, conn) = h2::client::handshake(agent).await?;
+    tokio::spawn(conn);
+    let listener = TcpListener::bind(public).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let sender = sender.clone();
+                async move {
+                    let resp = match h2_exchange(sender, req).await {
+                        Ok(resp) => resp,
+                        Err(_) => Response::builder()
+                            .status(502)
+                            .body(h2_empty())
+                            .unwrap_or_default(),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+type H2Body = BoxBody<Bytes, h2::Error>;
+
+async fn h2_exchange(
+    sender: h2::client::SendRequest<Bytes>,
+    req: Request<Incoming>,
+) -> Result<Response<H2Body>, h2::Error> {
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let out = Request::builder()
+        .method(req.method().clone())
+        .uri(format!("http://agent{path}"))
+        .body(())
+        .unwrap_or_default();
+    let mut sender = sender.ready().await?;
+    let (answer, _) = sender.send_request(out, true)?;
+    let (parts, recv) = answer.await?.into_parts();
+    let frames = futures_util::stream::unfold(recv, |mut recv| async move {
+        let chunk = recv.data().await?;
+        if let Ok(bytes) = &chunk {
+            let _ = recv.flow_control().release_capacity(bytes.len());
+        }
+        Some((chunk.map(hyper::body::Frame::data), recv))
+    });
+    Ok(Response::from_parts(
+        parts,
+        http_body_util::StreamBody::new(frames).boxed(),
+    ))
+}
+
+fn h2_empty() -> H2Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Dial the relay, serve its HTTP/2 streams, and send each to the upstream over pooled
