@@ -56,31 +56,45 @@ async fn relay(public: SocketAddr, agent_addr: SocketAddr) -> anyhow::Result<()>
         .handshake::<_, Incoming>(TokioIo::new(agent))
         .await?;
     tokio::spawn(conn);
+    serve_public(public, move |req: Request<Incoming>| {
+        let mut sender = sender.clone();
+        async move {
+            let (mut parts, body) = req.into_parts();
+            parts.version = http::Version::HTTP_2;
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority("agent")
+                .path_and_query(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+                .build()
+                .unwrap_or_default();
+            parts.headers.remove(http::header::CONNECTION);
+            parts.headers.remove(http::header::HOST);
+            match sender.send_request(Request::from_parts(parts, body)).await {
+                Ok(resp) => resp.map(|b| b.boxed()),
+                Err(_) => Response::builder().status(502).body(empty()).unwrap_or_default(),
+            }
+        }
+    })
+    .await
+}
+
+/// Serve HTTP/1.1 on `public`, each request answered by `handle`.
+async fn serve_public<F, Fut, B>(public: SocketAddr, handle: F) -> anyhow::Result<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind(public).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
-        let sender = sender.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let mut sender = sender.clone();
-                async move {
-                    let (mut parts, body) = req.into_parts();
-                    parts.version = http::Version::HTTP_2;
-                    parts.uri = Uri::builder()
-                        .scheme("http")
-                        .authority("agent")
-                        .path_and_query(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-                        .build()
-                        .unwrap_or_default();
-                    parts.headers.remove(http::header::CONNECTION);
-                    parts.headers.remove(http::header::HOST);
-                    let resp = match sender.send_request(Request::from_parts(parts, body)).await {
-                        Ok(resp) => resp.map(|b| b.boxed()),
-                        Err(_) => Response::builder().status(502).body(empty()).unwrap_or_default(),
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
+            let svc = service_fn(move |req| {
+                let answer = handle(req);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -97,30 +111,19 @@ async fn relay_h2(public: SocketAddr, agent_addr: SocketAddr) -> anyhow::Result<
     agent.set_nodelay(true)?;
     let (sender, conn) = h2::client::handshake(agent).await?;
     tokio::spawn(conn);
-    let listener = TcpListener::bind(public).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+    serve_public(public, move |req: Request<Incoming>| {
         let sender = sender.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let sender = sender.clone();
-                async move {
-                    let resp = match h2_exchange(sender, req).await {
-                        Ok(resp) => resp,
-                        Err(_) => Response::builder()
-                            .status(502)
-                            .body(h2_empty())
-                            .unwrap_or_default(),
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        async move {
+            match h2_exchange(sender, req).await {
+                Ok(resp) => resp,
+                Err(_) => Response::builder()
+                    .status(502)
+                    .body(h2_empty())
+                    .unwrap_or_default(),
+            }
+        }
+    })
+    .await
 }
 
 type H2Body = BoxBody<Bytes, h2::Error>;
