@@ -774,9 +774,9 @@ async fn a_rolling_restart_of_all_three_nodes_loses_no_webhook() {
     assert!(served >= 30, "the direct stream stopped: {served} answered");
     // The agent always keeps one session while the other moves, and a node that was up passes a
     // request on to whichever node holds the agent now (one that lost it answers `not-held-here`
-    // and the request goes to the next). Local runs see no failure at all; one CI run saw 2 of
-    // about 100 (`503 agent-offline`, cause not found yet), so the test allows one in twenty (at
-    // least 3): the race this replaced gave up to 11 locally and 20 in CI.
+    // and the request goes to the next; a node restarted since it was found unreachable is dialed
+    // again at once). Runs still see 0 or 1 failure (cause not found yet), so the test allows one
+    // in twenty (at least 3): the races this replaced gave up to 11 locally and 20 in CI.
     let allowed = 3.max(served / 20);
     assert!(
         failures.len() <= allowed,

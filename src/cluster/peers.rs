@@ -24,7 +24,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// PING interval on an idle node-to-node connection, and how long an answer may take.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// A node that could not be reached is not dialed again for this long: requests skip it at once,
-/// so a node whose host vanished costs one [`CONNECT_TIMEOUT`], not one per request.
+/// so a node whose host vanished costs one [`CONNECT_TIMEOUT`], not one per request. A node that
+/// has restarted since (another `started_at` in its row) is dialed at once.
 pub const SKIP_UNREACHABLE: Duration = Duration::from_secs(2);
 /// At most one error line per this interval about nodes refusing forwarded requests.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -43,8 +44,9 @@ pub enum PeerError {
 pub struct Peers {
     tls: TlsConnector,
     conns: Mutex<HashMap<String, SendRequest<Body>>>,
-    /// Nodes that could not be reached, and until when they are skipped.
-    unreachable: Mutex<HashMap<String, std::time::Instant>>,
+    /// Nodes that could not be reached: until when they are skipped, and which run of the node
+    /// (its `started_at`) that was.
+    unreachable: Mutex<HashMap<String, (std::time::Instant, i64)>>,
     last_warning: Mutex<Option<std::time::Instant>>,
 }
 
@@ -72,27 +74,38 @@ impl Peers {
         }
     }
 
-    /// Send `req` (its URI already pointing at `advertise`) to the node at `advertise`.
-    pub async fn send(&self, advertise: &str, req: Request<Body>) -> Result<Response<Incoming>, PeerError> {
+    /// Send `req` (its URI already pointing at `advertise`) to the node at `advertise`, in its run
+    /// that started at `started_at`.
+    pub async fn send(
+        &self,
+        advertise: &str,
+        started_at: i64,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, PeerError> {
         if let Some(sender) = self.pooled(advertise) {
             // A pooled connection the node is closing (idle timeout, restart) hands the request
             // back: try once more on a fresh connection before giving up on the node.
             match self.try_send(advertise, sender, req).await {
                 Err(PeerError::NotSent(req, why)) => {
                     tracing::debug!(node = %advertise, error = %why, "pooled connection to another relay node is closing; reconnecting");
-                    return self.send_fresh(advertise, *req).await;
+                    return self.send_fresh(advertise, started_at, *req).await;
                 }
                 other => return other,
             }
         }
-        self.send_fresh(advertise, req).await
+        self.send_fresh(advertise, started_at, req).await
     }
 
-    async fn send_fresh(&self, advertise: &str, req: Request<Body>) -> Result<Response<Incoming>, PeerError> {
+    async fn send_fresh(
+        &self,
+        advertise: &str,
+        started_at: i64,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, PeerError> {
         let skipped = {
             let mut unreachable = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
             match unreachable.get(advertise) {
-                Some(until) if *until > std::time::Instant::now() => true,
+                Some((until, run)) if *until > std::time::Instant::now() && *run == started_at => true,
                 Some(_) => {
                     unreachable.remove(advertise);
                     false
@@ -114,7 +127,7 @@ impl Peers {
             Err(e) => {
                 self.unreachable.lock().unwrap_or_else(|p| p.into_inner()).insert(
                     advertise.to_string(),
-                    std::time::Instant::now() + SKIP_UNREACHABLE,
+                    (std::time::Instant::now() + SKIP_UNREACHABLE, started_at),
                 );
                 Err(PeerError::NotSent(Box::new(req), format!("{e:#}")))
             }

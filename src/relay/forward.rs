@@ -247,19 +247,21 @@ pub fn prepare(
 
 /// Send a [`prepare`]d request to the first of `holders` not in `tried` that takes it, starting
 /// at a random one so that several holders share the load; every node sent to is added to
-/// `tried`. A node that no longer holds the tunnel passes it on to the next if the body was kept.
+/// `tried` (as that run of it: a node restarted since counts as another). A node that no longer
+/// holds the tunnel passes it on to the next if the body was kept.
 pub async fn send(
     state: &RelayState,
     cluster: &Cluster,
     tunnel: &TunnelState,
     holders: &[Holder],
     out: &mut Outgoing,
-    tried: &mut Vec<String>,
+    tried: &mut Vec<(String, i64)>,
 ) -> Result<Response<Body>, Unanswered> {
     let start = rand::random::<u32>() as usize % holders.len().max(1);
     let ordered = holders.iter().cycle().skip(start).take(holders.len());
     for holder in ordered {
-        if tried.contains(&holder.node_id) {
+        let run = (holder.node_id.clone(), holder.started_at);
+        if tried.contains(&run) {
             continue;
         }
         let Ok(uri) = format!("{}{FORWARD_PATH}", holder.advertise).parse::<Uri>() else {
@@ -267,10 +269,10 @@ pub async fn send(
             continue;
         };
         let Some(req) = out.request(uri) else { break };
-        tried.push(holder.node_id.clone());
+        tried.push(run);
         let sent = tokio::time::timeout(
             state.config.limits.response_timeout,
-            cluster.peers().send(&holder.advertise, req),
+            cluster.peers().send(&holder.advertise, holder.started_at, req),
         )
         .await;
         match sent {

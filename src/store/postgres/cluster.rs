@@ -22,6 +22,8 @@ pub struct Holder {
     pub node_id: String,
     /// Its `cluster.advertise` URL.
     pub advertise: String,
+    /// When this run of the node started (its own clock, ms): a new value is a restarted node.
+    pub started_at: i64,
 }
 
 /// One node as `ponte status` shows it.
@@ -155,7 +157,7 @@ impl ClusterDb {
     /// The other nodes holding unexpired sessions of `tunnel`.
     pub async fn holders(&self, tunnel: &str, except: &str) -> Result<Vec<Holder>, StoreError> {
         let sql = format!(
-            "SELECT s.node_id, n.advertise FROM tunnel_sessions s JOIN nodes n USING (node_id) \
+            "SELECT s.node_id, n.advertise, n.started_at FROM tunnel_sessions s JOIN nodes n USING (node_id) \
              WHERE s.tunnel = $1 AND s.node_id <> $2 AND s.expires_at > {DB_NOW_MS} ORDER BY s.node_id"
         );
         bounded(async {
@@ -167,6 +169,7 @@ impl ClusterDb {
                 .map(|r| Holder {
                     node_id: r.get(0),
                     advertise: r.get(1),
+                    started_at: r.get(2),
                 })
                 .collect())
         })
