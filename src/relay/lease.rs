@@ -17,19 +17,19 @@ pub(super) const LEASE: Duration = Duration::from_secs(30);
 /// (the database briefly unreachable) is retried twice before a live lease expires.
 pub(super) const RENEW_EVERY: Duration = Duration::from_secs(10);
 
-/// The leases of one worker's running attempts (delivery id to lease token).
+/// The leases of one worker's running attempts, by delivery id.
 #[derive(Debug, Default)]
-pub(super) struct HeldLeases(Mutex<HashMap<String, i64>>);
+pub(super) struct HeldLeases(Mutex<HashMap<String, Lease>>);
 
 impl HeldLeases {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Renew `lease` until the returned guard is dropped (the attempt is about to report, or
     /// it panicked).
     pub(super) fn hold(self: &Arc<Self>, lease: &Lease) -> Holding {
-        self.map().insert(lease.id.clone(), lease.token);
+        self.map().insert(lease.id.clone(), lease.clone());
         Holding {
             held: self.clone(),
             lease: lease.clone(),
@@ -37,17 +37,11 @@ impl HeldLeases {
     }
 
     fn all(&self) -> Vec<Lease> {
-        self.map()
-            .iter()
-            .map(|(id, token)| Lease {
-                id: id.clone(),
-                token: *token,
-            })
-            .collect()
+        self.map().values().cloned().collect()
     }
 
     fn holds(&self, lease: &Lease) -> bool {
-        self.map().get(&lease.id) == Some(&lease.token)
+        self.map().get(&lease.id) == Some(lease)
     }
 }
 
@@ -61,7 +55,7 @@ pub(super) struct Holding {
 impl Drop for Holding {
     fn drop(&mut self) {
         let mut map = self.held.map();
-        if map.get(&self.lease.id) == Some(&self.lease.token) {
+        if map.get(&self.lease.id) == Some(&self.lease) {
             map.remove(&self.lease.id);
         }
     }

@@ -134,14 +134,6 @@ impl PgStore {
         })
     }
 
-    /// The time a test clock gives, for statements that otherwise read the database's `now()`.
-    fn test_now(&self) -> Option<i64> {
-        match &self.shared.time {
-            TimeSource::Database => None,
-            clock => Some(clock.resolve(0)),
-        }
-    }
-
     /// Run `work` in one transaction with its `now`, commit, and return its result. The whole
     /// operation is bounded by [`conn::OP_TIMEOUT`]; a transaction cut short is rolled back.
     async fn in_tx<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -181,7 +173,7 @@ impl Store for PgStore {
         Box::pin(async move {
             let run = async {
                 let client = conn::Exclusive::new(self.shared.pool.get().await.map_err(pool_err)?);
-                ops::claim(client, self.test_now(), &request).await
+                ops::claim(client, self.shared.time.test_now(), &request).await
             };
             conn::bounded(run).await
         })
@@ -192,7 +184,7 @@ impl Store for PgStore {
         Box::pin(async move {
             let run = async {
                 let client = self.shared.pool.get().await.map_err(pool_err)?;
-                ops::finish(&client, self.test_now(), &lease, &report).await
+                ops::finish(&client, self.shared.time.test_now(), &lease, &report).await
             };
             conn::bounded(run).await
         })
@@ -203,7 +195,7 @@ impl Store for PgStore {
         Box::pin(async move {
             let run = async {
                 let client = self.shared.pool.get().await.map_err(pool_err)?;
-                ops::renew(&client, self.test_now(), leases, lease).await
+                ops::renew(&client, self.shared.time.test_now(), leases, lease).await
             };
             conn::bounded(run).await
         })

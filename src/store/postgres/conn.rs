@@ -125,6 +125,15 @@ impl TimeSource {
             TimeSource::Clock(c) => c.now_ms(),
         }
     }
+
+    /// A test clock's time, for statements that otherwise read the database's `now()`; `None`
+    /// with the database's clock.
+    pub(super) fn test_now(&self) -> Option<i64> {
+        match self {
+            TimeSource::Database => None,
+            TimeSource::Clock(c) => Some(c.now_ms()),
+        }
+    }
 }
 
 /// Classify a driver error for callers: a full disk is `Full`, damaged data is `Corrupt`, and

@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
-use super::conn::{DB_NOW_MS, Exclusive, OP_TIMEOUT, TimeSource, db_err, db_now_ms, pool_err};
+use super::conn::{DB_NOW_MS, Exclusive, OP_TIMEOUT, db_err, db_now_ms, pool_err};
 use super::listen::{CHANNEL, NOTIFY, notify};
 use super::ops::{execute, query};
 use super::{Shared, stored_bytes};
@@ -204,10 +204,7 @@ async fn commit_fast(
     for new in news {
         cols.push(new);
     }
-    let now = match &shared.time {
-        TimeSource::Database => None,
-        clock => Some(clock.resolve(0)),
-    };
+    let now = shared.time.test_now();
     let client = Exclusive::new(shared.pool.get().await.map_err(pool_err)?);
     let c = client.get()?;
     let insert = c.prepare_cached(INSERT).await.map_err(db_err)?;
