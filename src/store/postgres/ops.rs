@@ -145,6 +145,13 @@ const RENEW: &str = concat!(
      RETURNING d.id"
 );
 
+/// A lease's length in milliseconds, capped far below overflow when added to a time.
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis())
+        .unwrap_or(i64::MAX / 4)
+        .min(i64::MAX / 4)
+}
+
 /// Renew leases (see [`crate::store::Store::renew`]) in one statement; answers those not held.
 pub(super) async fn renew(
     client: &deadpool_postgres::Object,
@@ -155,9 +162,7 @@ pub(super) async fn renew(
     if leases.is_empty() {
         return Ok(leases);
     }
-    let lease_ms = i64::try_from(lease.as_millis())
-        .unwrap_or(i64::MAX / 4)
-        .min(i64::MAX / 4);
+    let lease_ms = lease_ms(lease);
     let ids: Vec<&str> = leases.iter().map(|l| l.id.as_str()).collect();
     let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
     let stmt = client.prepare_cached(RENEW).await.map_err(db_err)?;
@@ -185,9 +190,7 @@ pub(super) async fn claim(
 ) -> Result<ClaimBatch, StoreError> {
     let c = client.get()?;
     let token: i64 = rand::random();
-    let lease_ms = i64::try_from(req.lease.as_millis())
-        .unwrap_or(i64::MAX / 4)
-        .min(i64::MAX / 4);
+    let lease_ms = lease_ms(req.lease);
     let max = req.max as i64;
     let interrupt = c.prepare_cached(&interrupt_expired_sql()).await.map_err(db_err)?;
     let lease = c.prepare_cached(&lease_sql(req.ordered)).await.map_err(db_err)?;
