@@ -97,7 +97,15 @@ async fn run(s: Settings, full: bool) {
     let sqlite_url = ponte::config::relay::StoreUrl::Sqlite(dir.path().join("store-only.db"));
     let sqlite_alone = store_only("SQLite", &sqlite_url, &body, &s).await;
     let yaml = relay_config(&tls_keys, &format!("sqlite://{}", db.display()));
-    let sqlite = queue_phases("SQLite", &yaml, &ca, &tls, &body, &s, upstream, &delivered).await;
+    let rig = Rig {
+        ca: &ca,
+        tls: &tls,
+        body: &body,
+        s: &s,
+        upstream,
+        delivered: &delivered,
+    };
+    let sqlite = queue_phases("SQLite", &yaml, &rig).await;
 
     // PostgreSQL, the same phases.
     let mut pg_figures = None;
@@ -105,10 +113,10 @@ async fn run(s: Settings, full: bool) {
         let url = ponte::config::relay::StoreUrl::parse(&pg.url()).expect("PostgreSQL URL");
         let alone = store_only("PostgreSQL", &url, &body, &s).await;
         let yaml = relay_config(&tls_keys, &pg.url());
-        let phases = queue_phases("PostgreSQL", &yaml, &ca, &tls, &body, &s, upstream, &delivered).await;
+        let phases = queue_phases("PostgreSQL", &yaml, &rig).await;
         phases.shutdown.cancel();
         // Three nodes on the same database (the one node's backlog is drained by now).
-        let three = three_node_phases(&tls_keys, &pg.url(), &ca, &tls, &body, &s, upstream, &delivered).await;
+        let three = three_node_phases(&tls_keys, &pg.url(), &rig).await;
         pg_figures = Some((alone, phases, three));
     }
 
@@ -179,25 +187,26 @@ struct QueuePhases {
     drained: usize,
 }
 
+/// What every phase of the benchmark shares: the CA and client TLS, the webhook body, the
+/// settings, the upstream and its count of deliveries.
+struct Rig<'a> {
+    ca: &'a std::path::Path,
+    tls: &'a Arc<rustls::ClientConfig>,
+    body: &'a Bytes,
+    s: &'a Settings,
+    upstream: SocketAddr,
+    delivered: &'a AtomicUsize,
+}
+
 /// Through a relay on `cfg`'s store: webhooks accepted with the agent offline (every 202 is a
 /// durable commit), then the drain once the agent connects.
-#[allow(clippy::too_many_arguments)]
-async fn queue_phases(
-    name: &str,
-    cfg: &RelayConfig,
-    ca: &std::path::Path,
-    tls: &Arc<rustls::ClientConfig>,
-    body: &Bytes,
-    s: &Settings,
-    upstream: SocketAddr,
-    delivered: &AtomicUsize,
-) -> QueuePhases {
+async fn queue_phases(name: &str, cfg: &RelayConfig, rig: &Rig<'_>) -> QueuePhases {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let relay = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     tokio::spawn(ponte::relay::serve(listener, cfg.clone(), shutdown.clone()));
-    wait_ready(relay, tls).await;
-    let (queued, drained) = accept_then_drain(name, &[relay], ca, tls, body, s, upstream, delivered).await;
+    wait_ready(relay, rig.tls).await;
+    let (queued, drained) = accept_then_drain(name, &[relay], rig).await;
     QueuePhases {
         relay,
         shutdown,
@@ -209,17 +218,15 @@ async fn queue_phases(
 /// Webhooks accepted with the agent offline, the connections spread over `nodes` (every 202 is a
 /// durable commit), then the drain once an agent holding sessions to them connects: the accepted
 /// load and how many were delivered.
-#[allow(clippy::too_many_arguments)]
-async fn accept_then_drain(
-    name: &str,
-    nodes: &[SocketAddr],
-    ca: &std::path::Path,
-    tls: &Arc<rustls::ClientConfig>,
-    body: &Bytes,
-    s: &Settings,
-    upstream: SocketAddr,
-    delivered: &AtomicUsize,
-) -> (LoadResult, usize) {
+async fn accept_then_drain(name: &str, nodes: &[SocketAddr], rig: &Rig<'_>) -> (LoadResult, usize) {
+    let Rig {
+        ca,
+        tls,
+        body,
+        s,
+        upstream,
+        delivered,
+    } = *rig;
     let queued = load(
         nodes,
         tls,
@@ -258,17 +265,7 @@ const CLUSTER_SECRET: &str = "bench-cluster-secret-0123456789";
 /// Three relay nodes (a cluster on the PostgreSQL store `store`, all in this process): webhooks
 /// accepted with the agent offline, the load spread over the three (every 202 is a durable
 /// commit), then the drain once an agent with two sessions connects. Stops the nodes.
-#[allow(clippy::too_many_arguments)]
-async fn three_node_phases(
-    tls_keys: &str,
-    store: &str,
-    ca: &std::path::Path,
-    tls: &Arc<rustls::ClientConfig>,
-    body: &Bytes,
-    s: &Settings,
-    upstream: SocketAddr,
-    delivered: &AtomicUsize,
-) -> QueuePhases {
+async fn three_node_phases(tls_keys: &str, store: &str, rig: &Rig<'_>) -> QueuePhases {
     let shutdown = CancellationToken::new();
     let mut addrs = Vec::new();
     for id in ["n1", "n2", "n3"] {
@@ -277,26 +274,16 @@ async fn three_node_phases(
         let yaml = format!(
             "listen: 127.0.0.1:0\n{tls_keys}store: \"{store}\"\ncluster:\n  node_id: {id}\n  advertise: https://127.0.0.1:{}\n  secret: {CLUSTER_SECRET}\n  ca_file: {}\ntunnels:\n  queued:\n    token: {QUEUE_TOKEN}\n    delivery: queue\n    queue:\n      concurrency: 32\n",
             addr.port(),
-            ca.display()
+            rig.ca.display()
         );
         let cfg = RelayConfig::from_str_with_env(&yaml, "bench node", &|_| None).expect("node config");
         tokio::spawn(ponte::relay::serve(listener, cfg, shutdown.clone()));
         addrs.push(addr);
     }
     for addr in &addrs {
-        wait_ready(*addr, tls).await;
+        wait_ready(*addr, rig.tls).await;
     }
-    let (queued, drained) = accept_then_drain(
-        "PostgreSQL, three nodes",
-        &addrs,
-        ca,
-        tls,
-        body,
-        s,
-        upstream,
-        delivered,
-    )
-    .await;
+    let (queued, drained) = accept_then_drain("PostgreSQL, three nodes", &addrs, rig).await;
     shutdown.cancel();
     QueuePhases {
         relay: addrs[0],
