@@ -102,6 +102,22 @@ async fn answering_upstream() -> Upstream {
     .await
 }
 
+/// Wait (bounded) until a request to `url` on node B, which has no agent, is answered as `ok`
+/// says: node B has found the node holding the agent.
+async fn until_forwarded(
+    c: &Client,
+    method: &str,
+    url: &str,
+    body: &'static str,
+    ok: impl Fn(StatusCode) -> bool,
+) {
+    eventually("node B to forward to node A", || async {
+        let r = send(c, request(method, url, body)).await;
+        ok(r.status).then_some(())
+    })
+    .await;
+}
+
 /// The metrics token of the nodes that serve metrics.
 const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef";
 
@@ -162,9 +178,8 @@ async fn a_request_to_a_node_without_the_agent_is_answered_through_the_node_with
     agent.connected().await;
     let joined = Instant::now();
     // Node A tells the others at once (not at its next 5 s heartbeat).
-    eventually("node B to forward to node A", || async {
-        let r = send(&c, request("GET", &format!("{}/t/demo/ping", b.url(true)), "")).await;
-        (r.status == StatusCode::CREATED).then_some(())
+    until_forwarded(&c, "GET", &format!("{}/t/demo/ping", b.url(true)), "", |s| {
+        s == StatusCode::CREATED
     })
     .await;
     let learned = joined.elapsed();
@@ -298,9 +313,8 @@ async fn the_forward_endpoint_refuses_a_missing_or_wrong_secret_and_never_forwar
 
     let mut agent = start_agent_to(&a.url(true), &certs, &up.url());
     agent.connected().await;
-    eventually("node B to forward to node A", || async {
-        let r = send(&c, request("GET", &format!("{}/t/demo/x", b.url(true)), "")).await;
-        (r.status == StatusCode::CREATED).then_some(())
+    until_forwarded(&c, "GET", &format!("{}/t/demo/x", b.url(true)), "", |s| {
+        s == StatusCode::CREATED
     })
     .await;
 
@@ -548,9 +562,8 @@ async fn a_killed_node_drops_out_direct_answers_503_and_queued_webhooks_wait_for
     demo_agent.connected().await;
     q_agent.connected().await;
     let c = client(Some(&certs), false);
-    eventually("node B to forward to node A", || async {
-        let r = send(&c, request("POST", &format!("{}/t/demo/live", b.url(true)), "x")).await;
-        (r.status == StatusCode::CREATED).then_some(())
+    until_forwarded(&c, "POST", &format!("{}/t/demo/live", b.url(true)), "x", |s| {
+        s == StatusCode::CREATED
     })
     .await;
     eventually("node A's two entries", || async {
@@ -795,9 +808,8 @@ async fn a_websocket_through_a_node_without_the_agent_reaches_it() {
     let c = client(Some(&certs), false);
     // Node B knows node A holds the tunnel once a plain request is passed there (the echo
     // upstream answers a request without an upgrade with an error of its own: not a 503).
-    eventually("node B to forward to node A", || async {
-        let r = send(&c, request("GET", &format!("{}/t/demo/ws", b.url(true)), "")).await;
-        (r.status != StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    until_forwarded(&c, "GET", &format!("{}/t/demo/ws", b.url(true)), "", |s| {
+        s != StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
     websocket_echoes_through(b.addr, &certs).await;
@@ -825,9 +837,8 @@ async fn a_holder_that_lost_the_agent_passes_the_request_on_to_the_next() {
     let c = client(Some(&certs), true);
     let mut agent = start_agent_to(&a.url(true), &certs, &up.url());
     agent.connected().await;
-    eventually("node B to forward to node A", || async {
-        let r = send(&c, request("GET", &format!("{}/t/demo/x", b.url(true)), "")).await;
-        (r.status == StatusCode::CREATED).then_some(())
+    until_forwarded(&c, "GET", &format!("{}/t/demo/x", b.url(true)), "", |s| {
+        s == StatusCode::CREATED
     })
     .await;
     for n in 1..=3 {
@@ -911,9 +922,8 @@ async fn with_the_database_down_direct_tunnels_work_queues_refuse_and_all_recove
     let mut q_agent = start_agent(&agent_yaml(&a.url(true), Some(&certs), &ingress).replace(TOKEN, Q_TOKEN));
     demo_agent.connected().await;
     q_agent.connected().await;
-    eventually("node B to forward to node A", || async {
-        let r = send(&c, request("POST", &format!("{}/t/demo/x", b.url(true)), "x")).await;
-        (r.status == StatusCode::CREATED).then_some(())
+    until_forwarded(&c, "POST", &format!("{}/t/demo/x", b.url(true)), "x", |s| {
+        s == StatusCode::CREATED
     })
     .await;
     let ready = |node: String| {
