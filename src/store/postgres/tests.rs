@@ -38,6 +38,22 @@ fn delivery(tunnel: &str, n: usize, body_len: usize) -> NewDelivery {
     }
 }
 
+/// Enqueue `n` deliveries of tunnel `demo` with `body_len`-byte bodies, `at_once` at a time.
+async fn enqueue_many(store: &PgStore, n: usize, body_len: usize, at_once: usize) {
+    let mut pending = Vec::new();
+    for i in 0..n {
+        pending.push(store.enqueue(delivery("demo", i, body_len)));
+        if pending.len() == at_once {
+            for r in futures_util::future::join_all(pending.drain(..)).await {
+                r.unwrap();
+            }
+        }
+    }
+    for r in futures_util::future::join_all(pending).await {
+        r.unwrap();
+    }
+}
+
 fn claim_req(tunnel: &str, max: usize) -> ClaimRequest {
     ClaimRequest {
         tunnel: tunnel.into(),
@@ -107,18 +123,7 @@ async fn nodes_claiming_together_never_share_a_delivery() {
     let url = cluster.database("");
     let first = open(&url).await;
     const N: usize = 2000;
-    let mut pending = Vec::new();
-    for n in 0..N {
-        pending.push(first.enqueue(delivery("demo", n, 64)));
-        if pending.len() == 256 {
-            for r in futures_util::future::join_all(pending.drain(..)).await {
-                r.unwrap();
-            }
-        }
-    }
-    for r in futures_util::future::join_all(pending).await {
-        r.unwrap();
-    }
+    enqueue_many(&first, N, 64, 256).await;
     let held: Arc<Mutex<HashSet<String>>> = Arc::default();
     let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut nodes = tokio::task::JoinSet::new();
@@ -666,18 +671,7 @@ async fn thirty_two_slots_drain_a_backlog_delivering_each_once() {
     let store = Arc::new(open(&url).await);
     const N: usize = 3000;
     const SLOTS: usize = 32;
-    let mut pending = Vec::new();
-    for n in 0..N {
-        pending.push(store.enqueue(delivery("demo", n, 1024)));
-        if pending.len() == 512 {
-            for r in futures_util::future::join_all(pending.drain(..)).await {
-                r.unwrap();
-            }
-        }
-    }
-    for r in futures_util::future::join_all(pending).await {
-        r.unwrap();
-    }
+    enqueue_many(&store, N, 1024, 512).await;
     let slots = Arc::new(tokio::sync::Semaphore::new(SLOTS));
     let freed = Arc::new(tokio::sync::Notify::new());
     let delivered = Arc::new(Mutex::new(HashSet::new()));
