@@ -8,7 +8,11 @@
 //! hyper_floor relay PUBLIC_ADDR AGENT_ADDR     # waits for the agent on AGENT_ADDR
 //! hyper_floor relay-h2 PUBLIC_ADDR AGENT_ADDR  # the same with the h2 crate as the HTTP/2 client
 //! hyper_floor agent AGENT_ADDR UPSTREAM_ADDR   # dials the relay, serves its streams
+//! hyper_floor relay-tls PUBLIC_ADDR AGENT_ADDR CERT KEY   # the agent hop over TLS
+//! hyper_floor agent-tls AGENT_ADDR UPSTREAM_ADDR CA       # dials it with TLS (name `localhost`)
 //! ```
+//! The TLS variants use Ponte's own rustls set-up (`ponte::tls`), so the floor's idle memory with
+//! TLS is what any agent that dials over TLS with these crates starts from.
 //! `relay-h2` drives the agent connection with the h2 crate directly instead of hyper's HTTP/2
 //! client (no dispatch task and channel hop per request); it forwards bodiless requests only,
 //! which is what the floor is measured with. Runs on tokio's multi-thread runtime, as Ponte does.
@@ -37,25 +41,53 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("usage: hyper_floor relay|agent ADDR ADDR"))?;
         Ok(text.parse()?)
     };
+    let path = |i: usize| -> anyhow::Result<&str> {
+        args.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow::anyhow!("usage: hyper_floor relay-tls|agent-tls ADDR ADDR FILE.."))
+    };
     match args.first().map(String::as_str) {
-        Some("relay") => relay(addr(1)?, addr(2)?).await,
+        Some("relay") => relay(addr(1)?, addr(2)?, None).await,
         Some("relay-h2") => relay_h2(addr(1)?, addr(2)?).await,
-        Some("agent") => agent(addr(1)?, addr(2)?).await,
+        Some("agent") => agent(addr(1)?, addr(2)?, None).await,
+        Some("relay-tls") => {
+            let tls = ponte::tls::server_config(path(3)?.as_ref(), path(4)?.as_ref())?;
+            relay(addr(1)?, addr(2)?, Some(tls)).await
+        }
+        Some("agent-tls") => {
+            let cfg = ponte::tls::client_config(Some(path(3)?.as_ref()), &[b"h2"])?;
+            agent(addr(1)?, addr(2)?, Some(std::sync::Arc::new(cfg))).await
+        }
         _ => anyhow::bail!("usage: hyper_floor relay|agent ADDR ADDR"),
     }
 }
 
 /// Accept the agent's connection, hold it as an HTTP/2 client, and pass every public request on
 /// it as a stream.
-async fn relay(public: SocketAddr, agent_addr: SocketAddr) -> anyhow::Result<()> {
+async fn relay(
+    public: SocketAddr,
+    agent_addr: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
     let agents = TcpListener::bind(agent_addr).await?;
     let (agent, _) = agents.accept().await?;
     agent.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .handshake::<_, Incoming>(TokioIo::new(agent))
-        .await?;
-    tokio::spawn(conn);
+        .clone();
+    let sender = match tls {
+        Some(tls) => {
+            let agent = tokio_rustls::TlsAcceptor::from(tls).accept(agent).await?;
+            let (sender, conn) = builder.handshake::<_, Incoming>(TokioIo::new(agent)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+        None => {
+            let (sender, conn) = builder.handshake::<_, Incoming>(TokioIo::new(agent)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+    };
     serve_public(public, move |req: Request<Incoming>| {
         let mut sender = sender.clone();
         async move {
@@ -162,7 +194,11 @@ fn h2_empty() -> H2Body {
 
 /// Dial the relay, serve its HTTP/2 streams, and send each to the upstream over pooled
 /// HTTP/1.1 connections.
-async fn agent(relay: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
+async fn agent(
+    relay: SocketAddr,
+    upstream: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<()> {
     let stream = TcpStream::connect(relay).await?;
     stream.set_nodelay(true)?;
     let mut connector = HttpConnector::new();
@@ -186,10 +222,18 @@ async fn agent(relay: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
             Ok::<_, Infallible>(resp)
         }
     });
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), svc)
-        .await?;
+    let mut server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    server.timer(TokioTimer::new());
+    match tls {
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, stream)
+                .await?;
+            server.serve_connection(TokioIo::new(stream), svc).await?
+        }
+        None => server.serve_connection(TokioIo::new(stream), svc).await?,
+    }
     Ok(())
 }
 

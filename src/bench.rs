@@ -75,6 +75,14 @@ pub struct Figures {
     pub server_cpu_us: Option<f64>,
     /// CPU time of the private side per small request (µs).
     pub client_cpu_us: Option<f64>,
+    /// CPU time of the public side per 1 MiB response (µs).
+    pub server_big_cpu_us: Option<f64>,
+    /// CPU time of the private side per 1 MiB response (µs).
+    pub client_big_cpu_us: Option<f64>,
+    /// Minor page faults of the public side per 1 MiB response.
+    pub server_big_faults: Option<f64>,
+    /// Minor page faults of the private side per 1 MiB response.
+    pub client_big_faults: Option<f64>,
 }
 
 /// A forwarder's figures.
@@ -307,17 +315,32 @@ async fn measure(
     }
     let mut big = Vec::new();
     for s in &subjects {
-        big.push(load::big(&s.ep, opts.duration).await?.mib_per_second());
+        let before = (cpu_pair(s.pids)?, faults_pair(s.pids)?);
+        let r = load::big(&s.ep, opts.duration).await?;
+        let after = (cpu_pair(s.pids)?, faults_pair(s.pids)?);
+        let n = r.requests.max(1) as f64;
+        let cpu =
+            |a: Option<Duration>, b: Option<Duration>| Some(a?.saturating_sub(b?).as_secs_f64() * 1e6 / n);
+        let faults = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?) as f64 / n);
+        big.push(BigFigures {
+            mib_s: r.mib_per_second(),
+            cpu_us: (cpu(after.0.0, before.0.0), cpu(after.0.1, before.0.1)),
+            faults: (faults(after.1.0, before.1.0), faults(after.1.1, before.1.1)),
+        });
     }
     let mut figures: Vec<Figures> = (0..subjects.len())
         .map(|i| Figures {
             rps: small[i].0,
             latency: latency[i],
-            mib_s: big[i],
+            mib_s: big[i].mib_s,
             server_idle_rss_kib: idle[i].0,
             client_idle_rss_kib: idle[i].1,
             server_cpu_us: small[i].1,
             client_cpu_us: small[i].2,
+            server_big_cpu_us: big[i].cpu_us.0,
+            client_big_cpu_us: big[i].cpu_us.1,
+            server_big_faults: big[i].faults.0,
+            client_big_faults: big[i].faults.1,
         })
         .collect();
     for (k, (row, _)) in started_peers.iter().enumerate().rev() {
@@ -375,6 +398,21 @@ async fn measure(
 }
 
 /// CPU time so far of a server and client process.
+/// The 1 MiB phase of one subject: throughput, and per response the CPU time and minor page
+/// faults of its public and private side.
+struct BigFigures {
+    mib_s: f64,
+    cpu_us: (Option<f64>, Option<f64>),
+    faults: (Option<f64>, Option<f64>),
+}
+
+fn faults_pair(pids: Option<(u32, u32)>) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+    Ok(match pids {
+        Some((s, c)) => (Some(procs::minor_faults(s)?), Some(procs::minor_faults(c)?)),
+        None => (None, None),
+    })
+}
+
 fn cpu_pair(pids: Option<(u32, u32)>) -> anyhow::Result<(Option<Duration>, Option<Duration>)> {
     Ok(match pids {
         Some((s, c)) => (Some(procs::cpu_time(s)?), Some(procs::cpu_time(c)?)),
@@ -527,6 +565,26 @@ fn print(opts: &BenchOptions, r: &BenchReport) {
     row(
         "CPU per request, agent / client (µs)",
         &|f| f.client_cpu_us.map(|v| format!("{v:.1}")),
+        String::new(),
+    );
+    row(
+        "CPU per 1 MiB, relay / server (µs)",
+        &|f| f.server_big_cpu_us.map(|v| format!("{v:.0}")),
+        String::new(),
+    );
+    row(
+        "CPU per 1 MiB, agent / client (µs)",
+        &|f| f.client_big_cpu_us.map(|v| format!("{v:.0}")),
+        String::new(),
+    );
+    row(
+        "page faults / 1 MiB, relay / server",
+        &|f| f.server_big_faults.map(|v| format!("{v:.1}")),
+        String::new(),
+    );
+    row(
+        "page faults / 1 MiB, agent / client",
+        &|f| f.client_big_faults.map(|v| format!("{v:.1}")),
         String::new(),
     );
     for p in &r.peers {

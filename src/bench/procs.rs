@@ -221,21 +221,24 @@ pub fn load_average() -> f64 {
 /// USER_HZ, which is 100 on every Linux architecture Ponte ships for).
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     const USER_HZ: u64 = 100;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc (Linux only)")?;
-    // Fields after the command name (which may hold spaces): state is the first, utime the 12th.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("unexpected /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .context("unexpected /proc stat")
-    };
-    let total = ticks(11)? + ticks(12)?;
+    let total = stat_field(pid, 11)? + stat_field(pid, 12)?;
     Ok(Duration::from_millis(total * 1000 / USER_HZ))
+}
+
+/// Minor page faults of a process so far, all threads (Linux): pages it touched for the first
+/// time, such as memory the allocator took back from the kernel.
+pub fn minor_faults(pid: u32) -> anyhow::Result<u64> {
+    stat_field(pid, 7)
+}
+
+/// Field `i` of `/proc/PID/stat`, counted from the state (the first field after the command name,
+/// which may hold spaces).
+fn stat_field(pid: u32, i: usize) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc (Linux only)")?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(i))
+        .and_then(|v| v.parse().ok())
+        .context("unexpected /proc stat")
 }
 
 /// Resident set size of a process, in KiB (Linux).
