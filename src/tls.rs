@@ -10,9 +10,26 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-/// The crypto provider every config in Ponte uses.
+/// The crypto provider every config in Ponte uses: ring's, with AES-128-GCM offered before
+/// AES-256-GCM (as browsers and Go do). Every byte of the tunnel is sealed by the agent and opened
+/// by the relay, and 10 AES rounds instead of 14 make that cheaper (README, Performance).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::CipherSuite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS13_AES_128_GCM_SHA256,
+    };
+    let mut provider = rustls::crypto::ring::default_provider();
+    // A stable sort: TLS 1.3 suites stay ahead of TLS 1.2 ones, and only the AES key size moves.
+    provider.cipher_suites.sort_by_key(|s| {
+        let aes128 = matches!(
+            s.suite(),
+            TLS13_AES_128_GCM_SHA256
+                | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        );
+        (s.version().version != rustls::ProtocolVersion::TLSv1_3, !aes128)
+    });
+    Arc::new(provider)
 }
 
 /// Server config for the relay's public listener: TLS 1.2 and 1.3, ALPN h2 then http/1.1 (agents
@@ -120,5 +137,37 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::{CipherSuite, ProtocolVersion};
+
+    #[test]
+    fn aes_128_gcm_is_offered_first_and_tls13_stays_ahead() {
+        let suites = super::provider().cipher_suites.clone();
+        let names: Vec<CipherSuite> = suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(names[0], CipherSuite::TLS13_AES_128_GCM_SHA256, "{names:?}");
+        assert_eq!(names[1], CipherSuite::TLS13_AES_256_GCM_SHA384, "{names:?}");
+        let first_tls12 = suites
+            .iter()
+            .position(|s| s.version().version == ProtocolVersion::TLSv1_2)
+            .expect("TLS 1.2 suites are kept");
+        assert!(
+            suites[first_tls12..]
+                .iter()
+                .all(|s| s.version().version == ProtocolVersion::TLSv1_2),
+            "{names:?}"
+        );
+        assert!(
+            format!("{:?}", names[first_tls12]).contains("AES_128_GCM"),
+            "{names:?}"
+        );
+        // Nothing dropped: the same suites as ring's own default.
+        assert_eq!(
+            suites.len(),
+            rustls::crypto::ring::default_provider().cipher_suites.len()
+        );
     }
 }
