@@ -557,36 +557,23 @@ fn print(opts: &BenchOptions, r: &BenchReport) {
             r.agent_idle_anon_kib
         ),
     );
-    row(
-        "CPU per request, relay / server (µs)",
-        &|f| f.server_cpu_us.map(|v| format!("{v:.1}")),
-        String::new(),
-    );
-    row(
-        "CPU per request, agent / client (µs)",
-        &|f| f.client_cpu_us.map(|v| format!("{v:.1}")),
-        String::new(),
-    );
-    row(
-        "CPU per 1 MiB, relay / server (µs)",
-        &|f| f.server_big_cpu_us.map(|v| format!("{v:.0}")),
-        String::new(),
-    );
-    row(
-        "CPU per 1 MiB, agent / client (µs)",
-        &|f| f.client_big_cpu_us.map(|v| format!("{v:.0}")),
-        String::new(),
-    );
-    row(
-        "page faults / 1 MiB, relay / server",
-        &|f| f.server_big_faults.map(|v| format!("{v:.1}")),
-        String::new(),
-    );
-    row(
-        "page faults / 1 MiB, agent / client",
-        &|f| f.client_big_faults.map(|v| format!("{v:.1}")),
-        String::new(),
-    );
+    // Costs of each side, with the decimals that keep their noise out of sight.
+    type Figure = fn(&Figures) -> Option<f64>;
+    let costs: [(&str, Figure, usize); 6] = [
+        ("CPU per request, relay / server (µs)", |f| f.server_cpu_us, 1),
+        ("CPU per request, agent / client (µs)", |f| f.client_cpu_us, 1),
+        ("CPU per 1 MiB, relay / server (µs)", |f| f.server_big_cpu_us, 0),
+        ("CPU per 1 MiB, agent / client (µs)", |f| f.client_big_cpu_us, 0),
+        ("page faults / 1 MiB, relay / server", |f| f.server_big_faults, 1),
+        ("page faults / 1 MiB, agent / client", |f| f.client_big_faults, 1),
+    ];
+    for (label, value, decimals) in costs {
+        row(
+            label,
+            &|f| value(f).map(|v| format!("{v:.decimals$}")),
+            String::new(),
+        );
+    }
     for p in &r.peers {
         match (&p.figures, &p.error) {
             (_, Some(e)) => println!("({}: skipped, {e})", p.name),
