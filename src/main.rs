@@ -333,8 +333,9 @@ fn service(command: ServiceCommand) -> Result<(), commands::CommandError> {
 /// glibc's malloc returns freed memory to the kernel eagerly: a chunk over its mmap threshold (128
 /// KiB at first) is unmapped when freed, and a free top of a heap over 128 KiB is trimmed. Every
 /// 256 KiB HTTP/2 frame buffer on the tunnel then comes back as fresh zeroed pages: a 1 MiB response
-/// cost the relay 66-128 page faults and a fifth of its CPU time (README, Performance). Keeping up
-/// to 8 MiB per heap and mapping only chunks of 1 MiB or more brings that to under one fault.
+/// cost the relay 115-150 page faults, and 13-25 % more CPU time than without them (README,
+/// Performance). Keeping up to 8 MiB per heap and mapping only chunks of 1 MiB or more brings that
+/// to under one fault.
 /// An operator's own `GLIBC_TUNABLES` for malloc wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_buffers() {

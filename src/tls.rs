@@ -12,7 +12,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// The crypto provider every config in Ponte uses: ring's, with AES-128-GCM offered before
 /// AES-256-GCM (as browsers and Go do). Every byte of the tunnel is sealed by the agent and opened
-/// by the relay, and 10 AES rounds instead of 14 make that cheaper (README, Performance).
+/// by the relay, and 10 AES rounds instead of 14 make that a little cheaper (about 5 % of relay
+/// and agent CPU per 1 MiB response, within this machine's noise: README, Performance).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::CipherSuite::{
         TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
