@@ -297,16 +297,13 @@ async fn measure(
     }
     let mut small = Vec::new();
     for s in &subjects {
-        let before = cpu_pair(s.pids)?;
+        let before = per_side(s.pids, procs::cpu_time)?;
         let r = load::small(&s.ep, opts.connections, opts.duration).await?;
-        let after = cpu_pair(s.pids)?;
-        let per_request = |a: Option<Duration>, b: Option<Duration>| {
-            Some(a?.saturating_sub(b?).as_secs_f64() * 1e6 / r.requests.max(1) as f64)
-        };
+        let after = per_side(s.pids, procs::cpu_time)?;
         small.push((
             r.per_second(),
-            per_request(after.0, before.0),
-            per_request(after.1, before.1),
+            cpu_us_each(after.0, before.0, r.requests),
+            cpu_us_each(after.1, before.1, r.requests),
         ));
     }
     let mut latency = Vec::new();
@@ -315,16 +312,23 @@ async fn measure(
     }
     let mut big = Vec::new();
     for s in &subjects {
-        let before = (cpu_pair(s.pids)?, faults_pair(s.pids)?);
+        let before = (
+            per_side(s.pids, procs::cpu_time)?,
+            per_side(s.pids, procs::minor_faults)?,
+        );
         let r = load::big(&s.ep, opts.duration).await?;
-        let after = (cpu_pair(s.pids)?, faults_pair(s.pids)?);
-        let n = r.requests.max(1) as f64;
-        let cpu =
-            |a: Option<Duration>, b: Option<Duration>| Some(a?.saturating_sub(b?).as_secs_f64() * 1e6 / n);
-        let faults = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?) as f64 / n);
+        let after = (
+            per_side(s.pids, procs::cpu_time)?,
+            per_side(s.pids, procs::minor_faults)?,
+        );
+        let faults =
+            |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?) as f64 / r.requests.max(1) as f64);
         big.push(BigFigures {
             mib_s: r.mib_per_second(),
-            cpu_us: (cpu(after.0.0, before.0.0), cpu(after.0.1, before.0.1)),
+            cpu_us: (
+                cpu_us_each(after.0.0, before.0.0, r.requests),
+                cpu_us_each(after.0.1, before.0.1, r.requests),
+            ),
             faults: (faults(after.1.0, before.1.0), faults(after.1.1, before.1.1)),
         });
     }
@@ -397,7 +401,6 @@ async fn measure(
     })
 }
 
-/// CPU time so far of a server and client process.
 /// The 1 MiB phase of one subject: throughput, and per response the CPU time and minor page
 /// faults of its public and private side.
 struct BigFigures {
@@ -406,18 +409,20 @@ struct BigFigures {
     faults: (Option<f64>, Option<f64>),
 }
 
-fn faults_pair(pids: Option<(u32, u32)>) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+/// `read` of a server and client process (CPU time, page faults so far); `None` for the direct path.
+fn per_side<T>(
+    pids: Option<(u32, u32)>,
+    read: fn(u32) -> anyhow::Result<T>,
+) -> anyhow::Result<(Option<T>, Option<T>)> {
     Ok(match pids {
-        Some((s, c)) => (Some(procs::minor_faults(s)?), Some(procs::minor_faults(c)?)),
+        Some((s, c)) => (Some(read(s)?), Some(read(c)?)),
         None => (None, None),
     })
 }
 
-fn cpu_pair(pids: Option<(u32, u32)>) -> anyhow::Result<(Option<Duration>, Option<Duration>)> {
-    Ok(match pids {
-        Some((s, c)) => (Some(procs::cpu_time(s)?), Some(procs::cpu_time(c)?)),
-        None => (None, None),
-    })
+/// CPU µs per request of one process over a phase of `requests`.
+fn cpu_us_each(after: Option<Duration>, before: Option<Duration>, requests: u64) -> Option<f64> {
+    Some(after?.saturating_sub(before?).as_secs_f64() * 1e6 / requests.max(1) as f64)
 }
 
 /// The targets, beside Ponte's figures.
