@@ -72,21 +72,9 @@ async fn relay(
     let agents = TcpListener::bind(agent_addr).await?;
     let (agent, _) = agents.accept().await?;
     agent.set_nodelay(true)?;
-    let builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .clone();
     let sender = match tls {
-        Some(tls) => {
-            let agent = tokio_rustls::TlsAcceptor::from(tls).accept(agent).await?;
-            let (sender, conn) = builder.handshake::<_, Incoming>(TokioIo::new(agent)).await?;
-            tokio::spawn(conn);
-            sender
-        }
-        None => {
-            let (sender, conn) = builder.handshake::<_, Incoming>(TokioIo::new(agent)).await?;
-            tokio::spawn(conn);
-            sender
-        }
+        Some(tls) => h2_client(tokio_rustls::TlsAcceptor::from(tls).accept(agent).await?).await?,
+        None => h2_client(agent).await?,
     };
     serve_public(public, move |req: Request<Incoming>| {
         let mut sender = sender.clone();
@@ -108,6 +96,19 @@ async fn relay(
         }
     })
     .await
+}
+
+/// Hold `io` as an HTTP/2 client, its connection driven on a task of its own.
+async fn h2_client<T>(io: T) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Incoming>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake::<_, Incoming>(TokioIo::new(io))
+        .await?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// Serve HTTP/1.1 on `public`, each request answered by `handle`.
