@@ -11,4 +11,5 @@ pub mod console;
 pub mod i18n;
 pub mod inspector;
 pub mod metrics;
+pub mod page;
 pub mod web;

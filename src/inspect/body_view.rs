@@ -3,6 +3,10 @@
 
 use serde::Serialize;
 
+/// Bytes of each body kept for display and replay (64 KiB: a webhook fits; a file upload is
+/// shown by size and its first bytes). The inspector holds at most 2 × this per exchange it keeps.
+pub const BODY_CAP: usize = 64 * 1024;
+
 /// Bytes of a binary body shown in the hex preview.
 pub const HEX_PREVIEW: usize = 512;
 
@@ -104,6 +108,33 @@ pub fn hex_dump(bytes: &[u8]) -> String {
         out.push_str(&format!("{:08x}  {:<47}  |{printable}|\n", i * 16, hex.join(" ")));
     }
     out
+}
+
+/// A body as far as it has been seen: its first [`BODY_CAP`] bytes and its full size.
+#[derive(Default, Clone)]
+pub struct Captured {
+    /// The first bytes.
+    pub bytes: Vec<u8>,
+    /// Every byte that went past.
+    pub total: u64,
+    /// How the body ended, once it did.
+    pub end: Option<BodyEnd>,
+}
+
+impl Captured {
+    /// True when every byte of the body is in [`Captured::bytes`].
+    pub fn whole(&self) -> bool {
+        self.end == Some(BodyEnd::Complete) && self.total as usize == self.bytes.len()
+    }
+}
+
+/// How a body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// It was read to its end.
+    Complete,
+    /// It failed or was dropped before its end (the sender or the upstream broke off).
+    Cut,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
+use super::body_view::{BODY_CAP, BodyEnd, Captured};
 use super::metrics::AgentMetrics;
 use crate::BoxError;
 use crate::agent::{Origin, OriginLayer};
@@ -21,9 +22,6 @@ use crate::body::{self, Body};
 
 /// Exchanges kept; the oldest goes when a new one arrives.
 pub const RING: usize = 100;
-/// Bytes of each body kept for display and replay (64 KiB: a webhook fits; a file upload is
-/// shown by size and its first bytes). At most `RING` × 2 × this is held.
-pub const BODY_CAP: usize = 64 * 1024;
 
 /// Marks a request sent by the inspector's replay: the id of the exchange it repeats.
 #[derive(Debug, Clone, Copy)]
@@ -153,33 +151,6 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
     /// Time from the request to these headers.
     pub after: Duration,
-}
-
-/// A body as far as it has been seen: its first [`BODY_CAP`] bytes and its full size.
-#[derive(Default, Clone)]
-pub struct Captured {
-    /// The first bytes.
-    pub bytes: Vec<u8>,
-    /// Every byte that went past.
-    pub total: u64,
-    /// How the body ended, once it did.
-    pub end: Option<BodyEnd>,
-}
-
-impl Captured {
-    /// True when every byte of the body is in [`Captured::bytes`].
-    pub fn whole(&self) -> bool {
-        self.end == Some(BodyEnd::Complete) && self.total as usize == self.bytes.len()
-    }
-}
-
-/// How a body ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyEnd {
-    /// It was read to its end.
-    Complete,
-    /// It failed or was dropped before its end (the sender or the upstream broke off).
-    Cut,
 }
 
 impl Exchange {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 
 use super::i18n::Tr;
-use super::inspector::render;
+use super::page::render;
 use super::web;
 use crate::body::Body;
 pub use backend::{Backend, BackendError, Overview};

@@ -108,6 +108,7 @@ mod tests {
         ("inspector/replay.rs", include_str!("inspector/replay.rs")),
         ("console.rs", include_str!("console.rs")),
         ("console/pages.rs", include_str!("console/pages.rs")),
+        ("page.rs", include_str!("page.rs")),
     ];
 
     /// The keys a file asks for: the string literal opening `t.s(`, `t.f1(` or `t.f2(`.

@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use askama::Template;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -33,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::capture::Recorder;
 use super::i18n::Tr;
 use super::metrics::{self, AgentMetrics};
+use super::page::render;
 use super::web;
 use crate::agent::{AgentStatus, Ingress};
 use crate::body::Body;
@@ -46,7 +46,7 @@ pub const PORT_TRIES: u16 = 5;
 /// Connections served at once: the inspector is for one person's browser and scripts.
 const MAX_CONNECTIONS: usize = 32;
 /// Largest form or JSON body accepted (an edited replay carries a body of up to the capture cap).
-const MAX_FORM: usize = 4 * super::capture::BODY_CAP;
+const MAX_FORM: usize = 4 * super::body_view::BODY_CAP;
 /// Time a client has to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -333,16 +333,4 @@ fn gone(inspector: &Inspector, t: Tr) -> Response<Body> {
     let mut resp = render(page);
     *resp.status_mut() = StatusCode::NOT_FOUND;
     resp
-}
-
-/// Render a page; a template error (a bug) is a plain 500.
-pub(crate) fn render<T: Template>(page: T) -> Response<Body> {
-    match page.render() {
-        Ok(html) => web::html(StatusCode::OK, html),
-        Err(e) => web::answer(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain; charset=utf-8",
-            format!("ponte: the page could not be rendered: {e}\n"),
-        ),
-    }
 }

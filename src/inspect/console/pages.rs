@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 use askama::Template;
 
 use super::backend::{Backend, ListQuery};
-use crate::inspect::capture::{BODY_CAP, BodyEnd, Captured};
+use crate::inspect::body_view::{BODY_CAP, BodyEnd, Captured};
 use crate::inspect::i18n::Tr;
-use crate::inspect::inspector::pages::{BodyPart, Chrome, ago, lang_links, span};
+use crate::inspect::page::{BodyPart, Chrome, ago, lang_links, span};
 use crate::protocol::admin::{
     AttemptOutcome, ClusterStatus, DeliveryDetail, DeliverySummary, Status, TunnelStatus,
 };

@@ -11,7 +11,8 @@ use super::Inspector;
 use super::pages::header_pairs;
 use crate::agent::AgentStatus;
 use crate::inspect::body_view::{self, BodyView};
-use crate::inspect::capture::{BodyEnd, Captured, Exchange};
+use crate::inspect::body_view::{BodyEnd, Captured};
+use crate::inspect::capture::Exchange;
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

@@ -13,10 +13,11 @@ use hyper::body::Incoming;
 
 use super::api::{HeaderView, ReplayAnswer, ReplayEdit};
 use super::pages::MessagePage;
-use super::{Inspector, MAX_FORM, render};
+use super::{Inspector, MAX_FORM};
 use crate::body::{self, Body, GuardedBody};
 use crate::inspect::capture::{CapturedAs, Exchange, ReplayOf};
 use crate::inspect::i18n::Tr;
+use crate::inspect::page::render;
 use crate::inspect::web;
 
 /// Response bytes a replay reads before it lets go (the capture keeps 64 KiB of them anyway).
