@@ -24,7 +24,9 @@ if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --version 3.8.0 --locked --quiet   # the version the packaging was tested with
 fi
 rustup target add x86_64-pc-windows-gnu >/dev/null 2>&1 || echo "packaging: rustup could not add x86_64-pc-windows-gnu (offline?); the Windows build will say what is missing"
-echo "packaging: cargo-deb and the Windows target ready ($((SECONDS - start)) s)"
+# llvm-profdata for the profile-guided Linux build (packaging/pgo-build.sh).
+rustup component add llvm-tools >/dev/null 2>&1 || echo "packaging: rustup could not add llvm-tools (offline?); build-all will say what is missing"
+echo "packaging: cargo-deb, the Windows target and llvm-tools ready ($((SECONDS - start)) s)"
 
 # The cfg(windows) code (SCM glue) is only compiled for this target: lint it here.
 cargo clippy --locked --target x86_64-pc-windows-gnu -- -D warnings

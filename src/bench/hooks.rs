@@ -36,13 +36,12 @@ pub struct HooksReport {
     pub adnanh_version: Option<String>,
 }
 
-/// A child process killed when dropped.
+/// A child process stopped when dropped.
 struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        super::procs::stop(&mut self.0);
     }
 }
 

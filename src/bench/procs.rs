@@ -201,12 +201,33 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        let _ = self.agent.kill();
-        let _ = self.relay.kill();
-        let _ = self.agent.wait();
-        let _ = self.relay.wait();
+        stop(&mut self.agent);
+        stop(&mut self.relay);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Longest wait for a child to finish after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// End a child as a service manager would: SIGTERM, so it shuts down as in production (and an
+/// instrumented build writes its profile at exit: packaging/build-all.sh trains on this bench),
+/// then SIGKILL if it is still there after [`STOP_GRACE`].
+pub fn stop(child: &mut Child) {
+    #[cfg(unix)]
+    if let Ok(pid) = i32::try_from(child.id()) {
+        use nix::sys::signal::{Signal, kill};
+        let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + STOP_GRACE;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The machine's 1-minute load average (Linux; 0 where unknown).
