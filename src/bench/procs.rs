@@ -211,7 +211,7 @@ impl Drop for Setup {
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// End a child as a service manager would: SIGTERM, so it shuts down as in production (and an
-/// instrumented build writes its profile at exit: packaging/build-all.sh trains on this bench),
+/// instrumented build writes its profile at exit: packaging/pgo-build.sh trains on this bench),
 /// then SIGKILL if it is still there after [`STOP_GRACE`].
 pub fn stop(child: &mut Child) {
     #[cfg(unix)]
