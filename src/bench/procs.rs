@@ -208,6 +208,7 @@ impl Drop for Setup {
 }
 
 /// Longest wait for a child to finish after SIGTERM before it is killed.
+#[cfg(unix)]
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// End a child as a service manager would: SIGTERM, so it shuts down as in production (and an
