@@ -22,7 +22,7 @@ timed() { local t0=$SECONDS; "$@"; echo "build-all: '$*' took $((SECONDS - t0)) 
 
 # --- Linux --------------------------------------------------------------------------------
 # Profile-guided (packaging/pgo-build.sh): 20-23 % less CPU per request in relay and agent.
-if [ -x "$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata" ]; then
+if packaging/pgo-build.sh --check; then
     timed packaging/pgo-build.sh
 else
     missing llvm-profdata "the profile-guided build (rustup component add llvm-tools); building without a profile"

@@ -12,6 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 host=$(rustc -vV | sed -n 's/^host: //p')
 profdata_tool="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
+# `--check`: only say (exit status) whether the tool is there; build-all asks before building.
+if [ "${1:-}" = --check ]; then
+    [ -x "$profdata_tool" ]
+    exit
+fi
 if [ ! -x "$profdata_tool" ]; then
     echo "pgo-build: $profdata_tool is missing: rustup component add llvm-tools" >&2
     exit 1

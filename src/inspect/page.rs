@@ -120,7 +120,7 @@ pub fn size(bytes: u64) -> String {
 }
 
 /// Render a page; a template error (a bug) is a plain 500.
-pub fn render<T: Template>(page: T) -> Response<Body> {
+pub(crate) fn render<T: Template>(page: T) -> Response<Body> {
     match page.render() {
         Ok(html) => web::html(StatusCode::OK, html),
         Err(e) => web::answer(
